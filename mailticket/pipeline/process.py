@@ -1,0 +1,365 @@
+"""One message, one pass: parse -> classify -> thread -> route -> store -> notify.
+
+`Pipeline.process` is the only function that knows the stage order. All
+database work for a message happens in one transaction, keyed by the
+message's de-duplication key, so a message processed twice (reconnect, crash,
+a copy to a second support address) is stored once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from mailticket import actions
+from mailticket.context import AppContext
+from mailticket.errors import ParseError
+from mailticket.models import (
+    Classification,
+    Decision,
+    MailKind,
+    Outcome,
+    ParsedMessage,
+    RawMail,
+    ThreadMatch,
+)
+from mailticket.outbound.outbox import enqueue
+from mailticket.pipeline.agent import agent_mail
+from mailticket.pipeline.classify import classify
+from mailticket.pipeline.lifecycle import closed_reply
+from mailticket.pipeline.parse import parse
+from mailticket.pipeline.route import route
+from mailticket.pipeline.thread import thread
+from mailticket.refs import find_token
+from mailticket.rules.assign import pick_agent
+from mailticket.sla import due_times
+from mailticket.storage import repository
+from mailticket.storage.tables import Attachment, Entry, IntakeRecord, Ticket
+
+log = logging.getLogger("mailticket.pipeline")
+
+_PREFIX = re.compile(r"^\s*((re|aw|sv|vs|wg|tr|rv|fwd?|antw|odp|r)\s*(\[\d+\])?\s*:\s*)+", re.I)
+_TOKEN_TEXT = re.compile(r"\s*\[\s*#\s*[0-9A-Za-z]{4}\s*-\s*[0-9A-Za-z]{4}\s*\]\s*")
+
+
+def clean_subject(subject: str) -> str:
+    """The ticket's title: reply/forward prefixes and our token removed."""
+    return _PREFIX.sub("", _TOKEN_TEXT.sub(" ", subject)).strip() or "(no subject)"
+
+
+def dedup_key(parsed: ParsedMessage) -> str:
+    return f"mid:{parsed.message_id}" if parsed.message_id else f"sha256:{parsed.raw_sha256}"
+
+
+class Pipeline:
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.max_bytes = int(ctx.config.service.max_message_mb * 1024 * 1024)
+
+    # -- the stage order -------------------------------------------------------
+    def process(self, raw: RawMail) -> Outcome:
+        """Never raises for bad mail: every message ends stored, duplicate or quarantined."""
+        raw_sha = self.ctx.blobs.put(raw.data)
+        try:
+            parsed = parse(raw.data, max_bytes=self.max_bytes)
+        except ParseError as exc:
+            return self._quarantine(raw, f"sha256:{raw_sha}", raw_sha, str(exc))
+        for attempt in range(2):
+            try:
+                with Session(self.ctx.engine) as session, session.begin():
+                    outcome = self._store(session, raw, parsed)
+                break
+            except IntegrityError:
+                # Another process stored the same key (or took the same ref) between our
+                # check and our commit; the second pass sees it and records a duplicate.
+                if attempt:
+                    raise
+        self._log(raw, parsed, outcome)
+        return outcome
+
+    def quarantine(self, raw: RawMail, reason: str) -> Outcome:
+        """Keep a message we will not process (a worker that keeps crashing on it, a drop rule)."""
+        raw_sha = self.ctx.blobs.put(raw.data)
+        return self._quarantine(raw, f"sha256:{raw_sha}", raw_sha, reason)
+
+    def _store(self, session: Session, raw: RawMail, parsed: ParsedMessage) -> Outcome:
+        key = dedup_key(parsed)
+        seen = session.exec(select(IntakeRecord).where(IntakeRecord.dedup_key == key)).first()
+        if seen is not None:
+            seen.duplicates += 1
+            ref = session.get(Ticket, seen.ticket_id).ref if seen.ticket_id else None  # type: ignore[union-attr]
+            return Outcome("duplicate", ticket_ref=ref, entry_id=seen.entry_id, reason=seen.status)
+        cls = classify(parsed, self.ctx.config)
+        match = self._thread(session, parsed, cls)
+        record = IntakeRecord(
+            dedup_key=key,
+            raw_sha256=parsed.raw_sha256,
+            source=f"{raw.source} {raw.position}".strip(),
+            status="stored",
+            created_at=self.ctx.clock(),
+        )
+        if match.ticket is None:
+            if cls.kind in (MailKind.BOUNCE, MailKind.LOOP):
+                record.status, record.reason = "quarantined", f"{cls.reason} for no known ticket"
+                session.add(record)
+                return Outcome("quarantined", reason=record.reason)
+            decision = route(
+                parsed,
+                self.ctx.config,
+                mailbox=raw.mailbox,
+                followup=False,
+                envelope=raw.envelope_recipients,
+            )
+            if decision.drop:
+                rules = [h.rule for h in decision.hits]
+                record.status, record.reason = (
+                    "dropped",
+                    f"dropped by rule {rules[-1] if rules else '?'}",
+                )
+                session.add(record)
+                repository.record_event(session, None, "dropped", None, rules=rules, dedup_key=key)
+                return Outcome("dropped", reason=record.reason)
+            ticket, entry = self._open_ticket(session, raw, parsed, cls, decision)
+            outcome = Outcome("stored", ticket.ref, entry.id, new_ticket=True)
+        else:
+            ticket = session.get(Ticket, match.ticket.id)
+            assert ticket is not None
+            entry = self._followup(session, raw, parsed, cls, match, ticket)
+            outcome = Outcome("stored", ticket.ref, entry.id, reason=match.how.value)
+        record.ticket_id, record.entry_id = ticket.id, entry.id
+        session.add(record)
+        return outcome
+
+    # -- stages with database lookups -----------------------------------------
+    def _thread(self, session: Session, parsed: ParsedMessage, cls: Classification) -> ThreadMatch:
+        by_mid = repository.ticket_by_message_ids(session, [*parsed.references, *parsed.in_reply_to])
+        by_bounce = (
+            repository.ticket_by_message_ids(session, parsed.bounced_message_ids)
+            if cls.kind is MailKind.BOUNCE
+            else None
+        )
+        token = find_token(parsed.subject)
+        by_token = repository.ticket_by_ref(session, token) if token else None
+        return thread(
+            cls.kind,
+            parsed.sender,
+            by_message_id=repository.view(session, by_mid) if by_mid else None,
+            by_token=repository.view(session, by_token) if by_token else None,
+            by_bounce=repository.view(session, by_bounce) if by_bounce else None,
+        )
+
+    def _open_ticket(
+        self,
+        session: Session,
+        raw: RawMail,
+        parsed: ParsedMessage,
+        cls: Classification,
+        decision: Decision,
+    ) -> tuple[Ticket, Entry]:
+        ctx = self.ctx
+        now = ctx.clock()
+        dept = ctx.config.department(decision.department)
+        plan = ctx.config.sla_plan(decision.sla or dept.sla)
+        first_due, resolution_due = due_times(plan, now)
+        requester = parsed.sender or "unknown@invalid"
+        ticket = Ticket(
+            ref=repository.unique_ref(session),
+            subject=clean_subject(parsed.subject),
+            status=decision.status or "open",
+            priority=decision.priority,
+            department=decision.department,
+            requester=requester,
+            requester_name=parsed.from_.name if parsed.from_ else "",
+            sla=plan.name if plan else None,
+            tags=list(decision.tags),
+            created_at=now,
+            updated_at=now,
+            first_response_due=first_due,
+            resolution_due=resolution_due,
+        )
+        session.add(ticket)
+        session.flush()
+        repository.add_participant(session, ticket, requester, "requester")
+        own = ctx.config.own_addresses
+        for cc in {a.email for a in (*parsed.to, *parsed.cc)} - own - {requester}:
+            repository.add_participant(session, ticket, cc, "cc")
+        flags = ["auto-reply"] if cls.kind is MailKind.AUTO_REPLY else []
+        entry = self._entry(session, ticket, parsed, "customer", flags)
+        repository.record_event(
+            session,
+            ticket,
+            "created",
+            requester,
+            source=raw.source,
+            classification=cls.kind.value,
+        )
+        repository.record_event(
+            session,
+            ticket,
+            "routed",
+            None,
+            rules=[{"rule": h.rule, "matched_on": list(h.matched_on)} for h in decision.hits],
+            department=ticket.department,
+            priority=ticket.priority,
+            tags=ticket.tags,
+            assign=decision.assign,
+            acknowledge=decision.acknowledge,
+        )
+        if decision.assign:
+            actions.assign(session, ctx, ticket, self._assignee(session, decision), None)
+        context = actions.entry_context(entry)
+        if decision.acknowledge and cls.may_auto_reply:
+            enqueue(session, ctx, ticket, "ack", [requester], context)
+        enqueue(session, ctx, ticket, "alert", actions.agents_to_alert(ctx, ticket), context)
+        return ticket, entry
+
+    def _assignee(self, session: Session, decision: Decision) -> str | None:
+        return pick_agent(session, self.ctx.config, decision)
+
+    def _followup(
+        self,
+        session: Session,
+        raw: RawMail,
+        parsed: ParsedMessage,
+        cls: Classification,
+        match: ThreadMatch,
+        ticket: Ticket,
+    ) -> Entry:
+        ctx = self.ctx
+        sender = parsed.sender
+        if cls.kind is MailKind.BOUNCE:
+            return self._entry(session, ticket, parsed, "system", ["bounce"])
+        if cls.kind in (MailKind.AUTO_REPLY, MailKind.LOOP):
+            # Auto-replies never change a ticket's state and trigger no notice.
+            return self._entry(session, ticket, parsed, "system", ["auto-reply"])
+        if match.non_participant:
+            entry = self._entry(session, ticket, parsed, "note", ["non-participant"])
+            repository.record_event(session, ticket, "non_participant_mail", sender, entry_id=entry.id)
+            return entry
+        if cls.kind is MailKind.UNVERIFIED_AGENT:
+            entry = self._entry(session, ticket, parsed, "note", ["unverified"])
+            repository.record_event(
+                session,
+                ticket,
+                "unverified_agent_mail",
+                sender,
+                entry_id=entry.id,
+                reason=cls.reason,
+            )
+            enqueue(
+                session,
+                ctx,
+                ticket,
+                "note_alert",
+                actions.agents_to_alert(ctx, ticket) + ([sender] if sender else []),
+                actions.entry_context(entry),
+            )
+            return entry
+        if cls.kind is MailKind.AGENT:
+            return agent_mail(session, ctx, ticket, parsed, self._entry)
+        return self._customer_followup(session, raw, parsed, ticket)
+
+    def _customer_followup(
+        self, session: Session, raw: RawMail, parsed: ParsedMessage, ticket: Ticket
+    ) -> Entry:
+        ctx = self.ctx
+        entry = self._entry(session, ticket, parsed, "customer", [])
+        for cc in {a.email for a in parsed.cc} - ctx.config.own_addresses - {ticket.requester}:
+            if not ctx.config.is_agent(cc):
+                repository.add_participant(session, ticket, cc, "cc")
+        if ticket.status in ("pending", "resolved"):
+            actions.reopen(session, ctx, ticket, parsed.sender, "customer replied")
+        elif ticket.status == "closed":
+            closed_reply(session, ctx, ticket, entry, parsed)
+        else:
+            enqueue(
+                session,
+                ctx,
+                ticket,
+                "note_alert",
+                actions.agents_to_alert(ctx, ticket),
+                actions.entry_context(entry, ["customer reply"]),
+            )
+        repository.record_event(
+            session, ticket, "customer_reply", parsed.sender, entry_id=entry.id, source=raw.source
+        )
+        return entry
+
+    # -- storage helpers --------------------------------------------------------
+    def _entry(
+        self, session: Session, ticket: Ticket, parsed: ParsedMessage, kind: str, flags: list[str]
+    ) -> Entry:
+        entry = actions.add_entry(
+            session,
+            self.ctx,
+            ticket,
+            kind,
+            parsed.sender,
+            parsed.visible_text if kind in ("customer", "agent") else parsed.text,
+            author_name=(parsed.from_.name if parsed.from_ else "")[:200],
+            message_id=parsed.message_id,
+            subject=parsed.subject,
+            body_html=parsed.html,
+            raw_sha256=parsed.raw_sha256,
+            flags=flags + (["defects"] if parsed.defects else []),
+        )
+        repository.remember_message_id(session, ticket, parsed.message_id, "in")
+        limit = int(self.ctx.config.tickets.max_attachment_mb * 1024 * 1024)
+        for part in parsed.attachments:
+            too_big = len(part.data) > limit
+            session.add(
+                Attachment(
+                    entry_id=entry.id,
+                    filename=(part.filename or None) and part.filename[:500],
+                    content_type=part.content_type[:200],
+                    size=len(part.data),
+                    sha256=None if too_big else self.ctx.blobs.put(part.data),
+                    inline=part.inline,
+                    content_id=(part.content_id or None) and part.content_id[:500],
+                    dropped=f"larger than max_attachment_mb ({self.ctx.config.tickets.max_attachment_mb})"
+                    if too_big
+                    else None,
+                )
+            )
+        return entry
+
+    def _quarantine(self, raw: RawMail, key: str, raw_sha: str, reason: str) -> Outcome:
+        with Session(self.ctx.engine) as session, session.begin():
+            seen = session.exec(select(IntakeRecord).where(IntakeRecord.dedup_key == key)).first()
+            if seen is not None:
+                seen.duplicates += 1
+                outcome = Outcome("duplicate", reason=seen.status)
+            else:
+                session.add(
+                    IntakeRecord(
+                        dedup_key=key,
+                        raw_sha256=raw_sha,
+                        source=f"{raw.source} {raw.position}".strip(),
+                        status="quarantined",
+                        reason=reason,
+                        created_at=self.ctx.clock(),
+                    )
+                )
+                outcome = Outcome("quarantined", reason=reason)
+        self._log(raw, None, outcome)
+        return outcome
+
+    def _log(self, raw: RawMail, parsed: ParsedMessage | None, outcome: Outcome) -> None:
+        log.info(
+            "message %s",
+            outcome.status,
+            extra={
+                "fields": {
+                    "source": raw.source,
+                    "position": raw.position,
+                    "message_id": parsed.message_id if parsed else None,
+                    "status": outcome.status,
+                    "ticket": outcome.ticket_ref,
+                    "new_ticket": outcome.new_ticket,
+                    "reason": outcome.reason,
+                }
+            },
+        )

@@ -1,0 +1,48 @@
+"""Route stage: department, priority, assignee, tags and acknowledgement for a message.
+
+The base department comes from where the mail was sent (a department's own
+address), else the mailbox's department, else the first department; the rules
+engine then refines it.
+"""
+
+from __future__ import annotations
+
+from mailticket.config import Config
+from mailticket.models import Decision, ParsedMessage
+from mailticket.rules.engine import evaluate
+
+
+def recipients(msg: ParsedMessage, envelope: tuple[str, ...] = ()) -> list[str]:
+    return [
+        *(a.email for a in (*msg.to, *msg.cc)),
+        *msg.delivered_to,
+        *(e.lower() for e in envelope),
+    ]
+
+
+def base_department(
+    msg: ParsedMessage, config: Config, mailbox: str | None, envelope: tuple[str, ...] = ()
+) -> str:
+    by_address = {d.address: d.name for d in config.departments if d.address}
+    for address in recipients(msg, envelope):
+        if address in by_address:
+            return by_address[address]
+    box = next((m for m in config.mailboxes if m.name == mailbox), None)
+    if box and box.department:
+        return box.department
+    return config.default_department
+
+
+def route(
+    msg: ParsedMessage,
+    config: Config,
+    *,
+    mailbox: str | None,
+    followup: bool,
+    envelope: tuple[str, ...] = (),
+) -> Decision:
+    base = Decision(
+        department=base_department(msg, config, mailbox, envelope),
+        acknowledge=config.tickets.acknowledge,
+    )
+    return evaluate(config.rules, msg, base, mailbox=mailbox, followup=followup)

@@ -1,0 +1,1 @@
+"""The rules engine: admin-written conditions and actions from the TOML file."""

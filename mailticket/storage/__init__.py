@@ -1,0 +1,1 @@
+"""The storage edge: database engine and migrations, tables, blobs on disk."""

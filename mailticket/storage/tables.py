@@ -1,0 +1,177 @@
+"""The database schema (SQLModel). Changes here need an Alembic migration.
+
+Times are timezone-aware UTC; SQLModel's UTCDateTime keeps them so on SQLite
+(which has no time zones) and on PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Ticket(SQLModel, table=True):
+    __tablename__ = "tickets"
+    id: int | None = Field(default=None, primary_key=True)
+    ref: str = Field(max_length=9, unique=True, index=True)
+    subject: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default="open", max_length=16, index=True)
+    priority: str = Field(default="normal", max_length=16)
+    department: str = Field(max_length=100, index=True)
+    assignee: str | None = Field(default=None, max_length=320, index=True)
+    requester: str = Field(max_length=320, index=True)
+    requester_name: str = Field(default="", max_length=200)
+    sla: str | None = Field(default=None, max_length=100)
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    updated_at: datetime = Field(default_factory=utcnow)
+    first_response_due: datetime | None = None
+    resolution_due: datetime | None = None
+    first_response_at: datetime | None = None
+    resolved_at: datetime | None = None
+    closed_at: datetime | None = None
+    overdue_notified_at: datetime | None = None
+    linked_ticket_id: int | None = Field(default=None, foreign_key="tickets.id")
+
+
+class Participant(SQLModel, table=True):
+    __tablename__ = "participants"
+    __table_args__ = (UniqueConstraint("ticket_id", "email"),)
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="tickets.id", index=True)
+    email: str = Field(max_length=320, index=True)
+    role: str = Field(max_length=16)  # requester | cc | agent
+
+
+class Entry(SQLModel, table=True):
+    """One message or note in a ticket's conversation."""
+
+    __tablename__ = "entries"
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="tickets.id", index=True)
+    kind: str = Field(max_length=16)  # customer | agent | note | system
+    author: str | None = Field(default=None, max_length=320)
+    author_name: str = Field(default="", max_length=200)
+    message_id: str | None = Field(default=None, max_length=998, index=True)
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False))
+    body_text: str = Field(default="", sa_column=Column(Text, nullable=False))
+    body_html: str | None = Field(default=None, sa_column=Column(Text))
+    raw_sha256: str | None = Field(default=None, max_length=64)
+    flags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Attachment(SQLModel, table=True):
+    __tablename__ = "attachments"
+    id: int | None = Field(default=None, primary_key=True)
+    entry_id: int = Field(foreign_key="entries.id", index=True)
+    filename: str | None = Field(default=None, max_length=500)
+    content_type: str = Field(max_length=200)
+    size: int
+    sha256: str | None = Field(default=None, max_length=64)  # None: not stored (see dropped)
+    inline: bool = False
+    content_id: str | None = Field(default=None, max_length=500)
+    dropped: str | None = Field(default=None, max_length=200)  # why it was not stored
+
+
+class Event(SQLModel, table=True):
+    """The audit trail: who did what to a ticket, when, and why."""
+
+    __tablename__ = "events"
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int | None = Field(default=None, foreign_key="tickets.id", index=True)
+    at: datetime = Field(default_factory=utcnow)
+    actor: str | None = Field(default=None, max_length=320)
+    kind: str = Field(max_length=50)
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class MessageRef(SQLModel, table=True):
+    """Every Message-ID a ticket has received or sent: what In-Reply-To/References thread on."""
+
+    __tablename__ = "message_refs"
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(max_length=998, unique=True)
+    ticket_id: int = Field(foreign_key="tickets.id", index=True)
+    direction: str = Field(max_length=3)  # in | out
+
+
+class IntakeRecord(SQLModel, table=True):
+    """One row per distinct message ever received: the de-duplication key and its fate."""
+
+    __tablename__ = "intake"
+    id: int | None = Field(default=None, primary_key=True)
+    dedup_key: str = Field(max_length=998, unique=True)
+    raw_sha256: str = Field(max_length=64)
+    source: str = Field(max_length=200)
+    status: str = Field(max_length=16, index=True)  # stored | quarantined | dropped
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+    ticket_id: int | None = Field(default=None, foreign_key="tickets.id")
+    entry_id: int | None = Field(default=None, foreign_key="entries.id")
+    duplicates: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class OutboxMessage(SQLModel, table=True):
+    """A rendered notice waiting for (or done with) SMTP; written in the ticket's transaction."""
+
+    __tablename__ = "outbox"
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int | None = Field(default=None, foreign_key="tickets.id", index=True)
+    kind: str = Field(max_length=32)
+    to_addr: str = Field(max_length=2000)
+    mail_from: str = Field(max_length=320)
+    recipients: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False))
+    message_id: str = Field(max_length=998, index=True)
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    automatic: bool = True
+    status: str = Field(default="queued", max_length=16, index=True)  # queued | sent | failed
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, index=True)
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    claimed_until: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    sent_at: datetime | None = None
+
+
+class MailboxState(SQLModel, table=True):
+    """The IMAP cursor: moves only after the batch it covers is committed."""
+
+    __tablename__ = "mailbox_state"
+    __table_args__ = (UniqueConstraint("mailbox", "folder"),)
+    id: int | None = Field(default=None, primary_key=True)
+    mailbox: str = Field(max_length=200)
+    folder: str = Field(max_length=500)
+    uidvalidity: int
+    last_uid: int = 0
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class UidAttempt(SQLModel, table=True):
+    """Attempts at one IMAP message, committed before each try: a poison message is bounded."""
+
+    __tablename__ = "uid_attempts"
+    __table_args__ = (UniqueConstraint("mailbox", "folder", "uidvalidity", "uid"),)
+    id: int | None = Field(default=None, primary_key=True)
+    mailbox: str = Field(max_length=200)
+    folder: str = Field(max_length=500)
+    uidvalidity: int
+    uid: int
+    attempts: int = 0
+
+
+class Lease(SQLModel, table=True):
+    """A named, expiring lock row: one poller per mailbox, one runner per scheduled job."""
+
+    __tablename__ = "leases"
+    name: str = Field(max_length=200, primary_key=True)
+    owner: str = Field(max_length=200)
+    expires_at: datetime

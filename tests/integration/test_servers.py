@@ -1,0 +1,160 @@
+"""The test servers themselves work: if these fail, every integration test is suspect."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from tests.servers import Dovecot, SmtpSink, postgres_database
+
+
+def _mail(n: int, subject: str = "Printer on fire") -> bytes:
+    return (
+        f"From: alice@example.com\r\nTo: support@example.com\r\n"
+        f"Subject: {subject} #{n}\r\nMessage-ID: <m{n}.{uuid.uuid4().hex}@example.com>\r\n"
+        f"\r\nHelp, number {n}.\r\n"
+    ).encode()
+
+
+def test_dovecot_append_fetch_and_flags(dovecot: Dovecot) -> None:
+    raw = _mail(1)
+    uid = dovecot.append("INBOX", raw, flags=[r"\Seen"])
+    assert uid == 1
+    assert dovecot.folder_uids() == [1]
+    assert dovecot.fetch_all("INBOX") == {1: raw}
+    assert b"\\Seen" in dovecot.flags("INBOX")[1]
+    with dovecot.session() as c:
+        assert c.select_folder("INBOX")[b"EXISTS"] == 1
+
+
+def test_dovecot_load_maildir_is_seen_by_server(dovecot: Dovecot) -> None:
+    msgs = [_mail(i) for i in range(50)]
+    assert dovecot.load_maildir(msgs) == 50
+    assert dovecot.folder_uids() == list(range(1, 51))
+    assert sorted(dovecot.fetch_all().values()) == sorted(msgs)
+    dovecot.load_maildir(msgs[:3], "Archive", seen=True)
+    assert dovecot.folder_uids("Archive") == [1, 2, 3]
+    assert all(b"\\Seen" in f for f in dovecot.flags("Archive").values())
+    dovecot.create_folder("Spam")
+    assert dovecot.folder_uids("Spam") == []
+
+
+def test_reset_uidvalidity_inbox(dovecot: Dovecot) -> None:
+    msgs = [_mail(i) for i in range(3)]
+    dovecot.load_maildir(msgs)
+    dovecot.append("INBOX", _mail(3))
+    before = dovecot.uidvalidity()
+    port = dovecot.port
+    after = dovecot.reset_uidvalidity_inbox()
+    assert after != before
+    assert dovecot.port == port
+    assert dovecot.folder_uids() == [1, 2, 3, 4]
+    assert len(set(dovecot.fetch_all().values()) & set(msgs)) == 3
+
+
+def test_recreate_folder_new_uidvalidity_same_messages(dovecot: Dovecot) -> None:
+    dovecot.create_folder("Support")
+    for i in range(3):
+        dovecot.append("Support", _mail(i))
+    dovecot.append("Support", _mail(9))
+    with dovecot.session() as c:
+        c.select_folder("Support")
+        c.delete_messages([4])
+        c.expunge()
+    before, content = dovecot.uidvalidity("Support"), dovecot.fetch_all("Support")
+    after = dovecot.recreate_folder("Support")
+    assert after != before
+    assert sorted(dovecot.fetch_all("Support").values()) == sorted(content.values())
+
+
+def test_restart_keeps_port_and_disconnects_clients(dovecot: Dovecot) -> None:
+    dovecot.append("INBOX", _mail(1))
+    client = dovecot.client()
+    client.select_folder("INBOX")
+    dovecot.restart()
+    with pytest.raises((OSError, client.AbortError)):
+        client.noop()
+    assert dovecot.folder_uids() == [1]
+    dovecot.stop()
+    with pytest.raises(OSError), socket.create_connection((dovecot.host, dovecot.port), 1):
+        pass
+
+
+def test_dovecot_session_fixture(dovecot_session: Dovecot) -> None:
+    folder = f"t{uuid.uuid4().hex[:8]}"
+    dovecot_session.create_folder(folder)
+    dovecot_session.append(folder, _mail(1))
+    assert dovecot_session.folder_uids(folder) == [1]
+
+
+def test_sink_receives_via_smtplib(smtp_sink: SmtpSink) -> None:
+    with smtplib.SMTP(smtp_sink.host, smtp_sink.port, timeout=10) as smtp:
+        smtp.login("support", "whatever")
+        smtp.sendmail("support@example.com", ["alice@example.com"], _mail(1, "Re: Ticket"))
+    (got,) = smtp_sink.wait_for(1, timeout=5)
+    assert got.mail_from == "support@example.com"
+    assert got.rcpt_tos == ["alice@example.com"]
+    assert smtp_sink.messages[0]["Subject"] == "Re: Ticket #1"
+    assert smtp_sink.raw_messages[0].startswith(b"From: alice@example.com")
+    assert smtp_sink.logins == ["support"]
+
+
+def test_sink_scripted_451_then_250(smtp_sink: SmtpSink) -> None:
+    smtp_sink.script(["451 4.3.0 try later", "250 OK"])
+    with smtplib.SMTP(smtp_sink.host, smtp_sink.port, timeout=10) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            smtp.sendmail("a@example.com", ["b@example.com"], _mail(1))
+        assert info.value.smtp_code == 451
+        smtp.sendmail("a@example.com", ["b@example.com"], _mail(2))
+    assert len(smtp_sink.wait_for(1)) == 1
+    assert [a.reply[:3] for a in smtp_sink.attempts] == ["451", "250"]
+
+
+def test_sink_reject_all(smtp_sink: SmtpSink) -> None:
+    smtp_sink.reject_all("550 5.1.1 no such user")
+    with (
+        smtplib.SMTP(smtp_sink.host, smtp_sink.port, timeout=10) as smtp,
+        pytest.raises(smtplib.SMTPDataError) as info,
+    ):
+        smtp.sendmail("a@example.com", ["nobody@example.com"], _mail(1))
+    assert info.value.smtp_code == 550
+    assert smtp_sink.received == []
+    with pytest.raises(TimeoutError):
+        smtp_sink.wait_for(1, timeout=0.1)
+
+
+def test_db_url_roundtrip(db_url: str) -> None:
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE ticket (id INTEGER PRIMARY KEY, subject TEXT)"))
+            conn.execute(sa.text("INSERT INTO ticket VALUES (1, 'Printer on fire')"))
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT subject FROM ticket")).scalar_one() == ("Printer on fire")
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_database_is_fresh_and_dropped_despite_open_connection() -> None:
+    with postgres_database() as url:
+        engine = sa.create_engine(url)
+        held = engine.connect()  # left open on purpose: the drop must still succeed
+        count = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        assert held.execute(sa.text(count)).scalar_one() == 0
+    name = url.rsplit("/", 1)[1]
+    try:
+        with postgres_database() as probe:
+            assert probe != url
+            probe_engine = sa.create_engine(probe)
+            with probe_engine.connect() as conn:
+                query = sa.text("SELECT count(*) FROM pg_database WHERE datname = :n")
+                assert conn.execute(query, {"n": name}).scalar_one() == 0
+            probe_engine.dispose()
+    finally:
+        held.invalidate()
+        engine.dispose()

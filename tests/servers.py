@@ -1,0 +1,839 @@
+"""Real servers for tests and benchmarks: a private Dovecot, an SMTP sink, fresh PostgreSQL DBs.
+
+mailticket talks to IMAP, SMTP and a SQL database; mocks of those protocols hide exactly the
+bugs (UIDVALIDITY changes, 4xx retries, driver differences) the tests must catch, so these
+helpers run the real thing on 127.0.0.1. See /work/shared/TESTING.md for the facts behind them.
+
+Only the standard library is needed to start and stop the servers; imapclient, aiosmtpd and
+psycopg are imported where they are used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import email.policy
+import getpass
+import grp
+import os
+import pwd
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imapclient import IMAPClient
+
+__all__ = [
+    "Dovecot",
+    "PostgresUnavailable",
+    "Received",
+    "ServerStartError",
+    "SmtpSink",
+    "free_port",
+    "postgres_database",
+]
+
+LOCALHOST = "127.0.0.1"
+
+
+class ServerStartError(RuntimeError):
+    """A test server did not come up; the message carries its log tail."""
+
+
+def free_port() -> int:
+    """Ask the kernel for a currently unused TCP port (racy: callers retry on bind failure)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOCALHOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (Dovecot's master is not our child)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+# --------------------------------------------------------------------------------------------
+# Dovecot
+# --------------------------------------------------------------------------------------------
+
+_DOVECOT_CONF = """\
+# Throwaway Dovecot for mailticket tests; everything lives under {root}.
+instance_name = {instance}
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap
+listen = {host}
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:~/Maildir
+default_internal_user = {internal_user}
+default_internal_group = {internal_group}
+default_login_user = {login_user}
+first_valid_uid = {uid}
+last_valid_uid = {uid}
+first_valid_gid = {gid}
+last_valid_gid = {gid}
+mail_fsync = never
+shutdown_clients = yes
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {root}/users
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = {host}
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+{login_chroot}}}
+{extra}
+"""
+
+
+class Dovecot:
+    """A private Dovecot IMAP server (Maildir, plaintext auth) in its own temp directory.
+
+    Runs as root (mail owned by the system `mail` user, login processes as dovenull) or as
+    any other user (everything as that user). `start()` picks a free port and retries if
+    another process grabs it first; `restart()` keeps the port so clients can reconnect.
+    """
+
+    def __init__(
+        self,
+        user: str = "support",
+        password: str = "secret",
+        *,
+        binary: str | None = None,
+        root: str | os.PathLike[str] | None = None,
+        start_timeout: float = 15.0,
+    ) -> None:
+        found = binary or shutil.which("dovecot") or "/usr/sbin/dovecot"
+        if not os.access(found, os.X_OK):
+            raise ServerStartError("dovecot binary not found (apt-get install -y dovecot-imapd)")
+        self.binary = found
+        self.host = LOCALHOST
+        self.port = 0
+        self.user = user
+        self.password = password
+        self.start_timeout = start_timeout
+        self._own_root = root is None
+        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="mailticket-dovecot-"))
+        self.instance = f"mt-{uuid.uuid4().hex[:10]}"
+        self._users: dict[str, str] = {}
+        self._running = False
+        self._as_root = os.geteuid() == 0
+        if self._as_root:
+            mail = pwd.getpwnam("mail")
+            self.mail_uid, self.mail_gid = mail.pw_uid, mail.pw_gid
+        else:
+            self.mail_uid, self.mail_gid = os.geteuid(), os.getegid()
+        self._prepare_root()
+        self.add_user(user, password)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def conf_path(self) -> Path:
+        return self.root / "dovecot.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "dovecot.log"
+
+    @property
+    def master_pid_path(self) -> Path:
+        return self.root / "run" / "master.pid"
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def _prepare_root(self) -> None:
+        """Create the directory tree; world-traversable so dovecot/dovenull/mail can reach it."""
+        for sub in ("", "run", "state", "home"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            os.chmod(self.root / sub, 0o755)
+
+    def _write_config(self) -> None:
+        if self._as_root:
+            internal_user, login_user = "dovecot", "dovenull"
+            internal_group = grp.getgrgid(pwd.getpwnam("dovecot").pw_gid).gr_name
+            login_chroot = ""
+            extra = ""
+        else:
+            me = pwd.getpwuid(os.geteuid()).pw_name if _has_pw_entry() else getpass.getuser()
+            internal_user = login_user = me
+            internal_group = grp.getgrgid(os.getegid()).gr_name
+            # Without root, Dovecot cannot chroot; anvil/imap-login chroot by default.
+            login_chroot = "  chroot =\n"
+            extra = "service anvil {\n  chroot =\n}\n"
+        self.conf_path.write_text(
+            _DOVECOT_CONF.format(
+                root=self.root,
+                instance=self.instance,
+                host=self.host,
+                port=self.port,
+                internal_user=internal_user,
+                internal_group=internal_group,
+                login_user=login_user,
+                uid=self.mail_uid,
+                gid=self.mail_gid,
+                login_chroot=login_chroot,
+                extra=extra,
+            )
+        )
+
+    def _write_users(self) -> None:
+        lines = [
+            f"{name}:{{PLAIN}}{pw}:{self.mail_uid}:{self.mail_gid}::{self.home(name)}::\n"
+            for name, pw in self._users.items()
+        ]
+        path = self.root / "users"
+        path.write_text("".join(lines))
+        os.chmod(path, 0o644)  # read by the auth process, which runs as `dovecot`
+
+    def home(self, user: str | None = None) -> Path:
+        """Home directory of `user` (default: the main user); Maildir lives below it."""
+        return self.root / "home" / (user or self.user)
+
+    def maildir(self, folder: str = "INBOX", user: str | None = None) -> Path:
+        """Filesystem path of a folder (Maildir++ layout: INBOX is the root, others `.Name`)."""
+        base = self.home(user) / "Maildir"
+        if folder.upper() == "INBOX":
+            return base
+        return base / ("." + folder.replace("/", "."))
+
+    def add_user(self, name: str, password: str) -> None:
+        """Add (or change) a mailbox user; takes effect immediately (passwd-file is re-read)."""
+        self._users[name] = password
+        home = self.home(name)
+        for d in (home, home / "Maildir", *(home / "Maildir" / s for s in ("cur", "new", "tmp"))):
+            d.mkdir(exist_ok=True)
+            self._chown(d)
+            os.chmod(d, 0o700)
+        self._write_users()
+
+    def start(self) -> Dovecot:
+        """Start the server (new free port on first start, with retries); wait for `* OK`."""
+        if self._running:
+            return self
+        fixed_port = self.port != 0
+        attempts = 1 if fixed_port else 5
+        last_error = ""
+        for _ in range(attempts):
+            if not fixed_port:
+                self.port = free_port()
+            self._write_config()
+            with contextlib.suppress(FileNotFoundError):
+                self.master_pid_path.unlink()
+            # Output to a file, not a pipe: the daemonized master keeps inherited fds open.
+            out_path = self.root / "startup.out"
+            with open(out_path, "wb") as out:
+                proc = subprocess.run(
+                    [self.binary, "-c", str(self.conf_path)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=self.start_timeout,
+                )
+            if proc.returncode == 0:
+                self._running = True
+                try:
+                    self._wait_ready()
+                except BaseException:
+                    self.stop()
+                    raise
+                return self
+            last_error = out_path.read_text(errors="replace").strip()
+            if "in use" not in last_error:
+                break
+        raise ServerStartError(
+            f"dovecot failed to start on {self.host}:{self.port}: {last_error}\n"
+            f"--- {self.log_path} (tail) ---\n{self.log_tail()}"
+        )
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=2) as s:
+                    s.settimeout(2)
+                    greeting = s.recv(256)
+                if greeting.startswith(b"* OK"):
+                    return
+                last = greeting
+            except OSError as exc:
+                last = exc
+            time.sleep(0.02)
+        raise ServerStartError(
+            f"dovecot on {self.host}:{self.port} not ready after {self.start_timeout}s "
+            f"(last: {last!r})\n--- {self.log_path} (tail) ---\n{self.log_tail()}"
+        )
+
+    def master_pid(self) -> int | None:
+        try:
+            return int(self.master_pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM Dovecot's processes (by pid, never by name) and wait until they are gone.
+
+        The services (log included) are signalled before the master: after a bare SIGTERM to
+        the master an imap process with a connected client lingers ~10 s and the master waits
+        ~1 s for its log process; this way clients see EOF at once and a stop takes ms.
+        """
+        pid = self.master_pid()
+        self._running = False
+        if pid is None or not _pid_alive(pid):
+            return
+        # Freeze the master so it cannot respawn services while they are being signalled.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+        children = _child_pids(pid)
+        for p in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(_pid_alive(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        for p in children:
+            if _pid_alive(p):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGCONT)
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if _pid_alive(pid):
+            for p in [*_child_pids(pid), pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+
+    def restart(self) -> Dovecot:
+        """Stop and start again on the same port (connected clients are disconnected)."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop the server and delete its directory (if we created it)."""
+        self.stop()
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Dovecot:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    # -- IMAP helpers --------------------------------------------------------------------
+
+    def client(self, user: str | None = None, password: str | None = None) -> IMAPClient:
+        """A logged-in imapclient.IMAPClient (plain IMAP, no TLS); caller logs out."""
+        from imapclient import IMAPClient
+
+        c = IMAPClient(self.host, port=self.port, ssl=False, timeout=30)
+        name = user or self.user
+        c.login(name, password if password is not None else self._users[name])
+        return c
+
+    @contextlib.contextmanager
+    def session(self, user: str | None = None) -> Iterator[IMAPClient]:
+        """`with dovecot.session() as c:` — a client that is logged out afterwards."""
+        c = self.client(user)
+        try:
+            yield c
+        finally:
+            with contextlib.suppress(Exception):
+                c.logout()
+
+    def append(
+        self,
+        folder: str,
+        raw: bytes,
+        flags: Sequence[str | bytes] = (),
+        msg_time: Any = None,
+    ) -> int | None:
+        """APPEND one message; returns its UID (Dovecot supports UIDPLUS)."""
+        with self.session() as c:
+            resp = c.append(folder, raw, flags=tuple(flags), msg_time=msg_time)
+        return _appenduid(resp)
+
+    def append_many(self, folder: str, messages: Iterable[bytes]) -> list[int]:
+        """APPEND several messages over one connection; returns their UIDs."""
+        uids: list[int] = []
+        with self.session() as c:
+            for raw in messages:
+                uid = _appenduid(c.append(folder, raw))
+                if uid is not None:
+                    uids.append(uid)
+        return uids
+
+    def create_folder(self, name: str, subscribe: bool = True) -> None:
+        with self.session() as c:
+            if not c.folder_exists(name):
+                c.create_folder(name)
+            if subscribe:
+                c.subscribe_folder(name)
+
+    def delete_folder(self, name: str) -> None:
+        with self.session() as c:
+            if c.folder_exists(name):
+                c.delete_folder(name)
+
+    def folder_uids(self, folder: str = "INBOX") -> list[int]:
+        with self.session() as c:
+            c.select_folder(folder, readonly=True)
+            return sorted(int(u) for u in c.search("ALL"))
+
+    def fetch_all(self, folder: str = "INBOX") -> dict[int, bytes]:
+        """UID -> full raw message, without setting \\Seen."""
+        with self.session() as c:
+            c.select_folder(folder, readonly=True)
+            uids = c.search("ALL")
+            data = c.fetch(uids, ["BODY.PEEK[]"]) if uids else {}
+        return {int(uid): bytes(v[b"BODY[]"]) for uid, v in data.items()}
+
+    def flags(self, folder: str = "INBOX") -> dict[int, tuple[bytes, ...]]:
+        """UID -> flags tuple as imapclient returns them (bytes, e.g. b'\\\\Seen')."""
+        with self.session() as c:
+            c.select_folder(folder, readonly=True)
+            data = c.get_flags(c.search("ALL"))
+        return {int(uid): tuple(f) for uid, f in data.items()}
+
+    def uidvalidity(self, folder: str = "INBOX") -> int:
+        with self.session() as c:
+            status = c.folder_status(folder, [b"UIDVALIDITY"])
+        return int(status[b"UIDVALIDITY"])
+
+    def reset_uidvalidity_inbox(self) -> int:
+        """Force a new INBOX UIDVALIDITY (messages kept, renumbered from 1); returns it.
+
+        Stops the server, deletes `dovecot-uidlist` and `dovecot.index*` in the INBOX
+        Maildir, starts again on the same port.
+        """
+        was_running = self._running
+        self.stop()
+        box = self.maildir("INBOX")
+        for p in [box / "dovecot-uidlist", *box.glob("dovecot.index*")]:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        self.start()
+        value = self.uidvalidity("INBOX")
+        if not was_running:
+            self.stop()
+        return value
+
+    def recreate_folder(self, name: str, keep_messages: bool = True) -> int:
+        """Delete and recreate a (non-INBOX) folder to get a new UIDVALIDITY; returns it.
+
+        With `keep_messages` the same messages (and flags) are appended again, so they come
+        back under new UIDs — the situation a UIDVALIDITY-aware poller must handle.
+        """
+        if name.upper() == "INBOX":
+            raise ValueError("INBOX cannot be deleted; use reset_uidvalidity_inbox()")
+        with self.session() as c:
+            saved: list[tuple[bytes, tuple[bytes, ...]]] = []
+            if keep_messages and c.folder_exists(name):
+                c.select_folder(name, readonly=True)
+                uids = c.search("ALL")
+                if uids:
+                    data = c.fetch(uids, ["BODY.PEEK[]", "FLAGS"])
+                    saved = [(bytes(data[u][b"BODY[]"]), tuple(data[u][b"FLAGS"])) for u in sorted(data)]
+                c.unselect_folder()
+            if c.folder_exists(name):
+                c.delete_folder(name)
+            c.create_folder(name)
+            c.subscribe_folder(name)
+            for raw, fl in saved:
+                c.append(name, raw, flags=tuple(f for f in fl if f != b"\\Recent"))
+            status = c.folder_status(name, [b"UIDVALIDITY"])
+        return int(status[b"UIDVALIDITY"])
+
+    # -- fast loading --------------------------------------------------------------------
+
+    def load_maildir(
+        self,
+        messages: Iterable[bytes],
+        folder: str = "INBOX",
+        *,
+        seen: bool = False,
+        user: str | None = None,
+    ) -> int:
+        """Write messages straight into the folder's Maildir `cur/` (~7x faster than APPEND).
+
+        Creates the folder (Maildir++ layout) if needed; works while the server runs —
+        Dovecot picks the files up on its next mailbox sync. Returns the count written.
+        """
+        box = self.maildir(folder, user)
+        if not (box / "cur").is_dir():
+            for d in (box, box / "cur", box / "new", box / "tmp"):
+                d.mkdir(exist_ok=True)
+                self._chown(d)
+                os.chmod(d, 0o700)
+            if folder.upper() != "INBOX":
+                marker = box / "maildirfolder"
+                marker.touch()
+                self._chown(marker)
+        info = ":2,S" if seen else ":2,"
+        host = socket.gethostname().replace("/", "_").replace(":", "_")
+        stamp, pid = int(time.time()), os.getpid()
+        tmp_dir, cur_dir = box / "tmp", box / "cur"
+        chown = self._as_root and (self.mail_uid, self.mail_gid) != (os.geteuid(), os.getegid())
+        count = 0
+        for raw in messages:
+            unique = f"{stamp}.M{count}P{pid}R{uuid.uuid4().hex[:8]}.{host},S={len(raw)}"
+            tmp_path = tmp_dir / unique
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(raw)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if chown:
+                    os.fchown(fd, self.mail_uid, self.mail_gid)
+            finally:
+                os.close(fd)
+            os.rename(tmp_path, cur_dir / (unique + info))
+            count += 1
+        return count
+
+    def _chown(self, path: Path) -> None:
+        if self._as_root:
+            os.chown(path, self.mail_uid, self.mail_gid)
+
+
+def _has_pw_entry() -> bool:
+    try:
+        pwd.getpwuid(os.geteuid())
+    except KeyError:
+        return False
+    return True
+
+
+def _appenduid(resp: bytes | str | None) -> int | None:
+    """Parse `[APPENDUID <validity> <uid>] ...` from an APPEND response."""
+    text = resp.decode() if isinstance(resp, bytes) else (resp or "")
+    if "APPENDUID" not in text:
+        return None
+    parts = text.split("APPENDUID", 1)[1].split("]", 1)[0].split()
+    return int(parts[1]) if len(parts) >= 2 else None
+
+
+def _child_pids(pid: int) -> list[int]:
+    """All descendants of `pid`, read from /proc (Dovecot's services, by pid, never by name)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(entry.name)] = int(fields[1])
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == parent]
+        found.extend(kids)
+        frontier.extend(kids)
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# SMTP sink
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message the sink accepted (or, in `attempts`, was offered)."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    raw: bytes
+    reply: str = "250 OK"
+    message: EmailMessage = field(repr=False, compare=False, default_factory=EmailMessage)
+
+
+Responder = Callable[["Received"], str]
+
+
+class SmtpSink:
+    """A real SMTP server (aiosmtpd in a thread) that records what it is sent.
+
+    The DATA reply is scriptable, so retry and failure paths can be tested against a real
+    server: `script(["451 try later", "250 OK"])` answers in order and then falls back to
+    the default, `reject_all("550 no such user")` refuses everything, `respond_with(fn)`
+    decides per message. Only messages answered with 2xx land in `received`/`messages`;
+    every DATA attempt is in `attempts`. AUTH PLAIN/LOGIN is accepted without TLS.
+    """
+
+    def __init__(
+        self,
+        *,
+        credentials: tuple[str, str] | None = None,
+        data_size_limit: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.host = LOCALHOST
+        self.port = 0
+        self.credentials = credentials
+        self.data_size_limit = data_size_limit
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._received: list[Received] = []
+        self._attempts: list[Received] = []
+        self._script: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._responder: Responder | None = None
+        self.default_reply = "250 OK"
+        self.logins: list[str] = []
+        self._controller: Any = None
+
+    # -- scripting -----------------------------------------------------------------------
+
+    def script(self, replies: Iterable[str]) -> None:
+        """Queue DATA replies used in order, before the responder/default applies."""
+        for r in replies:
+            self._script.put(r)
+
+    def reject_all(self, reply: str = "550 no such user") -> None:
+        """Answer every following DATA with `reply` (e.g. a 5xx or 4xx)."""
+        self.default_reply = reply
+
+    def accept_all(self) -> None:
+        self.default_reply = "250 OK"
+        self._responder = None
+
+    def respond_with(self, responder: Responder | None) -> None:
+        """Let `responder(Received) -> reply string` decide (when the script is empty)."""
+        self._responder = responder
+
+    def _next_reply(self, item: Received) -> str:
+        try:
+            return self._script.get_nowait()
+        except queue.Empty:
+            pass
+        if self._responder is not None:
+            return self._responder(item)
+        return self.default_reply
+
+    # -- aiosmtpd hooks ------------------------------------------------------------------
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        raw = bytes(envelope.original_content or envelope.content or b"")
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        item = Received(
+            mail_from=str(envelope.mail_from),
+            rcpt_tos=[str(r) for r in envelope.rcpt_tos],
+            raw=raw,
+            message=msg,
+        )
+        reply = self._next_reply(item)
+        item = Received(item.mail_from, item.rcpt_tos, raw, reply, msg)
+        with self._cond:
+            self._attempts.append(item)
+            if reply.startswith("2"):
+                self._received.append(item)
+            self._cond.notify_all()
+        return reply
+
+    def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> Any:
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        login = auth_data.login.decode()
+        ok = self.credentials is None or ((login, auth_data.password.decode()) == self.credentials)
+        if ok:
+            with self._lock:
+                self.logins.append(login)
+        return AuthResult(success=ok)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> SmtpSink:
+        """Start on a free port (retrying if it is taken between picking and binding)."""
+        from aiosmtpd.controller import Controller
+
+        last: BaseException | None = None
+        for _ in range(5):
+            port = free_port()
+            controller = Controller(
+                self,
+                hostname=self.host,
+                port=port,
+                ready_timeout=10.0,
+                data_size_limit=self.data_size_limit,
+                enable_SMTPUTF8=True,
+                authenticator=self._authenticate,
+                auth_required=False,
+                auth_require_tls=False,
+            )
+            try:
+                controller.start()
+            except OSError as exc:  # port grabbed in between
+                last = exc
+                continue
+            self._controller, self.port = controller, port
+            return self
+        raise ServerStartError(f"SMTP sink could not bind a port: {last!r}")
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def __enter__(self) -> SmtpSink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- results -------------------------------------------------------------------------
+
+    @property
+    def received(self) -> list[Received]:
+        with self._lock:
+            return list(self._received)
+
+    @property
+    def attempts(self) -> list[Received]:
+        with self._lock:
+            return list(self._attempts)
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        """Accepted messages parsed with `email.policy.default`."""
+        return [r.message for r in self.received]
+
+    @property
+    def raw_messages(self) -> list[bytes]:
+        return [r.raw for r in self.received]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._received.clear()
+            self._attempts.clear()
+
+    def wait_for(self, n: int, timeout: float = 10.0) -> list[Received]:
+        """Block until at least `n` messages were accepted; raise TimeoutError otherwise."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._received) >= n, timeout):
+                raise TimeoutError(
+                    f"SMTP sink got {len(self._received)} of {n} messages in {timeout}s "
+                    f"({len(self._attempts)} attempts)"
+                )
+            return list(self._received)
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL
+# --------------------------------------------------------------------------------------------
+
+PG_HOST = os.environ.get("MAILTICKET_TEST_PGHOST", LOCALHOST)
+PG_PORT = int(os.environ.get("MAILTICKET_TEST_PGPORT", "5432"))
+
+
+class PostgresUnavailable(RuntimeError):
+    """PostgreSQL is required for the postgres tests; they fail (never skip) without it."""
+
+
+def _admin_connect() -> tuple[Any, str]:
+    """Autocommit psycopg connection to a maintenance DB; returns it and the role used."""
+    import psycopg
+
+    users = ["postgres"]
+    with contextlib.suppress(Exception):
+        users.append(getpass.getuser())
+    errors: list[str] = []
+    for user in users:
+        for dbname in ("postgres", "test", user):
+            try:
+                conn = psycopg.connect(
+                    host=PG_HOST,
+                    port=PG_PORT,
+                    user=user,
+                    dbname=dbname,
+                    autocommit=True,
+                    connect_timeout=5,
+                )
+            except psycopg.OperationalError as exc:
+                errors.append(f"{user}@{dbname}: {str(exc).strip()}")
+                continue
+            return conn, user
+    raise PostgresUnavailable(
+        f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT} (trust auth expected). "
+        "Start it, e.g. `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main "
+        "start`. Tried: " + " | ".join(errors)
+    )
+
+
+@contextlib.contextmanager
+def postgres_database(prefix: str = "mailticket_test") -> Iterator[str]:
+    """Create a fresh, randomly named database; yield its SQLAlchemy URL; drop it afterwards.
+
+    Runs never see each other's rows. Raises PostgresUnavailable (never skips) if the
+    server cannot be reached.
+    """
+    from psycopg import sql
+
+    conn, user = _admin_connect()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except BaseException:
+        conn.close()
+        raise
+    try:
+        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        try:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        finally:
+            conn.close()
