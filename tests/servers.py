@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -391,22 +392,26 @@ class Dovecot:
         folder: str,
         raw: bytes,
         flags: Sequence[str | bytes] = (),
-        msg_time: Any = None,
+        msg_time: datetime | None = None,
     ) -> int | None:
-        """APPEND one message; returns its UID (Dovecot supports UIDPLUS)."""
-        with self.session() as c:
-            resp = c.append(folder, raw, flags=tuple(flags), msg_time=msg_time)
-        return _appenduid(resp)
+        """APPEND one message (creating the folder if needed); returns its UID (UIDPLUS)."""
+        return self.append_many(folder, [raw], flags=flags, msg_time=msg_time)[0]
 
-    def append_many(self, folder: str, messages: Iterable[bytes]) -> list[int]:
-        """APPEND several messages over one connection; returns their UIDs."""
-        uids: list[int] = []
+    def append_many(
+        self,
+        folder: str,
+        messages: Iterable[bytes],
+        flags: Sequence[str | bytes] = (),
+        msg_time: datetime | None = None,
+    ) -> list[int | None]:
+        """APPEND messages over one connection, creating the folder if needed; returns UIDs."""
         with self.session() as c:
-            for raw in messages:
-                uid = _appenduid(c.append(folder, raw))
-                if uid is not None:
-                    uids.append(uid)
-        return uids
+            if not c.folder_exists(folder):
+                c.create_folder(folder)
+                c.subscribe_folder(folder)
+            return [
+                _appenduid(c.append(folder, raw, flags=tuple(flags), msg_time=msg_time)) for raw in messages
+            ]
 
     def create_folder(self, name: str, subscribe: bool = True) -> None:
         with self.session() as c:
@@ -786,22 +791,25 @@ def _admin_connect() -> tuple[Any, str]:
     users = ["postgres"]
     with contextlib.suppress(Exception):
         users.append(getpass.getuser())
+    candidates = dict.fromkeys((u, db) for u in users for db in ("postgres", "test", u))
     errors: list[str] = []
-    for user in users:
-        for dbname in ("postgres", "test", user):
-            try:
-                conn = psycopg.connect(
-                    host=PG_HOST,
-                    port=PG_PORT,
-                    user=user,
-                    dbname=dbname,
-                    autocommit=True,
-                    connect_timeout=5,
-                )
-            except psycopg.OperationalError as exc:
-                errors.append(f"{user}@{dbname}: {str(exc).strip()}")
-                continue
-            return conn, user
+    for user, dbname in candidates:
+        try:
+            conn = psycopg.connect(
+                host=PG_HOST,
+                port=PG_PORT,
+                user=user,
+                dbname=dbname,
+                autocommit=True,
+                connect_timeout=5,
+            )
+        except psycopg.OperationalError as exc:
+            message = " ".join(str(exc).split())
+            errors.append(f"{user}@{dbname}: {message}")
+            if "refused" in message or "timeout" in message:
+                break  # nothing listening: other roles/databases will not help
+            continue
+        return conn, user
     raise PostgresUnavailable(
         f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT} (trust auth expected). "
         "Start it, e.g. `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main "

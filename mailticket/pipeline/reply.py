@@ -70,9 +70,7 @@ class _GuardedMessage(EmailMessage):  # type: ignore[misc]
 
     def __init__(self, text: str) -> None:
         super().__init__(text)
-        self.MULTI_QUOTE_HDR_REGEX_MULTILINE = _LastQuoteHeader(
-            EmailMessage.MULTI_QUOTE_HDR_REGEX_MULTILINE
-        )
+        self.MULTI_QUOTE_HDR_REGEX_MULTILINE = _LastQuoteHeader(EmailMessage.MULTI_QUOTE_HDR_REGEX_MULTILINE)
         self.MULTI_QUOTE_HDR_REGEX = _LastQuoteHeader(EmailMessage.MULTI_QUOTE_HDR_REGEX)
 
 
@@ -111,6 +109,7 @@ def _html_converter() -> html2text.HTML2Text:
 
 
 _HR_LINE: Final = re.compile(r"^ *\* \* \*$", re.MULTILINE)
+_BLANK_RUN: Final = re.compile(r"\n{3,}")
 
 
 def visible_reply_html(html: str) -> str:
@@ -118,8 +117,9 @@ def visible_reply_html(html: str) -> str:
 
     html2text renders ``<hr>`` (Outlook's and Hotmail's separator above the quoted headers)
     as ``* * *``; it becomes an underscore rule, the separator the parser already knows.
+    Runs of blank lines, an artefact of ``<br>`` and ``<p>`` nesting, are collapsed.
     """
     if not html or html.isspace():
         return ""
     text = _html_converter().handle(html[: 4 * MAX_INPUT_CHARS])
-    return visible_reply(_HR_LINE.sub("_" * 32, text))
+    return _BLANK_RUN.sub("\n\n", visible_reply(_HR_LINE.sub("_" * 32, text)))

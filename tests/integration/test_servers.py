@@ -158,3 +158,13 @@ def test_postgres_database_is_fresh_and_dropped_despite_open_connection() -> Non
     finally:
         held.invalidate()
         engine.dispose()
+
+
+def test_dovecot_add_user_while_running(dovecot: Dovecot) -> None:
+    dovecot.add_user("sales", "s3cret")
+    with dovecot.session("sales") as c:
+        c.append("INBOX", _mail(1))
+    dovecot.load_maildir([_mail(2)], user="sales")
+    with dovecot.session("sales") as c:
+        assert len(c.select_folder("INBOX", readonly=True) and c.search("ALL")) == 2
+    assert dovecot.folder_uids() == []

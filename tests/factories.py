@@ -1,0 +1,106 @@
+"""Builders shared by the tests: a config in a temp dir, an app context, test messages."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+from mailticket.app import build
+from mailticket.config import Config
+from mailticket.context import AppContext
+from mailticket.models import Outcome, RawMail
+from mailticket.pipeline.process import Pipeline
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+BASE: dict[str, Any] = {
+    "service": {"support_address": "support@example.com", "support_name": "Example Support"},
+    "smtp": {"transport": "file"},
+    "security": {
+        "trusted_authserv_ids": ["mx.example.com"],
+        "agent_auth": ["dkim", "dmarc"],
+        "reply_token_secret": "test-secret",
+    },
+    "departments": [
+        {"name": "general", "address": "support@example.com", "agents": ["alice@example.com"],
+         "sla": "standard"},
+        {"name": "billing", "address": "billing@example.com", "agents": ["bob@example.com"]},
+    ],
+    "sla": [{"name": "standard", "first_response": "8h", "resolution": "3d"}],
+    "agents": [{"email": "alice@example.com", "name": "Alice"}, {"email": "bob@example.com", "name": "Bob"}],
+}
+
+
+def make_config(tmp_path: Path, db_url: str | None = None, **sections: Any) -> Config:
+    """BASE plus overrides (a whole section per keyword), data under tmp_path."""
+    raw = {**BASE, **sections}
+    service = {**BASE["service"], **sections.get("service", {}), "data_dir": str(tmp_path / "data")}
+    if db_url:
+        service["database_url"] = db_url
+    raw["service"] = service
+    return Config.model_validate(raw)
+
+
+class Clock:
+    """A controllable clock for SLA and back-off tests."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 23, 9, 0, tzinfo=UTC)  # a Monday
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def make_ctx(tmp_path: Path, db_url: str | None = None, clock: Callable[[], datetime] | None = None,
+             **sections: Any) -> AppContext:
+    ctx = build(make_config(tmp_path, db_url, **sections))
+    if clock is not None:
+        ctx.clock = clock
+    return ctx
+
+
+_ids = itertools.count(1)
+
+
+def mail(
+    *,
+    sender: str = "Carol Customer <carol@customer.example>",
+    to: str = "support@example.com",
+    subject: str = "Cannot log in",
+    body: str = "Hello, I cannot log in.\n",
+    message_id: str | None = None,
+    in_reply_to: str | None = None,
+    references: str | None = None,
+    headers: dict[str, str] | None = None,
+    attachments: list[tuple[str, str, bytes]] = (),  # type: ignore[assignment]
+) -> bytes:
+    """A well-formed test message as bytes."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
+    msg["Message-ID"] = f"<{message_id or f'test-{next(_ids)}@customer.example'}>"
+    if in_reply_to:
+        msg["In-Reply-To"] = f"<{in_reply_to}>"
+    if references:
+        msg["References"] = references
+    for name, value in (headers or {}).items():
+        msg[name] = value
+    msg.set_content(body)
+    for filename, ctype, data in attachments:
+        maintype, subtype = ctype.split("/", 1)
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+    return msg.as_bytes()
+
+
+def ingest(ctx: AppContext, data: bytes, source: str = "test", **raw: Any) -> Outcome:
+    return Pipeline(ctx).process(RawMail(data=data, source=source, **raw))
