@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from mailticket.config import PRIORITIES
 from mailticket.context import AppContext
 from mailticket.outbound.outbox import enqueue
 from mailticket.storage import repository
@@ -96,16 +97,25 @@ def add_entry(
     return entry
 
 
+def _responded(ctx: AppContext, ticket: Ticket) -> None:
+    if ticket.first_response_at is None:
+        ticket.first_response_at = ctx.clock()
+
+
+def relay_reply(session: Session, ctx: AppContext, ticket: Ticket, entry: Entry) -> None:
+    """Send a stored agent entry to the requester and CCs; the first one is the first response."""
+    _responded(ctx, ticket)
+    requester, cc = customers(session, ticket)
+    enqueue(session, ctx, ticket, "reply", [requester], entry_context(entry), cc=cc, automatic=False)
+    repository.record_event(session, ticket, "reply", entry.author, entry_id=entry.id)
+
+
 def public_reply(
     session: Session, ctx: AppContext, ticket: Ticket, agent: str, body: str, **fields: Any
 ) -> Entry:
     """An agent's answer: stored, relayed to requester and CCs, first response recorded."""
     entry = add_entry(session, ctx, ticket, "agent", agent, body, **fields)
-    if ticket.first_response_at is None:
-        ticket.first_response_at = ctx.clock()
-    requester, cc = customers(session, ticket)
-    enqueue(session, ctx, ticket, "reply", [requester], entry_context(entry), cc=cc, automatic=False)
-    repository.record_event(session, ticket, "reply", agent, entry_id=entry.id)
+    relay_reply(session, ctx, ticket, entry)
     return entry
 
 
@@ -143,15 +153,66 @@ def resolve(
     text: str = "",
     *,
     close: bool = False,
+    entry: Entry | None = None,
 ) -> None:
-    """Resolve (or close) and tell the customer with the resolution text."""
+    """Resolve (or close) and send the resolution notice with the resolution text.
+
+    The text is either a stored entry (an agent's mail) or `text` (the CLI), kept as a public
+    entry; it counts as the first response. Closing an already resolved ticket sends nothing
+    new unless there is new text.
+    """
+    already_done = ticket.status in ("resolved", "closed")
     set_status(session, ctx, ticket, "closed" if close else "resolved", actor)
-    entry = add_entry(session, ctx, ticket, "system", actor, text, flags=["resolution"]) if text else None
+    if entry is None and text.strip():
+        entry = add_entry(session, ctx, ticket, "agent" if actor else "system", actor, text)
+    if entry is not None:
+        entry.flags = [*entry.flags, "resolution"]
+        _responded(ctx, ticket)
+    elif already_done:
+        return
     requester, cc = customers(session, ticket)
     enqueue(session, ctx, ticket, "resolution", [requester], entry_context(entry), cc=cc)
+    repository.record_event(
+        session, ticket, "resolution_notice", actor, entry_id=entry.id if entry else None
+    )
+
+
+def set_pending(session: Session, ctx: AppContext, ticket: Ticket, actor: str | None) -> None:
+    """Waiting for the customer: their next reply reopens the ticket."""
+    set_status(session, ctx, ticket, "pending", actor)
+
+
+def set_priority(session: Session, ctx: AppContext, ticket: Ticket, priority: str, actor: str | None) -> None:
+    if priority not in PRIORITIES:
+        raise ValueError(f"unknown priority {priority!r}; use one of {', '.join(PRIORITIES)}")
+    if priority == ticket.priority:
+        return
+    repository.record_event(session, ticket, "priority", actor, old=ticket.priority, new=priority)
+    ticket.priority = priority
+    touch(ctx, ticket)
+
+
+def set_department(
+    session: Session, ctx: AppContext, ticket: Ticket, department: str, actor: str | None
+) -> None:
+    """Move a ticket; an unassigned ticket alerts its new department's agents."""
+    if department not in {d.name for d in ctx.config.departments}:
+        raise ValueError(f"unknown department {department!r}")
+    if department == ticket.department:
+        return
+    repository.record_event(session, ticket, "department", actor, old=ticket.department, new=department)
+    ticket.department = department
+    touch(ctx, ticket)
+    if ticket.assignee is None:
+        first = next(iter(repository.entries(session, ticket)), None)
+        enqueue(session, ctx, ticket, "alert", agents_to_alert(ctx, ticket, exclude=actor),
+                entry_context(first, [f"moved to {department}"]))
 
 
 def reopen(session: Session, ctx: AppContext, ticket: Ticket, actor: str | None, why: str) -> None:
+    """Back to open; the assignee (or the department's agents) hear why."""
+    if ticket.status == "open":
+        return
     set_status(session, ctx, ticket, "open", actor, reason=why)
     enqueue(
         session,
@@ -166,6 +227,8 @@ def reopen(session: Session, ctx: AppContext, ticket: Ticket, actor: str | None,
 def assign(session: Session, ctx: AppContext, ticket: Ticket, agent: str | None, actor: str | None) -> None:
     if agent is not None and not ctx.config.is_agent(agent):
         raise ValueError(f"{agent} is not a configured agent")
+    if agent == ticket.assignee:
+        return
     old, ticket.assignee = ticket.assignee, agent
     touch(ctx, ticket)
     repository.record_event(session, ticket, "assign", actor, old=old, new=agent)

@@ -6,7 +6,6 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import click
@@ -14,20 +13,23 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session, col, select
 
-from mailticket import actions, app, logs
+from mailticket import actions, app, commands, logs
 from mailticket.config import CONFIG_ENV, Config, load_config
 from mailticket.context import AppContext
 from mailticket.errors import ConfigError
+from mailticket.intake import cli as intake_cli
 from mailticket.models import RawMail
 from mailticket.pipeline.process import Pipeline
 from mailticket.refs import normalise_ref
-from mailticket.serialize import outbox_dict, ticket_dict
+from mailticket.rules import cli as rules_cli
+from mailticket.serialize import iso, outbox_dict, ticket_dict
 from mailticket.storage import repository
-from mailticket.storage.tables import OutboxMessage, Ticket
+from mailticket.storage.tables import IntakeRecord, OutboxMessage, Ticket
 
 EX_OK, EX_CONFIG_INVALID, EX_DATAERR, EX_TEMPFAIL = 0, 2, 65, 75
 
-console = Console()
+# Wide tables when piped into a file or pager; rich only sizes to a real terminal.
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 class State:
@@ -101,6 +103,12 @@ def check_config(state: State) -> None:
         f"{config.source}: valid ({len(config.mailboxes)} mailboxes, {len(config.departments)} departments, "
         f"{len(config.agents)} agents, {len(config.rules)} rules)"
     )
+
+
+main.add_command(rules_cli.rules)
+main.add_command(intake_cli.fetch)
+main.add_command(commands.run)
+main.add_command(commands.report)
 
 
 @main.command()
@@ -321,9 +329,63 @@ def outbox_flush(state: State) -> None:
     click.echo(f"sent {result.sent}, retrying {result.retrying}, failed {result.failed}")
 
 
-def run() -> None:  # pragma: no cover - console entry for `python -m`
-    main()
+@outbox.command("retry")
+@click.argument("row_id", metavar="ID", type=int)
+@pass_state
+def outbox_retry(state: State, row_id: int) -> None:
+    """Queue a failed message again (after fixing the address or the server); the next flush sends it."""
+    from mailticket.outbound.send import retry
+
+    if not retry(state.ctx(), row_id):
+        click.echo(f"no unsent outbox message {row_id}", err=True)
+        sys.exit(EX_DATAERR)
+    click.echo(f"outbox message {row_id} queued")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+@main.group()
+def quarantine() -> None:
+    """Mail that was kept but opened no ticket (unparseable, dropped, unmatched bounces)."""
+
+
+@quarantine.command("list")
+@click.option("--limit", type=int, default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def quarantine_list(state: State, limit: int, as_json: bool) -> None:
+    ctx = state.ctx()
+    with Session(ctx.engine) as session:
+        rows = session.exec(
+            select(IntakeRecord)
+            .where(col(IntakeRecord.status).in_(("quarantined", "dropped")))
+            .order_by(col(IntakeRecord.id).desc())
+            .limit(limit)
+        ).all()
+        data = [
+            {"id": r.id, "status": r.status, "reason": r.reason, "source": r.source,
+             "sha256": r.raw_sha256, "received_at": iso(r.created_at)}
+            for r in rows
+        ]
+    if as_json:
+        print_json(data)
+        return
+    table = Table("id", "status", "received", "source", "reason")
+    for r in data:
+        table.add_row(str(r["id"]), r["status"], (r["received_at"] or "")[:19], r["source"], r["reason"])
+    console.print(table)
+
+
+@quarantine.command("show")
+@click.argument("record_id", type=int)
+@pass_state
+def quarantine_show(state: State, record_id: int) -> None:
+    """Write the kept raw message to stdout (e.g. to re-ingest it after a fix)."""
+    ctx = state.ctx()
+    with Session(ctx.engine) as session:
+        record = session.get(IntakeRecord, record_id)
+        if record is None:
+            raise click.ClickException(f"no quarantine record {record_id}")
+        sha = record.raw_sha256
+    try:
+        sys.stdout.buffer.write(ctx.blobs.get(sha))
+    except FileNotFoundError:
+        raise click.ClickException(f"raw message {sha} is missing from {ctx.blobs.root}") from None

@@ -8,18 +8,21 @@ them all.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -170,8 +173,18 @@ class SlaConfig(_Model):
     @field_validator("business_hours")
     @classmethod
     def _hours(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"\d{2}:\d{2}-\d{2}:\d{2}", value):
-            raise ValueError(f"bad business_hours {value!r}: write it as '09:00-17:00'")
+        if value is None:
+            return value
+        clock = r"([01]\d|2[0-3]):[0-5]\d"
+        if not re.fullmatch(f"{clock}-{clock}", value) or value[:5] >= value[6:]:
+            raise ValueError(f"bad business_hours {value!r}: write it as '09:00-17:00' (opening first)")
+        return value
+
+    @field_validator("business_days")
+    @classmethod
+    def _days(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("business_days is empty: list at least one day, e.g. ['mon', 'tue']")
         return value
 
     @field_validator("timezone")
@@ -182,7 +195,7 @@ class SlaConfig(_Model):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {value!r}: use an IANA name like 'Europe/Berlin'")
+            raise ValueError(f"unknown timezone {value!r}: use an IANA name like 'Europe/Berlin'") from None
         return value
 
 
@@ -210,10 +223,22 @@ PRIORITIES = ("low", "normal", "high", "urgent")
 Priority = Literal["low", "normal", "high", "urgent"]
 
 
+def _did_you_mean(word: str, options: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for a near miss, else ''."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class ConditionConfig(_Model):
     field: str
     op: str = "contains"
     value: str | bool | list[str]
+    _pattern: re.Pattern[str] | None = PrivateAttr(default=None)
+
+    @property
+    def pattern(self) -> re.Pattern[str] | None:
+        """The compiled regex of a regex / not_regex condition: compiled once, at load."""
+        return self._pattern
 
     @field_validator("field")
     @classmethod
@@ -221,28 +246,60 @@ class ConditionConfig(_Model):
         if value in RULE_FIELDS_FIXED or (value.startswith("header:") and len(value) > 7):
             return value
         raise ValueError(
-            f"unknown field {value!r}: use one of {', '.join(RULE_FIELDS_FIXED)} or 'header:<Name>'"
+            f"unknown field {value!r}{_did_you_mean(value, RULE_FIELDS_FIXED)}: "
+            f"use one of {', '.join(RULE_FIELDS_FIXED)} or 'header:<Name>'"
         )
 
     @field_validator("op")
     @classmethod
     def _op(cls, value: str) -> str:
         if value not in RULE_OPS:
-            raise ValueError(f"unknown op {value!r}: use one of {', '.join(BASE_OPS)} (or not_<op>)")
+            raise ValueError(
+                f"unknown op {value!r}{_did_you_mean(value, RULE_OPS)}: "
+                f"use one of {', '.join(BASE_OPS)}, or not_<op> for the negation"
+            )
+        return value
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value_type(cls, value: Any) -> Any:
+        ok = isinstance(value, str | bool) or (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        )
+        if not ok:
+            raise ValueError(
+                f"value {value!r}: write text in quotes (e.g. value = '{value}'), true/false for "
+                "has_attachment, or a list of texts for op 'in'"
+            )
         return value
 
     @model_validator(mode="after")
     def _value_shape(self) -> ConditionConfig:
         base = self.op.removeprefix("not_")
+        if self.field == "has_attachment":
+            if not isinstance(self.value, bool) or base != "equals":
+                raise ValueError(
+                    "has_attachment takes op 'equals' (or 'not_equals') and value = true or false"
+                )
+            return self
+        if isinstance(self.value, bool):
+            raise ValueError(
+                f"field {self.field!r} needs a text value, not {str(self.value).lower()}: "
+                f"quote it, value = '{str(self.value).lower()}'"
+            )
         if base == "in" and not isinstance(self.value, list):
             raise ValueError("op 'in' needs a list value, e.g. value = ['a@x.com', 'b@x.com']")
+        if base == "in" and not self.value:
+            raise ValueError("op 'in' needs at least one value in its list")
         if base != "in" and isinstance(self.value, list):
             raise ValueError(f"op {self.op!r} needs a single value; use op 'in' for a list")
         if base == "regex":
             try:
-                re.compile(str(self.value))
+                self._pattern = re.compile(str(self.value))
             except re.error as exc:
-                raise ValueError(f"bad regex {self.value!r}: {exc}") from None
+                raise ValueError(
+                    f"bad regex '{self.value}': {exc}; fix the pattern (to match a literal '(' write '\\(')"
+                ) from None
         return self
 
 
@@ -256,9 +313,14 @@ class ActionsConfig(_Model):
     acknowledge: bool | None = None
     drop: bool = False
 
+    @field_validator("assign")
+    @classmethod
+    def _assign(cls, value: str | None) -> str | None:
+        return value.strip().lower() if value else value
+
 
 class RuleConfig(_Model):
-    name: str
+    name: str = Field(min_length=1)
     match: Literal["all", "any"] = "all"
     conditions: list[ConditionConfig] = []
     actions: ActionsConfig = ActionsConfig()
@@ -300,72 +362,157 @@ class Config(_Model):
     def default_department(self) -> str:
         return self.departments[0].name
 
+    @model_validator(mode="before")
+    @classmethod
+    def _agents_join_departments(cls, data: Any) -> Any:
+        """An agent's `departments` list puts it among those departments' agents."""
+        if not isinstance(data, dict) or not isinstance(data.get("agents"), list):
+            return data
+        joins = _agent_departments(data)
+        if not joins:
+            return data
+        departments = data.get("departments", _DEFAULT_DEPARTMENTS)
+        if not isinstance(departments, list):
+            return data
+        merged = []
+        for dep in departments:
+            if isinstance(dep, dict) and dep.get("name") in joins and isinstance(dep.get("agents", []), list):
+                listed = dep.get("agents", [])
+                have = {str(a).lower() for a in listed}
+                dep = {**dep, "agents": [*listed, *(e for e in joins[dep["name"]] if e not in have)]}
+            merged.append(dep)
+        return {**data, "departments": merged}
+
     @model_validator(mode="after")
     def _cross_references(self) -> Config:
-        problems = _cross_reference_problems(self)
+        data = self.model_dump()
+        problems = [f"{_where(loc, data)}: {msg}" for loc, msg in _cross_reference_problems(data)]
         if problems:
             raise ValueError("\n".join(problems))
         return self
 
 
-def _cross_reference_problems(cfg: Config) -> list[str]:
-    """Mistakes no single section can see: names that point nowhere, duplicates."""
-    problems: list[str] = []
-    departments = {d.name for d in cfg.departments}
-    plans = {s.name for s in cfg.sla}
-    agents = {a.email for a in cfg.agents}
-    dept_list = ", ".join(sorted(departments))
+_DEFAULT_DEPARTMENTS = [{"name": "general"}]
+Loc = tuple[int | str, ...]
 
-    def dup(kind: str, names: list[str]) -> None:
-        seen: set[str] = set()
-        for name in names:
+
+def _items(data: dict[str, Any], section: str) -> list[tuple[int, dict[str, Any]]]:
+    value = data.get(section)
+    return [(i, v) for i, v in enumerate(value) if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _agent_departments(data: dict[str, Any]) -> dict[str, list[str]]:
+    """Department name -> emails of the [[agents]] that list it under `departments`."""
+    joins: dict[str, list[str]] = {}
+    for _, agent in _items(data, "agents"):
+        email, deps = agent.get("email"), agent.get("departments")
+        if isinstance(email, str) and _EMAIL.match(email) and isinstance(deps, list):
+            for dep in deps:
+                if isinstance(dep, str):
+                    joins.setdefault(dep, []).append(email.lower())
+    return joins
+
+
+def _cross_reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """Mistakes no single section can see: names that point nowhere, duplicates, contradictions.
+
+    Works on plain dicts (the TOML as read, or a dumped Config) and skips whatever
+    is malformed, so check-config reports these beside the per-field errors in one run.
+    """
+    problems: list[tuple[Loc, str]] = []
+    departments = _items(data, "departments") if "departments" in data else list(
+        enumerate(_DEFAULT_DEPARTMENTS)
+    )
+    dept_names = [d["name"] for _, d in departments if isinstance(d.get("name"), str)]
+    plans = [s["name"] for _, s in _items(data, "sla") if isinstance(s.get("name"), str)]
+    agents = {a["email"].lower() for _, a in _items(data, "agents") if isinstance(a.get("email"), str)}
+    dept_list = ", ".join(sorted(dept_names)) or "none"
+    plan_list = ", ".join(sorted(plans)) or "none yet: add an [[sla]] table"
+    joins = _agent_departments(data)
+    members = {
+        d["name"]: {str(a).lower() for a in d.get("agents") or [] if isinstance(a, str)}
+        | set(joins.get(d["name"], []))
+        for _, d in departments
+        if isinstance(d.get("name"), str)
+    }
+
+    for section, key, kind, fix in (
+        ("departments", "name", "department name", "rename one of them"),
+        ("sla", "name", "sla name", "rename one of them"),
+        ("mailboxes", "name", "mailbox name", "rename one of them"),
+        ("rules", "name", "rule name", "rename one of them"),
+        ("agents", "email", "agent", "remove the second [[agents]] table"),
+        ("departments", "address", "address", "give each department its own address"),
+    ):
+        seen: dict[str, int] = {}
+        for i, item in _items(data, section):
+            name = item.get(key)
+            if not isinstance(name, str):
+                continue
+            name = name.lower() if key in ("email", "address") else name
             if name in seen:
-                problems.append(f"{kind} {name!r} is defined twice: give each a unique name")
-            seen.add(name)
+                problems.append(
+                    ((section, i, key), f"{kind} {name!r} is already used by {section}[{seen[name]}]; {fix}")
+                )
+            seen.setdefault(name, i)
+    if isinstance(data.get("departments"), list) and not data["departments"]:
+        problems.append(
+            (("departments",), "no department defined: add a [[departments]] table (the first is the "
+             "fallback)")
+        )
 
-    dup("department", [d.name for d in cfg.departments])
-    dup("sla", [s.name for s in cfg.sla])
-    dup("mailbox", [m.name for m in cfg.mailboxes])
-    dup("rule", [r.name for r in cfg.rules])
-    dup("agent", [a.email for a in cfg.agents])
-    if not cfg.departments:
-        problems.append("departments: define at least one [[departments]] table")
-    for m in cfg.mailboxes:
-        if m.department and m.department not in departments:
-            problems.append(
-                f"mailboxes ({m.name!r}).department: unknown department {m.department!r}; known: {dept_list}"
-            )
-    for d in cfg.departments:
-        if d.sla and d.sla not in plans:
-            problems.append(f"departments ({d.name!r}).sla: unknown sla {d.sla!r}; add a [[sla]] table")
-        for email in d.agents:
-            if email not in agents:
+    def department_ref(loc: Loc, name: Any) -> None:
+        if isinstance(name, str) and name not in dept_names:
+            problems.append((loc, f"unknown department {name!r}; known: {dept_list}"))
+
+    def sla_ref(loc: Loc, name: Any) -> None:
+        if isinstance(name, str) and name not in plans:
+            problems.append((loc, f"unknown sla {name!r}; known: {plan_list}"))
+
+    for i, box in _items(data, "mailboxes"):
+        department_ref(("mailboxes", i, "department"), box.get("department"))
+    for i, dep in departments:
+        sla_ref(("departments", i, "sla"), dep.get("sla"))
+        for k, email in enumerate(dep.get("agents") or []):
+            if isinstance(email, str) and _EMAIL.match(email) and email.lower() not in agents:
                 problems.append(
-                    f"departments ({d.name!r}).agents: {email!r} is not a configured agent; "
-                    "add it under [[agents]]"
+                    (("departments", i, "agents", k), f"{email!r} is not a configured agent; "
+                     f"add an [[agents]] table with email = {email!r}")
                 )
-    for a in cfg.agents:
-        for dep in a.departments:
-            if dep not in departments:
-                problems.append(
-                    f"agents ({a.email!r}).departments: unknown department {dep!r}; known: {dept_list}"
-                )
-    for r in cfg.rules:
-        act = r.actions
-        if act.department and act.department not in departments:
+        if dep.get("assign") in ("round-robin", "least-open") and not members.get(dep.get("name")):
             problems.append(
-                f"rules ({r.name!r}).actions.department: unknown department {act.department!r}; "
-                f"known: {dept_list}"
+                (("departments", i, "assign"), f"assign = {dep['assign']!r} needs agents: "
+                 "list them in agents = [...] or set assign = 'none'")
             )
-        if act.sla and act.sla not in plans:
-            problems.append(f"rules ({r.name!r}).actions.sla: unknown sla {act.sla!r}")
-        if act.assign and act.assign not in ("round-robin", "least-open") and act.assign not in agents:
+    for i, agent in _items(data, "agents"):
+        for k, dep in enumerate(agent.get("departments") or []):
+            department_ref(("agents", i, "departments", k), dep)
+    for i, rule in _items(data, "rules"):
+        act = rule.get("actions") if isinstance(rule.get("actions"), dict) else {}
+        department_ref(("rules", i, "actions", "department"), act.get("department"))
+        sla_ref(("rules", i, "actions", "sla"), act.get("sla"))
+        assign = act.get("assign")
+        if isinstance(assign, str) and assign.lower() not in ("round-robin", "least-open", *agents):
             problems.append(
-                f"rules ({r.name!r}).actions.assign: {act.assign!r} is not a configured agent; "
-                "use an [[agents]] email, 'round-robin' or 'least-open'"
+                (("rules", i, "actions", "assign"), f"{assign!r} is not a configured agent; "
+                 "use an [[agents]] email, 'round-robin' or 'least-open'")
             )
-        if not r.conditions and r.match == "any":
-            problems.append(f"rules ({r.name!r}): match = 'any' with no conditions never matches")
+        target = act.get("department")
+        if assign in ("round-robin", "least-open") and target in members and not members[target]:
+            problems.append(
+                (("rules", i, "actions", "assign"), f"assign = {assign!r} but department {target!r} "
+                 "has no agents; add agents to it or assign a named agent")
+            )
+        if rule.get("match") == "any" and not rule.get("conditions"):
+            problems.append(
+                (("rules", i, "match"), "match = 'any' with no conditions never matches; "
+                 "add conditions or remove match (no conditions with 'all' matches every message)")
+            )
+        if act.get("drop") is True and rule.get("applies_to", "new") != "new":
+            problems.append(
+                (("rules", i, "actions", "drop"), "drop only applies to new mail (a reply on a ticket is "
+                 "always kept): set applies_to = 'new' or remove drop")
+            )
     return problems
 
 
@@ -400,25 +547,57 @@ def _where(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
             out += f"[{part}]"
             node = node[part] if isinstance(node, list) and part < len(node) else None
             if isinstance(node, dict) and ("name" in node or "email" in node):
-                out += f" ({node.get('name') or node.get('email')!r})"
+                out += f" ({node.get('email') or node.get('name')!r})"  # an agent's name is only display
         else:
             out += f".{part}" if out else str(part)
             node = node.get(part) if isinstance(node, dict) else None
     return out
 
 
-def _problems_from(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The config model a location points into: where to look up the keys it allows."""
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        model = _inner_model(field.annotation) if field else None
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for arg in get_args(annotation) if (m := _inner_model(arg))), None)
+
+
+def _unknown_key(loc: Loc) -> str:
+    key = str(loc[-1])
+    model = _model_at(loc[:-1])
+    known = [k for k, f in model.model_fields.items() if not f.exclude] if model else []
+    hint = _did_you_mean(key, known)
+    if hint:
+        return f"unknown key {key!r}{hint}"
+    return f"unknown key {key!r}: remove it; known keys here: {', '.join(known)}"
+
+
+def _location(err: Any) -> Loc:
+    return tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+
+
+def _problems_from(errors: list[Any], raw: dict[str, Any]) -> list[str]:
     problems = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    for err in errors:
+        loc = _location(err)
         where = _where(loc, raw)
         kind = err["type"]
         msg = err["msg"].removeprefix("Value error, ")
         if kind == "extra_forbidden":
-            msg = f"unknown key {str(loc[-1])!r}: check the spelling against config.example.toml"
+            msg = _unknown_key(loc)
             where = _where(loc[:-1], raw) or "top level"
         elif kind == "missing":
-            msg = "required key is missing"
+            msg = f"required key {str(loc[-1])!r} is missing; add it"
+            where = _where(loc[:-1], raw) or "top level"
         elif kind == "literal_error":
             msg = f"{msg} (got {err.get('input')!r})"
         for line in msg.split("\n"):
@@ -432,7 +611,9 @@ def load_config(path: str | Path | None = None) -> Config:
     try:
         raw = tomllib.loads(location.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(str(location), ["file not found (pass --config or set MAILTICKET_CONFIG)"])
+        raise ConfigError(
+            str(location), ["file not found (pass --config or set MAILTICKET_CONFIG)"]
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(location), [f"not valid TOML: {exc}"]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -448,7 +629,16 @@ def load_config(path: str | Path | None = None) -> Config:
     try:
         config = Config.model_validate(expanded)
     except ValidationError as exc:
-        raise ConfigError(str(location), problems + _problems_from(exc, raw)) from None
+        # Cross-references are checked on the file as read, so they are reported even when
+        # some fields are wrong; the model's own check (location ()) would repeat them.
+        errors = [e for e in exc.errors() if _location(e)]
+        bad = [_location(e) for e in errors]
+        cross = [
+            f"{_where(loc, raw)}: {msg}"
+            for loc, msg in _cross_reference_problems(expanded)
+            if not any(loc[: len(b)] == b for b in bad)
+        ]
+        raise ConfigError(str(location), problems + _problems_from(errors, raw) + cross) from None
     if problems:
         raise ConfigError(str(location), problems)
     return config.model_copy(update={"source": location})

@@ -25,3 +25,4 @@ def setup(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("mailparser").setLevel(logging.CRITICAL)  # it logs every odd header as an error
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -10,6 +10,7 @@ psycopg are imported where they are used.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import email
 import email.policy
@@ -47,6 +48,16 @@ __all__ = [
 ]
 
 LOCALHOST = "127.0.0.1"
+
+# Servers started by this process, closed at exit so a crashed script leaks no daemon.
+_LIVE_DOVECOTS: set[Dovecot] = set()
+
+
+@atexit.register
+def _close_leftovers() -> None:
+    for server in list(_LIVE_DOVECOTS):
+        with contextlib.suppress(Exception):
+            server.close()
 
 
 class ServerStartError(RuntimeError):
@@ -269,6 +280,7 @@ class Dovecot:
                 )
             if proc.returncode == 0:
                 self._running = True
+                _LIVE_DOVECOTS.add(self)
                 try:
                     self._wait_ready()
                 except BaseException:
@@ -351,6 +363,7 @@ class Dovecot:
     def close(self) -> None:
         """Stop the server and delete its directory (if we created it)."""
         self.stop()
+        _LIVE_DOVECOTS.discard(self)
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 

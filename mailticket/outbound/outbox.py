@@ -2,36 +2,68 @@
 
 This runs inside the caller's transaction, so a ticket change and the mail
 announcing it commit together or not at all. Automatic mail is checked
-against the loop-safety caps here, the one place every notice passes.
+against the loop-safety rules and caps here, the one place every notice
+passes; the caps count outbox rows by `created_at` on the context's clock.
+
+Threading: every notice gets a fresh Message-ID carrying a signed reply
+token, `In-Reply-To`/`References` name the ticket's earlier messages that
+this recipient has seen (customers never see the Message-IDs of agent
+alerts), and `Thread-Topic`/`Thread-Index` let Outlook group the
+conversation the way References do for Gmail and Thunderbird.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import base64
+import hashlib
+import re
+from datetime import UTC, datetime, timedelta
+from email import policy
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
 
+import jinja2
 from sqlmodel import Session, col, func, select
 
 from mailticket.context import AppContext
-from mailticket.outbound.render import Renderer
+from mailticket.outbound.render import one_line
 from mailticket.pipeline.classify import is_unanswerable_address
 from mailticket.refs import outbound_message_id, subject_token
 from mailticket.storage import repository
-from mailticket.storage.tables import OutboxMessage, Ticket, utcnow
+from mailticket.storage.tables import Entry, MessageRef, OutboxMessage, Ticket
 
 MAX_REFERENCES = 20
+# SMTP line endings and quoted-printable/base64 bodies: the bytes pass any relay unchanged.
+# refold_source="none" keeps In-Reply-To/References (set raw, pre-folded) as written: refolding
+# would turn a Message-ID longer than a line into an RFC 2047 encoded word and break threading.
+MAIL_POLICY = policy.SMTP.clone(cte_type="7bit", refold_source="none")
+_MSGID_SAFE = re.compile(r"[!-;=?-~]{1,900}")  # printable ASCII without < and >; fits one line
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+class UndeliverableAddress(ValueError):
+    """An address we cannot put in an SMTP envelope (no domain, non-ASCII local part...)."""
 
 
-def _address(name: str, email: str) -> HeaderAddress:
-    local, _, domain = email.partition("@")
-    return HeaderAddress(display_name=_one_line(name), username=local, domain=domain)
+def mailbox(name: str, email: str) -> HeaderAddress:
+    """A header address with a one-line display name and an IDNA domain; refuses what SMTP cannot carry."""
+    local, at, domain = email.strip().rpartition("@")
+    if not at or not local or not domain or not local.isascii() or not local.isprintable():
+        raise UndeliverableAddress(f"{email!r} is not a deliverable address")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+        return HeaderAddress(display_name=one_line(name), username=local, domain=ascii_domain)
+    except (UnicodeError, ValueError) as exc:
+        raise UndeliverableAddress(f"{email!r} is not a deliverable address: {exc}") from None
+
+
+def _deliverable(email: str) -> HeaderAddress | None:
+    try:
+        return mailbox("", email)
+    except UndeliverableAddress:
+        return None
 
 
 def ticket_context(ticket: Ticket) -> dict[str, Any]:
@@ -47,8 +79,7 @@ def ticket_context(ticket: Ticket) -> dict[str, Any]:
     }
 
 
-def _count_since(session: Session, since_hours: float, **where: Any) -> int:
-    since = utcnow() - timedelta(hours=since_hours)
+def _count_since(session: Session, since: datetime, **where: Any) -> int:
     stmt = (
         select(func.count())
         .select_from(OutboxMessage)
@@ -65,17 +96,64 @@ def _count_since(session: Session, since_hours: float, **where: Any) -> int:
 def suppressed_reason(session: Session, ctx: AppContext, ticket: Ticket, kind: str, to: str) -> str | None:
     """Why this automatic notice must not go out, or None. RFC 3834 plus backstop caps."""
     tickets = ctx.config.tickets
+    now = ctx.clock()
     if is_unanswerable_address(to, ctx.config.own_addresses):
         return f"{to} never receives automatic mail"
-    if kind == "ack" and _count_since(session, 1, kind="ack", to_addr=to) >= tickets.acks_per_sender_per_hour:
+    if (
+        kind == "ack"
+        and _count_since(session, now - timedelta(hours=1), kind="ack", to_addr=to)
+        >= tickets.acks_per_sender_per_hour
+    ):
         return f"ack limit of {tickets.acks_per_sender_per_hour} per hour reached for {to}"
     if ctx.config.is_agent(to):
-        return None  # caps protect customers from loops; agents' alerts must flow
-    if _count_since(session, 24, to_addr=to) >= tickets.auto_mail_per_recipient_per_day:
+        return None  # the caps protect customers from loops; agents' alerts must flow
+    if _count_since(session, now - timedelta(days=1), to_addr=to) >= tickets.auto_mail_per_recipient_per_day:
         return f"daily cap of {tickets.auto_mail_per_recipient_per_day} automatic mails reached for {to}"
-    if _count_since(session, 1, ticket_id=ticket.id) >= tickets.auto_mail_per_ticket_per_hour:
+    if (
+        _count_since(session, now - timedelta(hours=1), ticket_id=ticket.id)
+        >= tickets.auto_mail_per_ticket_per_hour
+    ):
         return f"hourly cap of {tickets.auto_mail_per_ticket_per_hour} automatic mails reached for the ticket"
     return None
+
+
+def thread_chain(
+    session: Session, ctx: AppContext, ticket: Ticket, *, for_agent: bool
+) -> list[tuple[str, str]]:
+    """(Message-ID, "in" | "out") of the ticket, oldest first, that this audience has seen."""
+    rows = session.exec(
+        select(MessageRef.message_id, MessageRef.direction)
+        .where(MessageRef.ticket_id == ticket.id)
+        .order_by(col(MessageRef.id))
+    ).all()
+    if not for_agent:
+        # Customers saw their own messages and our notices to customers, nothing addressed to agents
+        # (whose Message-ID tokens name the agent).
+        seen_in = set(
+            session.exec(
+                select(Entry.message_id).where(Entry.ticket_id == ticket.id, Entry.kind == "customer")
+            ).all()
+        )
+        agents = {a.email for a in ctx.config.agents}
+        seen_out = {
+            mid
+            for mid, to in session.exec(
+                select(OutboxMessage.message_id, OutboxMessage.to_addr).where(
+                    OutboxMessage.ticket_id == ticket.id
+                )
+            ).all()
+            if to not in agents
+        }
+        rows = [(m, d) for m, d in rows if m in (seen_in if d == "in" else seen_out)]
+    return [(m, d) for m, d in rows if _MSGID_SAFE.fullmatch(m)]
+
+
+def thread_index(ticket: Ticket) -> str:
+    """Outlook's Thread-Index header block: 0x01, 5 bytes of FILETIME, a GUID fixed per ticket."""
+    created = ticket.created_at if ticket.created_at.tzinfo else ticket.created_at.replace(tzinfo=UTC)
+    filetime = int((created - _FILETIME_EPOCH).total_seconds() * 10_000_000)
+    guid = hashlib.sha256(f"mailticket-thread:{ticket.ref}".encode()).digest()[:16]
+    return base64.b64encode(b"\x01" + (filetime >> 24).to_bytes(5, "big") + guid).decode()
 
 
 def enqueue(
@@ -89,21 +167,34 @@ def enqueue(
     cc: list[str] | None = None,
     automatic: bool = True,
 ) -> list[OutboxMessage]:
-    """One outbox row per `to` address (each gets its own signed Message-ID); Cc rides on the first."""
-    config = ctx.config
-    own = config.own_addresses
+    """One outbox row per `to` address (each gets its own signed Message-ID); Cc rides on the first.
+
+    Our own addresses are never mailed or copied. A notice that must not go out (loop safety, caps,
+    an address SMTP cannot carry, a template failing at render time) is recorded as a
+    `notice_suppressed` event on the ticket instead: the ticket change itself always commits.
+    """
+    own = ctx.config.own_addresses
     queued: list[OutboxMessage] = []
-    cc_list = [c for c in (cc or []) if c not in own]
-    for index, recipient in enumerate(dict.fromkeys(t.lower() for t in to if t)):
+    cc_list = list(dict.fromkeys(c.lower() for c in (cc or []) if c and c.lower() not in own))
+    chains: dict[bool, list[tuple[str, str]]] = {}
+    for recipient in dict.fromkeys(t.lower() for t in to if t):
         if recipient in own:
             continue
-        if automatic and (why := suppressed_reason(session, ctx, ticket, kind, recipient)):
+        why = suppressed_reason(session, ctx, ticket, kind, recipient) if automatic else None
+        if why is None:
+            for_agent = ctx.config.is_agent(recipient)
+            if for_agent not in chains:
+                chains[for_agent] = thread_chain(session, ctx, ticket, for_agent=for_agent)
+            copies = [c for c in cc_list if c != recipient] if not queued else []
+            try:
+                row = _build(ctx, ticket, kind, recipient, copies, context, automatic, chains[for_agent])
+            except (UndeliverableAddress, jinja2.TemplateError) as exc:
+                why = f"cannot build the {kind} notice: {exc}"
+        if why is not None:
             repository.record_event(
-                session, ticket, "notice_suppressed", None, kind=kind, to=recipient, reason=why
+                session, ticket, "notice_suppressed", None, notice=kind, to=recipient, reason=why
             )
             continue
-        copies = [c for c in cc_list if c != recipient] if index == 0 else []
-        row = _build(session, ctx, ctx.renderer, ticket, kind, recipient, copies, context, automatic)
         session.add(row)
         repository.remember_message_id(session, ticket, row.message_id, "out")
         queued.append(row)
@@ -111,48 +202,57 @@ def enqueue(
 
 
 def _build(
-    session: Session,
     ctx: AppContext,
-    renderer: Renderer,
     ticket: Ticket,
     kind: str,
     to: str,
     cc: list[str],
     context: dict[str, Any],
     automatic: bool,
+    chain: list[tuple[str, str]],
 ) -> OutboxMessage:
     service = ctx.config.service
     department = next((d for d in ctx.config.departments if d.name == ticket.department), None)
-    from_address = (
-        department.address if department and department.address else None
-    ) or service.support_address
-    rendered = renderer.render(
+    from_address = (department.address if department else None) or service.support_address
+    for_agent = ctx.config.is_agent(to)
+    rendered = ctx.renderer.render(
         kind,
         {
             "ticket": ticket_context(ticket),
             "support_name": service.support_name,
             "support_address": service.support_address,
+            "recipient": to,
+            "for_agent": for_agent,
             **context,
         },
     )
     subject = rendered.subject
     if subject_token(ticket.ref) not in subject:
         subject = f"{subject} {subject_token(ticket.ref)}"
+    now = ctx.clock()
+    to_name = ticket.requester_name if to == ticket.requester else ""
+    copies = [box for c in cc if (box := _deliverable(c)) is not None]
+    to_box = mailbox(to_name, to)
     message_id = outbound_message_id(ctx.secret, ticket.ref, to, service.id_domain)
-    chain = repository.thread_message_ids(session, ticket)
-    msg = EmailMessage()
-    msg["From"] = _address(service.support_name, from_address)
-    msg["To"] = to
-    if cc:
-        msg["Cc"] = ", ".join(cc)
-    msg["Reply-To"] = _address(service.support_name, from_address)
-    msg["Subject"] = _one_line(subject)
-    msg["Date"] = format_datetime(utcnow())
+
+    msg = EmailMessage(policy=MAIL_POLICY)
+    msg["From"] = mailbox(service.support_name, from_address)
+    msg["To"] = to_box
+    if copies:
+        msg["Cc"] = copies
+    msg["Reply-To"] = mailbox(service.support_name, from_address)
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(now)
     msg["Message-ID"] = f"<{message_id}>"
     if chain:
-        msg["In-Reply-To"] = f"<{chain[-1]}>"
-        refs = chain if len(chain) <= MAX_REFERENCES else [chain[0], *chain[-(MAX_REFERENCES - 1) :]]
-        msg["References"] = " ".join(f"<{m}>" for m in refs)
+        # In reply to the latest message someone wrote to us; References name the whole thread.
+        answered = next((m for m, direction in reversed(chain) if direction == "in"), chain[-1][0])
+        msg.set_raw("In-Reply-To", f"<{answered}>")
+        ids = [m for m, _ in chain]
+        refs = ids if len(ids) <= MAX_REFERENCES else [ids[0], *ids[-(MAX_REFERENCES - 1) :]]
+        msg.set_raw("References", "\n ".join(f"<{m}>" for m in refs))
+    msg["Thread-Topic"] = one_line(ticket.subject)
+    msg["Thread-Index"] = thread_index(ticket)
     if automatic:
         msg["Auto-Submitted"] = "auto-replied"
         msg["X-Auto-Response-Suppress"] = "All"
@@ -165,9 +265,11 @@ def _build(
         kind=kind,
         to_addr=to,
         mail_from=from_address,
-        recipients=[to, *cc],
-        subject=_one_line(subject),
+        recipients=[to_box.addr_spec, *(c.addr_spec for c in copies)],
+        subject=subject,
         message_id=message_id,
         raw=msg.as_bytes(),
         automatic=automatic,
+        created_at=now,
+        next_attempt_at=now,
     )

@@ -1,11 +1,20 @@
 """Render notices from jinja2 templates: `<kind>.subject.j2`, `<kind>.txt.j2`, `<kind>.html.j2`.
 
+A `templates_dir` from the config is searched first, the shipped `templates/`
+second, so an admin overrides only the files they want to change.
+
 HTML templates autoescape, so customer text can never inject markup; the
-subject is flattened to one line so it can never inject a header.
+subject is flattened to one line without control characters, so it can never
+inject a header. `Renderer.check()` compiles and test-renders every template at
+start-up with the variables `VARIABLES` documents: a typo or an unknown
+variable is a ConfigError naming the file and the line, not a failed notice
+at three in the morning.
 """
 
 from __future__ import annotations
 
+import re
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +24,46 @@ import jinja2
 from mailticket.errors import ConfigError
 
 DEFAULT_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
-KINDS = ("ack", "alert", "reply", "note_alert", "resolution", "reopened", "overdue")
+KINDS = (
+    "ack", "alert", "reply", "note_alert", "resolution", "reopened", "overdue", "closed_reject",
+    "command_error",
+)
+PARTS = ("subject", "txt", "html")
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+_TICKET_SAMPLE: dict[str, Any] = {
+    "ref": "ABCD-EFGH",
+    "subject": "Cannot log in",
+    "status": "open",
+    "priority": "normal",
+    "department": "general",
+    "assignee": None,
+    "requester": "carol@customer.example",
+    "requester_name": "Carol",
+}
+_ENTRY_SAMPLE: dict[str, Any] = {"author": "carol@customer.example", "author_name": "Carol", "body": "Hello"}
+
+# The variables every template sees, with a sample value each (the start-up check renders with them).
+VARIABLES: dict[str, Any] = {
+    "ticket": _TICKET_SAMPLE,
+    "entry": _ENTRY_SAMPLE,
+    "flags": [],
+    "support_name": "Example Support",
+    "support_address": "support@example.com",
+    "recipient": "carol@customer.example",
+    "for_agent": False,
+}
+# Extra variables of single kinds.
+KIND_VARIABLES: dict[str, dict[str, Any]] = {
+    "overdue": {"which": "first response", "due": "2026-11-23 17:00 UTC"},
+    "command_error": {"problems": ["unknown command '#frobnicate'"], "known": ["#note", "#close"]},
+}
+
+
+def one_line(text: str) -> str:
+    """Header-safe text: control characters (CR, LF, NUL, ...) and runs of spaces become one space."""
+    return " ".join(_CONTROL.sub(" ", text).split())
 
 
 @dataclass(frozen=True)
@@ -25,8 +73,17 @@ class Rendered:
     html: str | None
 
 
+def _template_line(exc: BaseException) -> tuple[str | None, int | None]:
+    """Where in a template a render error happened: jinja puts template frames in the traceback."""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if frame.filename.endswith(".j2"):
+            return frame.filename, frame.lineno
+    return None, None
+
+
 class Renderer:
     def __init__(self, templates_dir: Path | None = None) -> None:
+        self.templates_dir = templates_dir
         loaders: list[jinja2.BaseLoader] = []
         if templates_dir is not None:
             loaders.append(jinja2.FileSystemLoader(str(templates_dir)))
@@ -39,23 +96,40 @@ class Renderer:
         )
 
     def check(self) -> None:
-        """Compile every template now, so a typo is a start-up error naming the file and line."""
-        problems = []
+        """Compile and test-render every template now, so a mistake stops the start, naming file and line."""
+        problems: list[str] = []
+        if self.templates_dir is not None and not self.templates_dir.is_dir():
+            problems.append(f"templates_dir {self.templates_dir} is not a directory")
         for name in sorted(self.env.list_templates(extensions=["j2"])):
             try:
                 self.env.get_template(name)
             except jinja2.TemplateSyntaxError as exc:
                 problems.append(f"template {exc.filename or name}, line {exc.lineno}: {exc.message}")
+        if not problems:
+            for kind in KINDS:
+                for part in PARTS:
+                    template = self._template(kind, part)
+                    if template is None:
+                        problems.append(f"template {kind}.{part}.j2 is missing")
+                        continue
+                    try:
+                        template.render({**VARIABLES, **KIND_VARIABLES.get(kind, {})})
+                    except jinja2.TemplateError as exc:
+                        filename, line = _template_line(exc)
+                        where = f"{filename or template.filename}, line {line}" if line else template.filename
+                        problems.append(f"template {where}: {exc}")
         if problems:
             raise ConfigError("templates", problems)
+
+    def _template(self, kind: str, part: str) -> jinja2.Template | None:
+        try:
+            return self.env.get_template(f"{kind}.{part}.j2")
+        except jinja2.TemplateNotFound:
+            return None
 
     def render(self, kind: str, context: dict[str, Any]) -> Rendered:
         subject = self.env.get_template(f"{kind}.subject.j2").render(context)
         text = self.env.get_template(f"{kind}.txt.j2").render(context)
-        try:
-            html_template = self.env.get_template(f"{kind}.html.j2")
-        except jinja2.TemplateNotFound:
-            html = None
-        else:
-            html = html_template.render(context)
-        return Rendered(" ".join(subject.split()), text, html)
+        html_template = self._template(kind, "html")
+        html = html_template.render(context) if html_template is not None else None
+        return Rendered(one_line(subject), text, html)

@@ -1,23 +1,33 @@
-"""Send queued outbox rows: claim, hand to a transport, record the answer.
+"""Send queued outbox rows: claim a batch, hand it to a transport, record the answers.
 
-Rows are claimed for a few minutes before sending (on PostgreSQL with
-`FOR UPDATE SKIP LOCKED`, so several processes share the queue). A crash
-after the SMTP answer and before the status update leaves the claim to
-expire, and the row is sent again: at most the messages in flight are
-duplicated, none is lost.
+A batch is claimed by one `UPDATE ... RETURNING` that sets `claimed_until`
+(on PostgreSQL its row selection takes `FOR UPDATE SKIP LOCKED`, on SQLite the
+statement runs under the write lock), so several processes share the queue
+and no row is claimed twice. The SMTP answers of a batch are written in one
+transaction after the batch; a crash in between leaves the claims to expire
+and the batch is sent again: at most the messages in flight are duplicated,
+none is lost.
+
+Answers: 2xx sent; 5xx failed with the server's text; 4xx retried with
+exponential back-off (`retry_base_seconds` doubling up to
+`retry_max_seconds`) and failed after `max_attempts`; a connection that
+cannot be made or is lost stops the flush, and the batch waits with back-off
+but is never failed for it: an outage only delays mail.
 """
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import ssl
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
-from sqlmodel import Session, col, or_, select
+from sqlalchemy import Connection, or_, select, update
 
 from mailticket.config import SmtpConfig
 from mailticket.context import AppContext
@@ -25,15 +35,35 @@ from mailticket.errors import PermanentDeliveryError, TemporaryDeliveryError
 from mailticket.storage.tables import OutboxMessage
 
 CLAIM_SECONDS = 300
+_T = OutboxMessage.__table__.c  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One claimed outbox row: what a transport needs, nothing the ORM tracks."""
+
+    id: int
+    kind: str
+    mail_from: str
+    recipients: list[str]
+    raw: bytes
+    attempts: int  # including this one
+
+
+class ConnectionDown(TemporaryDeliveryError):
+    """No usable SMTP connection: the rest of the batch would fail the same way, so stop."""
 
 
 class Transport(Protocol):
-    def send(self, row: OutboxMessage) -> None: ...
+    def send(self, item: Claimed) -> str | None:
+        """Hand over one message; return a note (e.g. some recipients refused) or None."""
+        ...
+
     def close(self) -> None: ...
 
 
 class SmtpTransport:
-    """One SMTP connection reused for a batch; opened lazily, verified TLS by default."""
+    """One SMTP connection reused for a whole flush; opened lazily, TLS certificates verified."""
 
     def __init__(self, cfg: SmtpConfig) -> None:
         self.cfg = cfg
@@ -44,79 +74,105 @@ class SmtpTransport:
 
     def _connect(self) -> smtplib.SMTP:
         cfg = self.cfg
+        conn: smtplib.SMTP | None = None
         try:
             if cfg.security == "ssl":
-                conn: smtplib.SMTP = smtplib.SMTP_SSL(
-                    cfg.host, cfg.port, timeout=cfg.timeout_seconds, context=self._tls()
-                )
+                conn = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout_seconds, context=self._tls())
             else:
                 conn = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout_seconds)
                 if cfg.security == "starttls":
                     conn.starttls(context=self._tls())
             if cfg.username and cfg.password is not None:
                 conn.login(cfg.username, cfg.password.get_secret_value())
-        except smtplib.SMTPAuthenticationError as exc:
-            raise TemporaryDeliveryError(f"SMTP login to {cfg.host}:{cfg.port} refused: {exc}") from exc
         except (OSError, smtplib.SMTPException) as exc:
-            raise TemporaryDeliveryError(f"cannot connect to SMTP {cfg.host}:{cfg.port}: {exc}") from exc
+            if conn is not None:
+                conn.close()
+            # A refused login is a config problem, not the message's: the mail waits for the fix.
+            raise ConnectionDown(f"SMTP {cfg.host}:{cfg.port}: {_describe(exc)}") from exc
         return conn
 
-    def send(self, row: OutboxMessage) -> None:
+    def send(self, item: Claimed) -> str | None:
+        reused = self.conn is not None
         if self.conn is None:
             self.conn = self._connect()
         try:
-            refused = self.conn.sendmail(row.mail_from, row.recipients, row.raw)
+            refused = self.conn.sendmail(item.mail_from, item.recipients, item.raw)
         except smtplib.SMTPRecipientsRefused as exc:
-            _raise_for(exc.recipients)
+            raise _refusal(exc.recipients) from exc
+        except smtplib.SMTPNotSupportedError as exc:  # e.g. SMTPUTF8 needed: no retry will help
+            raise PermanentDeliveryError(_describe(exc)) from exc
         except smtplib.SMTPResponseException as exc:
-            text = f"{exc.smtp_code} {exc.smtp_error.decode('utf-8', 'replace')}"
+            if exc.smtp_code == 421:  # the server is closing the connection
+                return self._reconnect_or_raise(item, reused, exc)
+            text = _describe(exc)
             if 500 <= exc.smtp_code < 600:
                 raise PermanentDeliveryError(text) from exc
             raise TemporaryDeliveryError(text) from exc
         except (OSError, smtplib.SMTPException) as exc:
-            self.close()
-            raise TemporaryDeliveryError(f"SMTP connection lost: {exc}") from exc
-        if refused:
-            _raise_for(refused)
+            return self._reconnect_or_raise(item, reused, exc)
+        if refused:  # delivered to the others: sent, with the refusals noted
+            return f"some recipients refused: {_refusal(refused)}"
+        return None
+
+    def _reconnect_or_raise(self, item: Claimed, reused: bool, exc: BaseException) -> str | None:
+        """A reused connection the server dropped (idle timeout, per-connection limit) gets one new try."""
+        self._drop()
+        if reused:
+            return self.send(item)
+        raise ConnectionDown(f"SMTP {self.cfg.host}:{self.cfg.port}: {_describe(exc)}") from exc
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
     def close(self) -> None:
         if self.conn is not None:
-            try:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
                 self.conn.quit()
-            except (OSError, smtplib.SMTPException):
-                pass
-            self.conn = None
+            self._drop()
 
 
-def _raise_for(refused: dict[str, tuple[int, bytes]]) -> None:
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, smtplib.SMTPResponseException):
+        text = exc.smtp_error
+        return f"{exc.smtp_code} {text.decode('utf-8', 'replace') if isinstance(text, bytes) else text}"
+    return str(exc) or type(exc).__name__
+
+
+def _refusal(refused: dict[str, tuple[int, bytes]]) -> PermanentDeliveryError | TemporaryDeliveryError:
     text = "; ".join(
         f"{rcpt}: {code} {msg.decode('utf-8', 'replace')}" for rcpt, (code, msg) in refused.items()
     )
     if all(500 <= code < 600 for code, _ in refused.values()):
-        raise PermanentDeliveryError(text)
-    raise TemporaryDeliveryError(text)
+        return PermanentDeliveryError(text)
+    return TemporaryDeliveryError(text)
 
 
 class FileTransport:
-    """The embedded default: each message becomes `<data_dir>/sent/<outbox id>.eml`."""
+    """The embedded default: each message becomes `<data_dir>/sent/<outbox id>-<kind>.eml`."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def send(self, row: OutboxMessage) -> None:
+    def send(self, item: Claimed) -> str | None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.folder / f"{row.id:08d}-{row.kind}.eml"
+        target = self.folder / f"{item.id:08d}-{item.kind}.eml"
         tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(row.raw)
+        tmp.write_bytes(item.raw)
         tmp.replace(target)
+        return None
 
     def close(self) -> None:
         pass
 
 
 class ConsoleTransport:
-    def send(self, row: OutboxMessage) -> None:
-        sys.stdout.write(row.raw.decode("utf-8", "replace") + "\n" + "-" * 72 + "\n")
+    """Print each message: for trying templates out."""
+
+    def send(self, item: Claimed) -> str | None:
+        sys.stdout.write(item.raw.decode("utf-8", "replace") + "\n" + "-" * 72 + "\n")
+        return None
 
     def close(self) -> None:
         pass
@@ -142,78 +198,125 @@ def backoff(cfg: SmtpConfig, attempts: int) -> timedelta:
     return timedelta(seconds=min(cfg.retry_base_seconds * 2 ** max(attempts - 1, 0), cfg.retry_max_seconds))
 
 
-def _claim(ctx: AppContext, limit: int, ignore_backoff: bool) -> list[int]:
+def _claim(ctx: AppContext, limit: int, ignore_backoff: bool, after: int) -> list[Claimed]:
     now = ctx.clock()
-    with Session(ctx.engine) as session, session.begin():
-        stmt = (
-            select(OutboxMessage)
-            .where(OutboxMessage.status == "queued")
-            .where(
-                or_(
-                    col(OutboxMessage.claimed_until).is_(None),
-                    col(OutboxMessage.claimed_until) < now,
-                )
-            )
-            .order_by(col(OutboxMessage.id))
-            .limit(limit)
-        )
-        if not ignore_backoff:
-            stmt = stmt.where(col(OutboxMessage.next_attempt_at) <= now)
-        if ctx.engine.dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        rows = session.exec(stmt).all()
-        for row in rows:
-            row.claimed_until = now + timedelta(seconds=CLAIM_SECONDS)
-            row.attempts += 1
-        return [r.id for r in rows if r.id is not None]
+    due = (
+        select(_T.id)
+        .where(_T.status == "queued", _T.id > after)
+        .where(or_(_T.claimed_until.is_(None), _T.claimed_until < now))
+        .order_by(_T.id)
+        .limit(limit)
+    )
+    if not ignore_backoff:
+        due = due.where(_T.next_attempt_at <= now)
+    if ctx.engine.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    stmt = (
+        update(OutboxMessage.__table__)  # type: ignore[arg-type]
+        .where(_T.id.in_(due.scalar_subquery()))
+        .values(claimed_until=now + timedelta(seconds=CLAIM_SECONDS), attempts=_T.attempts + 1)
+        .returning(_T.id, _T.kind, _T.mail_from, _T.recipients, _T.raw, _T.attempts)
+    )
+    with ctx.engine.begin() as conn:
+        rows = conn.execute(stmt).all()
+    claimed = [Claimed(r[0], r[1], r[2], list(r[3]), bytes(r[4]), r[5]) for r in rows]
+    return sorted(claimed, key=lambda c: c.id)
+
+
+Verdict = Literal["sent", "failed", "retry", "down"]
 
 
 def flush(
     ctx: AppContext, *, ignore_backoff: bool = False, transport: Transport | None = None
 ) -> FlushResult:
-    """Send what is due (or, with ignore_backoff, everything queued) until the queue is empty."""
+    """Send what is due (with ignore_backoff: everything queued), each row at most once per call."""
     cfg = ctx.config.smtp
     result = FlushResult()
     transport = transport or make_transport(ctx)
+    after = 0
     try:
-        while ids := _claim(ctx, cfg.batch_size, ignore_backoff):
-            connection_down = False
-            for row_id in ids:
-                with Session(ctx.engine) as session, session.begin():
-                    row = session.get(OutboxMessage, row_id)
-                    assert row is not None
-                    if connection_down:
-                        _retry_later(ctx, row, row.last_error or "SMTP unavailable", refund=True)
-                        result.retrying += 1
+        while batch := _claim(ctx, cfg.batch_size, ignore_backoff, after):
+            after = batch[-1].id
+            verdicts: list[tuple[Claimed, Verdict, str | None]] = []
+            down: str | None = None
+            try:
+                for item in batch:
+                    if down is not None:
+                        verdicts.append((item, "down", down))
                         continue
                     try:
-                        transport.send(row)
+                        note = transport.send(item)
+                    except ConnectionDown as exc:
+                        down = str(exc)
+                        verdicts.append((item, "down", down))
                     except PermanentDeliveryError as exc:
-                        row.status, row.last_error, row.claimed_until = "failed", str(exc), None
-                        result.failed += 1
+                        verdicts.append((item, "failed", str(exc)))
                     except TemporaryDeliveryError as exc:
-                        _retry_later(ctx, row, str(exc))
-                        result.retrying += 1
-                        connection_down = True
+                        verdicts.append((item, "retry", str(exc)))
                     else:
-                        row.status, row.sent_at, row.claimed_until = "sent", ctx.clock(), None
-                        row.last_error = None
-                        result.sent += 1
-            if connection_down:
+                        verdicts.append((item, "sent", note))
+            finally:
+                # Also after an unexpected error: what was answered is recorded; the rest of
+                # the batch keeps its claim, which expires, and is sent later.
+                _record(ctx, verdicts, result)
+            if down is not None:
                 break
     finally:
         transport.close()
     return result
 
 
-def _retry_later(ctx: AppContext, row: OutboxMessage, error: str, *, refund: bool = False) -> None:
+Verdicts = Sequence[tuple[Claimed, Verdict, str | None]]
+
+
+def _record(ctx: AppContext, verdicts: Verdicts, result: FlushResult) -> None:
+    if not verdicts:
+        return
     cfg = ctx.config.smtp
-    if refund:
-        row.attempts -= 1  # never tried: the connection was already down
-    row.last_error = error
-    row.claimed_until = None
-    if row.attempts >= cfg.max_attempts:
-        row.status = "failed"
-        row.last_error = f"gave up after {row.attempts} attempts: {error}"
-    else:
-        row.next_attempt_at = ctx.clock() + backoff(cfg, row.attempts)
+    now = ctx.clock()
+    table = OutboxMessage.__table__  # type: ignore[attr-defined]
+    plain_sent = [item.id for item, verdict, note in verdicts if verdict == "sent" and note is None]
+    with ctx.engine.begin() as conn:
+        if plain_sent:
+            conn.execute(
+                update(table)
+                .where(_T.id.in_(plain_sent))
+                .values(status="sent", sent_at=now, claimed_until=None, last_error=None)
+            )
+        for item, verdict, note in verdicts:
+            if verdict == "sent":
+                result.sent += 1
+                if note is not None:
+                    _set(conn, item.id, status="sent", sent_at=now, claimed_until=None, last_error=note)
+            elif verdict == "failed":
+                result.failed += 1
+                _set(conn, item.id, status="failed", claimed_until=None, last_error=note)
+            elif verdict == "retry" and item.attempts >= cfg.max_attempts:
+                result.failed += 1
+                error = f"gave up after {item.attempts} attempts: {note}"
+                _set(conn, item.id, status="failed", claimed_until=None, last_error=error)
+            else:  # retry, or down: connection trouble never fails a message
+                result.retrying += 1
+                _set(
+                    conn,
+                    item.id,
+                    claimed_until=None,
+                    last_error=note,
+                    next_attempt_at=now + backoff(cfg, item.attempts),
+                )
+
+
+def _set(conn: Connection, row_id: int, **values: Any) -> None:
+    conn.execute(update(OutboxMessage.__table__).where(_T.id == row_id).values(**values))  # type: ignore[arg-type]
+
+
+def retry(ctx: AppContext, row_id: int) -> bool:
+    """Queue a failed (or waiting) row again, due now with a fresh attempt count; False if unknown or sent."""
+    now: datetime = ctx.clock()
+    with ctx.engine.begin() as conn:
+        done = conn.execute(
+            update(OutboxMessage.__table__)  # type: ignore[arg-type]
+            .where(_T.id == row_id, _T.status != "sent")
+            .values(status="queued", attempts=0, next_attempt_at=now, claimed_until=None)
+        )
+    return bool(done.rowcount)

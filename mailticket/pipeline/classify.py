@@ -8,9 +8,11 @@ from mailticket.config import Config
 from mailticket.models import Classification, MailKind, ParsedMessage
 from mailticket.refs import verify_reply_token
 
+# RFC 3834 section 2: daemons, list machinery (owner-*, *-request, *-bounces) and noreply senders,
+# also as a tag ("noreply+x@", "notifications-noreply@", "do_not_reply@").
 _NO_AUTO_REPLY = re.compile(
-    r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|donotreply|bounces?|owner-.*|.*-request|"
-    r".*-bounces?|.*-owner)@",
+    r"^(mailer-daemon|mailer_daemon|postmaster|bounces?|owner-.*|.*-request|.*-bounces?|.*-owner"
+    r"|(.*[-_.+])?(no[-_.]?reply|do[-_.]?not[-_.]?reply)([-_.+].*)?)(\+[^@]*)?@",
     re.I,
 )
 
@@ -20,8 +22,17 @@ def is_unanswerable_address(address: str, own: set[str]) -> bool:
     return address.lower() in own or bool(_NO_AUTO_REPLY.match(address))
 
 
-def agent_verified(msg: ParsedMessage, config: Config, agent: str) -> tuple[bool, str]:
-    """Is this mail really from `agent`? (verified, why) — the why goes on the entry."""
+def agent_verified(
+    msg: ParsedMessage, config: Config, agent: str, secret: bytes | None = None
+) -> tuple[bool, str]:
+    """Is this mail really from `agent`? (verified, why) — the why goes on the entry.
+
+    Only Authentication-Results stamped by a trusted authserv-id count (RFC 8601: the
+    receiving server removes forged ones with its own id), and only a configured method
+    passing for the agent's own domain. The alternative proof is a reply to one of our
+    notices whose HMAC-signed Message-ID names this agent. Mail whose Reply-To points
+    elsewhere is never an agent's: answering it would not reach the agent.
+    """
     if msg.reply_to and any(r.email != agent for r in msg.reply_to):
         return False, "Reply-To differs from From"
     domain = agent.rsplit("@", 1)[-1]
@@ -34,16 +45,15 @@ def agent_verified(msg: ParsedMessage, config: Config, agent: str) -> tuple[bool
             and result.domain == domain
         ):
             return True, f"{result.method}=pass from {result.authserv_id}"
-    secret = config.security.reply_token_secret
     if secret is not None:
         for mid in (*msg.in_reply_to, *msg.references):
-            found = verify_reply_token(secret.get_secret_value().encode(), mid)
+            found = verify_reply_token(secret, mid)
             if found and found[1] == agent:
                 return True, "signed reply token"
     return False, "no passing Authentication-Results from a trusted server and no reply token"
 
 
-def classify(msg: ParsedMessage, config: Config) -> Classification:
+def classify(msg: ParsedMessage, config: Config, secret: bytes | None = None) -> Classification:
     sender = msg.sender or ""
     own = config.own_addresses
     if sender in own:
@@ -55,6 +65,6 @@ def classify(msg: ParsedMessage, config: Config) -> Classification:
         return Classification(MailKind.AUTO_REPLY, False, why)
     answerable = bool(sender) and not is_unanswerable_address(sender, own)
     if sender and config.is_agent(sender):
-        ok, why = agent_verified(msg, config, sender)
+        ok, why = agent_verified(msg, config, sender, secret)
         return Classification(MailKind.AGENT if ok else MailKind.UNVERIFIED_AGENT, answerable, why)
     return Classification(MailKind.CUSTOMER, answerable, "" if answerable else "no-reply sender")

@@ -35,6 +35,7 @@ from mailticket.pipeline.route import route
 from mailticket.pipeline.thread import thread
 from mailticket.refs import find_token
 from mailticket.rules.assign import pick_agent
+from mailticket.rules.followup import apply_followup_rules
 from mailticket.sla import due_times
 from mailticket.storage import repository
 from mailticket.storage.tables import Attachment, Entry, IntakeRecord, Ticket
@@ -92,7 +93,7 @@ class Pipeline:
             seen.duplicates += 1
             ref = session.get(Ticket, seen.ticket_id).ref if seen.ticket_id else None  # type: ignore[union-attr]
             return Outcome("duplicate", ticket_ref=ref, entry_id=seen.entry_id, reason=seen.status)
-        cls = classify(parsed, self.ctx.config)
+        cls = classify(parsed, self.ctx.config, self.ctx.secret)
         match = self._thread(session, parsed, cls)
         record = IntakeRecord(
             dedup_key=key,
@@ -128,6 +129,9 @@ class Pipeline:
             ticket = session.get(Ticket, match.ticket.id)
             assert ticket is not None
             entry = self._followup(session, raw, parsed, cls, match, ticket)
+            if entry.ticket_id != ticket.id:  # a reply to a closed ticket opened a linked one
+                ticket = session.get(Ticket, entry.ticket_id)
+                assert ticket is not None
             outcome = Outcome("stored", ticket.ref, entry.id, reason=match.how.value)
         record.ticket_id, record.entry_id = ticket.id, entry.id
         session.add(record)
@@ -231,7 +235,11 @@ class Pipeline:
         ctx = self.ctx
         sender = parsed.sender
         if cls.kind is MailKind.BOUNCE:
-            return self._entry(session, ticket, parsed, "system", ["bounce"])
+            entry = self._entry(session, ticket, parsed, "system", ["bounce"])
+            repository.record_event(
+                session, ticket, "bounce", sender, entry_id=entry.id, bounced=list(parsed.bounced_message_ids)
+            )
+            return entry
         if cls.kind in (MailKind.AUTO_REPLY, MailKind.LOOP):
             # Auto-replies never change a ticket's state and trigger no notice.
             return self._entry(session, ticket, parsed, "system", ["auto-reply"])
@@ -286,6 +294,7 @@ class Pipeline:
         repository.record_event(
             session, ticket, "customer_reply", parsed.sender, entry_id=entry.id, source=raw.source
         )
+        apply_followup_rules(session, ctx, ticket, parsed, raw.mailbox)
         return entry
 
     # -- storage helpers --------------------------------------------------------

@@ -41,8 +41,14 @@ def ticket_by_message_ids(session: Session, ids: Iterable[str]) -> Ticket | None
     wanted = [i for i in ids if i][-50:]
     if not wanted:
         return None
-    row = session.exec(select(MessageRef.ticket_id).where(col(MessageRef.message_id).in_(wanted))).first()
-    return session.get(Ticket, row) if row is not None else None
+    rows = session.exec(
+        select(MessageRef.message_id, MessageRef.ticket_id).where(col(MessageRef.message_id).in_(wanted))
+    ).all()
+    if not rows:
+        return None
+    position = {mid: i for i, mid in enumerate(wanted)}
+    _mid, ticket_id = max(rows, key=lambda row: position[row[0]])
+    return session.get(Ticket, ticket_id)
 
 
 def unique_ref(session: Session) -> str:

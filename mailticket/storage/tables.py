@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -150,8 +150,9 @@ class MailboxState(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     mailbox: str = Field(max_length=200)
     folder: str = Field(max_length=500)
-    uidvalidity: int
-    last_uid: int = 0
+    # UIDVALIDITY and UIDs are unsigned 32-bit numbers: BIGINT, or PostgreSQL overflows.
+    uidvalidity: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last_uid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     updated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -163,8 +164,8 @@ class UidAttempt(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     mailbox: str = Field(max_length=200)
     folder: str = Field(max_length=500)
-    uidvalidity: int
-    uid: int
+    uidvalidity: int = Field(sa_column=Column(BigInteger, nullable=False))
+    uid: int = Field(sa_column=Column(BigInteger, nullable=False))
     attempts: int = 0
 
 

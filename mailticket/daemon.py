@@ -1,0 +1,219 @@
+"""`mailticket run`: the composition of everything that runs continuously.
+
+    scheduler jobs   poll:<mailbox>  every poll_seconds (mailboxes without idle)
+                     outbox          every OUTBOX_SECONDS, and at once after new mail
+                     sla_check       every SLA_SECONDS   (leased: one process at a time)
+                     autoclose       every AUTOCLOSE_SECONDS (leased)
+    threads          idle:<mailbox>  IMAP IDLE for mailboxes with idle = true
+                     config watcher  reloads the TOML file when it changes
+    listener         SMTP/LMTP intake when [intake] enabled = true
+
+SIGTERM or SIGINT starts a clean stop: the stop event makes polls finish the
+message in hand and return, the intake listener stops accepting and answers
+the messages it holds, running jobs finish, leases are given back. Nothing is
+acknowledged at a source before its commit, so even a hard kill loses nothing
+(see intake/imap.py and intake/smtp.py).
+
+A reload takes effect at once for rules, departments, agents, SLA plans,
+tickets, security, smtp and mailboxes (poll jobs and IDLE threads follow the
+new list). `[service]` and `[intake]` need a restart: their old values stay
+in force and a warning says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from types import FrameType
+
+from mailticket.config import Config, MailboxConfig
+from mailticket.context import AppContext
+from mailticket.intake.imap import PollResult, idle_mailbox, poll_mailbox
+from mailticket.intake.smtp import IntakeServer
+from mailticket.models import Outcome
+from mailticket.outbound.render import Renderer
+from mailticket.outbound.send import flush
+from mailticket.overdue import sla_check
+from mailticket.pipeline.lifecycle import autoclose
+from mailticket.reload import ConfigWatcher
+from mailticket.scheduler import Scheduler
+
+log = logging.getLogger("mailticket.daemon")
+
+OUTBOX_SECONDS = 10.0
+SLA_SECONDS = 60.0
+AUTOCLOSE_SECONDS = 600.0
+RESTART_SECTIONS = ("service", "intake")
+
+
+@dataclass
+class _IdleWorker:
+    mailbox: MailboxConfig
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+
+class Daemon:
+    def __init__(self, ctx: AppContext, *, watch_config: bool = True) -> None:
+        self.ctx = ctx
+        self.stop_event = threading.Event()
+        self.scheduler = Scheduler(ctx.engine)
+        self.intake: IntakeServer | None = None
+        self.watcher: ConfigWatcher | None = None
+        self._watch_config = watch_config and ctx.config.source is not None
+        self._threads: list[threading.Thread] = []
+        self._idle: dict[str, _IdleWorker] = {}
+        self._polled: dict[str, MailboxConfig] = {}
+        self._mailbox_lock = threading.Lock()
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        config = self.ctx.config
+        self.scheduler.add("outbox", self._flush, OUTBOX_SECONDS)
+        self.scheduler.add("sla_check", lambda: sla_check(self.ctx), SLA_SECONDS, leased=True)
+        self.scheduler.add("autoclose", lambda: autoclose(self.ctx), AUTOCLOSE_SECONDS, leased=True)
+        self._sync_mailboxes(config)
+        if config.intake.enabled:
+            intake = IntakeServer(self.ctx, on_stored=self._stored)
+            intake.start()
+            self.intake = intake
+        self.scheduler.start()
+        if self._watch_config and config.source is not None:
+            self.watcher = ConfigWatcher(config.source, on_change=self._reload, config=config)
+            self._spawn("config-watcher", self.watcher.watch, self.stop_event)
+        log.info(
+            "mailticket running",
+            extra={
+                "fields": {
+                    "database": self.ctx.engine.dialect.name,
+                    "mailboxes": [m.name for m in config.mailboxes if m.enabled],
+                    "intake": f"{config.intake.protocol}://{config.intake.host}:{config.intake.port}"
+                    if config.intake.enabled
+                    else None,
+                    "transport": config.smtp.transport,
+                }
+            },
+        )
+
+    def _spawn(self, name: str, target: object, *args: object) -> threading.Thread:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+        return thread
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        result = flush(self.ctx)
+        if result.sent or result.retrying or result.failed:
+            log.info(
+                "outbox flushed",
+                extra={"fields": {"sent": result.sent, "retrying": result.retrying, "failed": result.failed}},
+            )
+
+    def _stored(self, _outcome: Outcome) -> None:
+        """New mail usually means an acknowledgement or alert to send: flush now, not in 10 s."""
+        self.scheduler.run_soon("outbox")
+
+    def _polled_result(self, result: PollResult) -> None:
+        if result.stored:
+            self.scheduler.run_soon("outbox")
+
+    def _poll(self, name: str) -> None:
+        mailbox = self._polled.get(name)
+        if mailbox is not None and not self.stop_event.is_set():
+            self._polled_result(poll_mailbox(self.ctx, mailbox, stop=self.stop_event))
+
+    # -- mailboxes: poll jobs and IDLE threads, kept in step with the config --------------------
+
+    def _sync_mailboxes(self, config: Config) -> None:
+        with self._mailbox_lock:
+            wanted = {m.name: m for m in config.mailboxes if m.enabled}
+            for name in list(self._polled):
+                if name not in wanted or wanted[name].idle or wanted[name] != self._polled[name]:
+                    self.scheduler.remove(f"poll:{name}")
+                    del self._polled[name]
+            for name in list(self._idle):
+                if name not in wanted or not wanted[name].idle or wanted[name] != self._idle[name].mailbox:
+                    self._stop_idle(self._idle.pop(name))
+            for name, mailbox in wanted.items():
+                if mailbox.idle and name not in self._idle:
+                    worker = _IdleWorker(mailbox)
+                    worker.thread = threading.Thread(
+                        target=idle_mailbox,
+                        args=(self.ctx, mailbox, worker.stop),
+                        kwargs={"on_poll": self._polled_result},
+                        name=f"idle:{name}",
+                        daemon=True,
+                    )
+                    worker.thread.start()
+                    self._idle[name] = worker
+                elif not mailbox.idle and name not in self._polled:
+                    self._polled[name] = mailbox
+                    self.scheduler.add(
+                        f"poll:{name}", lambda n=name: self._poll(n), float(mailbox.poll_seconds)
+                    )
+
+    @staticmethod
+    def _stop_idle(worker: _IdleWorker, timeout: float = 60.0) -> None:
+        worker.stop.set()
+        if worker.thread is not None:
+            worker.thread.join(timeout)
+            if worker.thread.is_alive():
+                log.warning("IDLE thread did not stop in time",
+                            extra={"fields": {"mailbox": worker.mailbox.name}})
+
+    # -- reload --------------------------------------------------------------------------------
+
+    def _reload(self, new: Config) -> None:
+        old = self.ctx.config
+        kept = {s: getattr(old, s) for s in RESTART_SECTIONS if getattr(old, s) != getattr(new, s)}
+        for section in kept:
+            log.warning("config section [%s] changed: restart mailticket to apply it", section,
+                        extra={"fields": {"section": section}})
+        new = new.model_copy(update=kept)
+        if new.service.templates_dir != old.service.templates_dir:
+            renderer = Renderer(new.service.templates_dir)
+            renderer.check()
+            self.ctx.renderer = renderer
+        self.ctx.config = new
+        self._sync_mailboxes(new)
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        if signum is not None:
+            log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
+        self.stop_event.set()
+
+    def stop(self) -> None:
+        """The clean stop: each part finishes what it holds, in the order that loses nothing."""
+        self.stop_event.set()
+        if self.intake is not None:
+            self.intake.stop()
+        with self._mailbox_lock:
+            for worker in self._idle.values():
+                worker.stop.set()
+            for worker in self._idle.values():
+                self._stop_idle(worker)
+            self._idle.clear()
+        self.scheduler.shutdown()
+        for thread in self._threads:
+            thread.join(10.0)
+        self.ctx.engine.dispose()
+        log.info("mailticket stopped")
+
+    def run_forever(self) -> None:
+        """Start, wait for SIGTERM/SIGINT, stop cleanly."""
+        previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not self.stop_event.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

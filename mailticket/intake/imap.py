@@ -1,0 +1,636 @@
+"""IMAP intake: poll a folder (or IDLE on it), run each message through the pipeline, then acknowledge.
+
+What makes "every message exactly once" survive a crash at any point is the order of
+four steps per message, each of the database ones in its own committed transaction:
+
+  1. count the attempt (UidAttempt)   a message that kills the worker three times is
+                                      quarantined unparsed on its fourth turn
+  2. Pipeline.process / quarantine    idempotent: keyed on Message-ID (else sha256), so
+                                      doing it again yields "duplicate"
+  3. acknowledge at the source        \\Seen or MOVE to processed_folder; MOVE to
+                                      quarantine_folder for quarantined or dropped mail
+  4. advance the cursor (MailboxState) only over a gap-free run of acknowledged UIDs
+
+A crash repeats at most the steps after the last commit, and the pipeline turns a
+repeated step 2 into a duplicate. The cursor, never the \\Seen flag, selects what to
+fetch: a message someone read in a mail client before the poll is still ingested, and
+a message that failed stays above the cursor until it succeeds or is quarantined.
+A new UIDVALIDITY resets the cursor to 0; the messages seen before come back as
+duplicates, so nothing is stored twice and nothing is skipped.
+
+Messages larger than `service.max_message_mb` are never downloaded: their header block
+(at most 64 KiB) is recorded as the quarantined raw and the message itself is moved to
+`quarantine_folder`, where it stays whole.
+
+One process polls a mailbox at a time (a lease in the database). Connection trouble is
+retried with exponential back-off; what was committed stays committed and the next
+connection resumes from the cursor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import imaplib
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+from imapclient import IMAPClient  # type: ignore[import-untyped]
+from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
+from sqlalchemy import delete, or_
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, select
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_any,
+    wait_exponential_jitter,
+)
+from tenacity.stop import stop_base
+
+from mailticket.config import MailboxConfig
+from mailticket.context import AppContext
+from mailticket.errors import IntakeError, OperationError, StoreError
+from mailticket.models import Outcome, RawMail
+from mailticket.pipeline.process import Pipeline
+from mailticket.storage import lease
+from mailticket.storage.tables import IntakeRecord, MailboxState, UidAttempt, utcnow
+
+log = logging.getLogger("mailticket.intake.imap")
+
+MAX_ATTEMPTS = 3  # a message whose processing never finishes is quarantined on attempt 4
+LEASE_SECONDS = 180  # renewed after every batch and every IDLE wake-up
+IDLE_SECONDS = 60  # IDLE is re-issued this often (RFC 2177: at least every 29 minutes)
+STOP_CHECK_SECONDS = 0.5  # how quickly an IDLE wait notices the stop event
+FETCH_BYTES = 64 * 1024 * 1024  # one BODY.PEEK[] round trip holds at most this much (or one message)
+HEADER_BYTES = 64 * 1024  # what is kept of an oversized message
+SOCKET_TIMEOUT = 60.0
+SEEN, DELETED = b"\\Seen", b"\\Deleted"
+
+Progress = Callable[[int, int], None]  # (messages done, messages to do) during one pass
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential back-off for connection trouble within one poll."""
+
+    attempts: int = 5
+    first_wait: float = 1.0
+    max_wait: float = 30.0
+
+
+@dataclass
+class PollResult:
+    """What one poll of one mailbox did; `error` is set when the mailbox could not be read."""
+
+    mailbox: str
+    folder: str
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    dropped: int = 0
+    new_tickets: int = 0
+    failed: int = 0  # raised in the pipeline; left above the cursor for the next poll
+    busy: bool = False  # another process holds this mailbox's lease
+    error: OperationError | None = None
+
+    def count(self, outcome: Outcome) -> None:
+        if outcome.status == "stored":
+            self.stored += 1
+            self.new_tickets += outcome.new_ticket
+        elif outcome.status == "duplicate":
+            self.duplicates += 1
+        elif outcome.status == "quarantined":
+            self.quarantined += 1
+        elif outcome.status == "dropped":
+            self.dropped += 1
+
+
+def lease_name(mailbox: MailboxConfig) -> str:
+    return f"imap:{mailbox.name}"
+
+
+# -- connecting --------------------------------------------------------------------------------
+
+
+def tls_context(mailbox: MailboxConfig) -> ssl.SSLContext:
+    """Certificates and host names verified; `ca_file` adds a private CA."""
+    try:
+        return ssl.create_default_context(cafile=str(mailbox.ca_file) if mailbox.ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise IntakeError(f"cannot load ca_file {mailbox.ca_file}: {exc}", mailbox=mailbox.name) from exc
+
+
+def connect(mailbox: MailboxConfig, timeout: float = SOCKET_TIMEOUT) -> IMAPClient:
+    """A logged-in client. `starttls` refuses a server without STARTTLS: no silent plaintext."""
+    context = tls_context(mailbox) if mailbox.security != "none" else None
+    client = IMAPClient(
+        mailbox.host,
+        port=mailbox.port,
+        ssl=mailbox.security == "ssl",
+        ssl_context=context,
+        timeout=timeout,
+    )
+    try:
+        if mailbox.security == "starttls":
+            client.starttls(context)
+        client.login(mailbox.username, mailbox.password.get_secret_value())
+    except BaseException:
+        _close(client)
+        raise
+    return client
+
+
+def _close(client: IMAPClient) -> None:
+    """Log out politely; a dead connection is just dropped."""
+    try:
+        client.logout()
+    except (OSError, IMAPClientError):
+        with suppress(OSError, IMAPClientError):
+            client.shutdown()
+
+
+@contextmanager
+def _connected(mailbox: MailboxConfig) -> Iterator[IMAPClient]:
+    client = connect(mailbox)
+    try:
+        yield client
+    finally:
+        _close(client)
+
+
+def _is_connection_trouble(exc: BaseException) -> bool:
+    """Worth a reconnect: the network or the server went away (a bad certificate will not heal)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return False
+    return isinstance(exc, OSError | imaplib.IMAP4.abort)
+
+
+def _as_operation_error(exc: Exception, mailbox: str, uid: int | None) -> OperationError:
+    if isinstance(exc, OperationError):
+        return exc
+    if isinstance(exc, SQLAlchemyError):
+        where = f" (mailbox={mailbox}, uid={uid})" if uid else f" (mailbox={mailbox})"
+        return StoreError(f"database error while polling: {type(exc).__name__}: {exc}{where}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return IntakeError(f"TLS certificate not accepted: {exc.verify_message}", mailbox=mailbox)
+    return IntakeError(f"{type(exc).__name__}: {exc}", mailbox=mailbox, uid=uid)
+
+
+# -- one pass over a selected folder -----------------------------------------------------------
+
+
+class _Poller:
+    """Fetches, processes and acknowledges everything above the cursor of one mailbox folder."""
+
+    def __init__(
+        self,
+        ctx: AppContext,
+        mailbox: MailboxConfig,
+        result: PollResult,
+        *,
+        renew: Callable[[], None],
+        stop: threading.Event | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.mailbox = mailbox
+        self.result = result
+        self.renew = renew
+        self.stop = stop
+        self.progress = progress
+        self.pipeline = Pipeline(ctx)
+        self.source = f"imap:{mailbox.name}/{mailbox.folder}"
+        self.current_uid: int | None = None
+        self._folders_ready: set[str] = set()
+        for name in (mailbox.processed_folder, mailbox.quarantine_folder):
+            if name == mailbox.folder:
+                raise IntakeError(
+                    f"processed_folder/quarantine_folder {name!r} is the polled folder itself: "
+                    "pick another folder",
+                    mailbox=mailbox.name,
+                )
+
+    def run(self, client: IMAPClient) -> int:
+        """One pass: select, search above the cursor, then batch by batch process -> ack -> cursor.
+
+        Returns how many messages were found above the cursor.
+        """
+        selected = client.select_folder(self.mailbox.folder)
+        uidvalidity = int(selected[b"UIDVALIDITY"])
+        cursor = self._cursor(uidvalidity)
+        # `UID n:*` always matches the highest UID, even below n: filter.
+        uids = sorted(int(u) for u in client.search(["UID", f"{cursor + 1}:*"]) if int(u) > cursor)
+        if not uids:
+            return 0
+        done = 0
+        unfinished: set[int] = set()  # failed or not reached: the cursor stays below the lowest
+        if self.progress:
+            self.progress(0, len(uids))
+        for start in range(0, len(uids), self.mailbox.batch_size):
+            batch = uids[start : start + self.mailbox.batch_size]
+            if self.stop is not None and self.stop.is_set():
+                unfinished.update(batch)
+                break
+            acks, left = self._batch(client, uidvalidity, batch)
+            unfinished |= left
+            self._acknowledge(client, acks)
+            below = [u for u in batch if not unfinished or u < min(unfinished)]
+            if below:
+                self._advance(uidvalidity, max(below))
+            self.renew()
+            done += len(batch)
+            if self.progress:
+                self.progress(done, len(uids))
+        return len(uids)
+
+    def _batch(
+        self, client: IMAPClient, uidvalidity: int, batch: list[int]
+    ) -> tuple[dict[str | None, list[int]], set[int]]:
+        """Process one batch; returns acks by destination (None: flag \\Seen) and the UIDs left over."""
+        acks: dict[str | None, list[int]] = {}
+        sizes = {
+            int(uid): int(data[b"RFC822.SIZE"])
+            for uid, data in client.fetch(batch, ["RFC822.SIZE"]).items()
+            if b"RFC822.SIZE" in data
+        }
+        left = set(sizes)  # a UID missing from the answer was expunged meanwhile: nothing to do
+        limit = self.pipeline.max_bytes
+        fits = [u for u in batch if u in sizes and sizes[u] <= limit]
+        for group in _groups(fits, sizes, FETCH_BYTES):
+            bodies = client.fetch(group, ["BODY.PEEK[]"])
+            for uid in group:
+                if self.stop is not None and self.stop.is_set():
+                    return acks, left
+                body = bodies.get(uid, {}).get(b"BODY[]")
+                if body is None:
+                    left.discard(uid)  # expunged between the two fetches
+                    continue
+                if self._one(uidvalidity, uid, bytes(body), acks):
+                    left.discard(uid)
+        for uid in (u for u in batch if u in sizes and sizes[u] > limit):
+            if self.stop is not None and self.stop.is_set():
+                return acks, left
+            if self._one(uidvalidity, uid, self._header(client, uid), acks, oversized=sizes[uid]):
+                left.discard(uid)
+        return acks, left
+
+    def _one(
+        self,
+        uidvalidity: int,
+        uid: int,
+        data: bytes,
+        acks: dict[str | None, list[int]],
+        oversized: int | None = None,
+    ) -> bool:
+        """Count the attempt, process (or quarantine), file the ack; False if the pipeline raised."""
+        self.current_uid = uid
+        attempts = self._count_attempt(uidvalidity, uid)
+        raw = RawMail(
+            data=data,
+            source=self.source,
+            position=f"uidvalidity={uidvalidity} uid={uid}",
+            mailbox=self.mailbox.name,
+        )
+        try:
+            if oversized is not None:
+                mb = self.ctx.config.service.max_message_mb
+                outcome = self.pipeline.quarantine(
+                    raw,
+                    f"message of {oversized} bytes exceeds max_message_mb ({mb:g}); only its header "
+                    f"is kept here, the whole message is in IMAP folder {self.mailbox.quarantine_folder!r}",
+                )
+            elif attempts > MAX_ATTEMPTS:
+                outcome = self._poison(raw, attempts)
+            else:
+                outcome = self.pipeline.process(raw)
+        except Exception:
+            # A pipeline bug must cost this one message, not the mailbox: it stays above the
+            # cursor and unacknowledged, and its attempts count towards quarantine.
+            log.exception(
+                "message failed; left for the next poll",
+                extra={"fields": {"mailbox": self.mailbox.name, "uid": uid, "attempt": attempts}},
+            )
+            self.result.failed += 1
+            return False
+        self.result.count(outcome)
+        acks.setdefault(self._destination(outcome), []).append(uid)
+        return True
+
+    def _poison(self, raw: RawMail, attempts: int) -> Outcome:
+        """Quarantine unparsed a message that never finished; unless its exact bytes are already kept."""
+        sha = hashlib.sha256(raw.data).hexdigest()
+        with Session(self.ctx.engine) as session:
+            seen = session.exec(select(IntakeRecord).where(IntakeRecord.raw_sha256 == sha)).first()
+            if seen is not None:  # stored by an attempt that crashed after its commit
+                return Outcome("duplicate", reason=seen.status)
+        return self.pipeline.quarantine(
+            raw, f"processing did not finish in {attempts - 1} attempts (worker crash?); kept unparsed"
+        )
+
+    def _destination(self, outcome: Outcome) -> str | None:
+        """Where the source copy goes: quarantine for rejected mail, else processed (None: \\Seen)."""
+        rejected = ("quarantined", "dropped")
+        if outcome.status in rejected or (outcome.status == "duplicate" and outcome.reason in rejected):
+            return self.mailbox.quarantine_folder
+        return self.mailbox.processed_folder
+
+    def _header(self, client: IMAPClient, uid: int) -> bytes:
+        reply = client.fetch([uid], [f"BODY.PEEK[HEADER]<0.{HEADER_BYTES}>"]).get(uid, {})
+        return bytes(next((v for k, v in reply.items() if k.startswith(b"BODY[HEADER]")), b"") or b"")
+
+    # -- the source acknowledgement (only after the commit) ---------------------------------
+
+    def _acknowledge(self, client: IMAPClient, acks: dict[str | None, list[int]]) -> None:
+        for folder, uids in acks.items():
+            if folder is None:
+                client.add_flags(uids, [SEEN])
+            else:
+                self._ensure_folder(client, folder)
+                _move(client, uids, folder)
+
+    def _ensure_folder(self, client: IMAPClient, folder: str) -> None:
+        if folder in self._folders_ready:
+            return
+        if not client.folder_exists(folder):
+            try:
+                client.create_folder(folder)
+            except IMAPClientError:
+                if not client.folder_exists(folder):  # created by someone else meanwhile is fine
+                    raise
+            log.info("created folder", extra={"fields": {"mailbox": self.mailbox.name, "folder": folder}})
+        self._folders_ready.add(folder)
+
+    # -- database state -----------------------------------------------------------------------
+
+    def _cursor(self, uidvalidity: int) -> int:
+        """The last UID done; 0 for a new folder or after a UIDVALIDITY change (committed at once)."""
+        with Session(self.ctx.engine) as session, session.begin():
+            state = session.exec(self._state_query()).first()
+            if state is None:
+                name, folder = self.mailbox.name, self.mailbox.folder
+                session.add(MailboxState(mailbox=name, folder=folder, uidvalidity=uidvalidity))
+                return 0
+            if state.uidvalidity != uidvalidity:
+                log.warning(
+                    "UIDVALIDITY changed: reading the folder again from the start; "
+                    "messages already stored count as duplicates",
+                    extra={"fields": {"mailbox": self.mailbox.name, "folder": self.mailbox.folder,
+                                      "old": state.uidvalidity, "new": uidvalidity,
+                                      "old_last_uid": state.last_uid}},
+                )
+                state.uidvalidity, state.last_uid, state.updated_at = uidvalidity, 0, utcnow()
+                return 0
+            return state.last_uid
+
+    def _advance(self, uidvalidity: int, last_uid: int) -> None:
+        """Move the cursor and forget the attempt counts it has passed."""
+        with Session(self.ctx.engine) as session, session.begin():
+            state = session.exec(self._state_query()).one()
+            if state.uidvalidity == uidvalidity and last_uid > state.last_uid:
+                state.last_uid, state.updated_at = last_uid, utcnow()
+            session.execute(
+                delete(UidAttempt)
+                .where(UidAttempt.mailbox == self.mailbox.name)  # type: ignore[arg-type]
+                .where(UidAttempt.folder == self.mailbox.folder)  # type: ignore[arg-type]
+                .where(or_(UidAttempt.uidvalidity != uidvalidity, UidAttempt.uid <= last_uid))  # type: ignore[arg-type]
+            )
+
+    def _count_attempt(self, uidvalidity: int, uid: int) -> int:
+        """+1 in its own committed transaction, before the message is touched."""
+        with Session(self.ctx.engine) as session, session.begin():
+            row = session.exec(
+                select(UidAttempt)
+                .where(UidAttempt.mailbox == self.mailbox.name)
+                .where(UidAttempt.folder == self.mailbox.folder)
+                .where(UidAttempt.uidvalidity == uidvalidity)
+                .where(UidAttempt.uid == uid)
+            ).first()
+            if row is None:
+                row = UidAttempt(
+                    mailbox=self.mailbox.name, folder=self.mailbox.folder, uidvalidity=uidvalidity, uid=uid
+                )
+                session.add(row)
+            row.attempts += 1
+            return row.attempts
+
+    def _state_query(self) -> Any:
+        return (
+            select(MailboxState)
+            .where(MailboxState.mailbox == self.mailbox.name)
+            .where(MailboxState.folder == self.mailbox.folder)
+        )
+
+
+def _groups(uids: Sequence[int], sizes: dict[int, int], budget: int) -> Iterator[list[int]]:
+    """Split into runs whose total size stays under `budget` (a bigger message goes alone)."""
+    group: list[int] = []
+    total = 0
+    for uid in uids:
+        if group and total + sizes[uid] > budget:
+            yield group
+            group, total = [], 0
+        group.append(uid)
+        total += sizes[uid]
+    if group:
+        yield group
+
+
+def _move(client: IMAPClient, uids: list[int], folder: str) -> None:
+    """MOVE when the server has it; else COPY, flag \\Deleted and expunge just these UIDs."""
+    if client.has_capability("MOVE"):
+        client.move(uids, folder)
+        return
+    client.copy(uids, folder)
+    client.add_flags(uids, [DELETED])
+    if client.has_capability("UIDPLUS"):
+        client.uid_expunge(uids)
+    else:
+        client.expunge()
+
+
+# -- entry points --------------------------------------------------------------------------------
+
+
+def poll_mailbox(
+    ctx: AppContext,
+    mailbox: MailboxConfig,
+    *,
+    stop: threading.Event | None = None,
+    progress: Progress | None = None,
+    retry: RetryPolicy = RetryPolicy(),
+) -> PollResult:
+    """One pass over a mailbox: everything above the cursor, reconnecting on connection loss.
+
+    Never raises for operation errors: they end up in `PollResult.error` (with the
+    mailbox and the UID at hand), so one failing mailbox never stops the others.
+    """
+    result = PollResult(mailbox.name, mailbox.folder)
+    owner = lease.owner_id()
+    name = lease_name(mailbox)
+    if not lease.acquire(ctx.engine, name, owner, LEASE_SECONDS):
+        result.busy = True
+        log.info("mailbox busy: another process polls it", extra={"fields": {"mailbox": mailbox.name}})
+        return result
+
+    def renew() -> None:
+        if not lease.renew(ctx.engine, name, owner, LEASE_SECONDS):
+            raise IntakeError("lost the mailbox lease to another process", mailbox=mailbox.name)
+
+    poller: _Poller | None = None
+    try:
+        poller = _Poller(ctx, mailbox, result, renew=renew, stop=stop, progress=progress)
+        for attempt in _retrying(mailbox, retry, stop):
+            with attempt, _connected(mailbox) as client:
+                poller.run(client)
+    except Exception as exc:
+        result.error = _as_operation_error(exc, mailbox.name, poller.current_uid if poller else None)
+        log.error("mailbox could not be read: %s", result.error, extra={"fields": {"mailbox": mailbox.name}})
+    finally:
+        lease.release(ctx.engine, name, owner)
+    return result
+
+
+class _StopEvent(stop_base):
+    """Stop retrying once the daemon is shutting down."""
+
+    def __init__(self, event: threading.Event | None) -> None:
+        self.event = event
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.event is not None and self.event.is_set()
+
+
+def _retrying(mailbox: MailboxConfig, policy: RetryPolicy, stop: threading.Event | None) -> Retrying:
+    def sleep(seconds: float) -> None:
+        if stop is not None:
+            stop.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "connection lost; reconnecting",
+            extra={"fields": {"mailbox": mailbox.name, "attempt": state.attempt_number,
+                              "wait": round(state.upcoming_sleep, 2), "error": repr(exc)}},
+        )
+
+    return Retrying(
+        retry=retry_if_exception(_is_connection_trouble),
+        stop=stop_any(stop_after_attempt(policy.attempts), _StopEvent(stop)),
+        wait=wait_exponential_jitter(
+            initial=policy.first_wait, max=policy.max_wait, jitter=policy.first_wait
+        ),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+def wait_for_new(client: IMAPClient, timeout: float, stop: threading.Event | None = None) -> bool:
+    """IDLE until the server announces new mail (True), `timeout` passes or `stop` is set (False)."""
+    deadline = time.monotonic() + timeout
+    client.idle()
+    new = False
+    while not new and not (stop is not None and stop.is_set()):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        wait = min(left, STOP_CHECK_SECONDS)
+        started = time.monotonic()
+        responses = client.idle_check(timeout=wait)
+        new = _announces_mail(responses)
+        if not responses and time.monotonic() - started < wait / 2:
+            break  # idle_check returns early and empty at EOF: idle_done() will tell
+    _text, responses = client.idle_done()
+    return new or _announces_mail(responses)
+
+
+def _announces_mail(responses: list[Any]) -> bool:
+    return any(isinstance(r, tuple) and len(r) >= 2 and r[1] in (b"EXISTS", b"RECENT") for r in responses)
+
+
+def idle_mailbox(
+    ctx: AppContext,
+    mailbox: MailboxConfig,
+    stop_event: threading.Event,
+    *,
+    on_poll: Callable[[PollResult], None] | None = None,
+    retry: RetryPolicy = RetryPolicy(),
+    idle_seconds: float = IDLE_SECONDS,
+) -> None:
+    """Until `stop_event`: poll, IDLE, poll again on every new-mail announcement.
+
+    Holds the mailbox lease while connected (waiting politely while another process holds
+    it); any failure is retried forever with back-off capped at `retry.max_wait`, reset by
+    the next good pass. Without the IDLE capability it polls every `poll_seconds`.
+    `on_poll` sees each pass's result (e.g. to flush the outbox right after new tickets).
+    """
+    owner = lease.owner_id()
+    name = lease_name(mailbox)
+    failures = 0
+
+    def passed(result: PollResult) -> None:
+        nonlocal failures
+        failures = 0
+        if on_poll is not None:
+            on_poll(result)
+
+    while not stop_event.is_set():
+        try:
+            if not lease.acquire(ctx.engine, name, owner, LEASE_SECONDS):
+                stop_event.wait(mailbox.poll_seconds)
+                continue
+            try:
+                with _connected(mailbox) as client:
+                    _idle_session(ctx, mailbox, client, stop_event, owner, passed, idle_seconds)
+            finally:
+                lease.release(ctx.engine, name, owner)
+        except Exception as exc:
+            failures += 1
+            delay = min(retry.first_wait * 2 ** (failures - 1), retry.max_wait)
+            log.warning(
+                "IDLE loop failed; retrying",
+                extra={"fields": {"mailbox": mailbox.name, "wait": delay,
+                                  "error": str(_as_operation_error(exc, mailbox.name, None))}},
+            )
+            stop_event.wait(delay)
+
+
+def _idle_session(
+    ctx: AppContext,
+    mailbox: MailboxConfig,
+    client: IMAPClient,
+    stop: threading.Event,
+    owner: str,
+    passed: Callable[[PollResult], None],
+    idle_seconds: float,
+) -> None:
+    name = lease_name(mailbox)
+
+    def renew() -> None:
+        if not lease.renew(ctx.engine, name, owner, LEASE_SECONDS):
+            raise IntakeError("lost the mailbox lease to another process", mailbox=mailbox.name)
+
+    can_idle = client.has_capability("IDLE")
+    while not stop.is_set():
+        # Mail that arrives during a pass is announced in the replies to our own commands,
+        # where IDLE would never see it: pass again until a pass finds nothing new.
+        found = 1
+        while found and not stop.is_set():
+            result = PollResult(mailbox.name, mailbox.folder)
+            found = _Poller(ctx, mailbox, result, renew=renew, stop=stop).run(client)
+            passed(result)
+        renew()
+        if can_idle:
+            wait_for_new(client, idle_seconds, stop)
+        else:
+            stop.wait(mailbox.poll_seconds)

@@ -1,0 +1,197 @@
+"""`mailticket run` as a real subprocess for daemon tests: a config file written per test, logs on disk.
+
+The daemon is started with `python -m mailticket`, so a test sees exactly what an admin
+sees: the config file, the signals, the exit status and the log lines.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import Engine, func
+from sqlmodel import Session, select
+
+from mailticket.storage.tables import Entry, IntakeRecord, Ticket
+from tests.servers import Dovecot, SmtpSink
+
+READY_LINE = "mailticket running"
+
+
+def write_config(
+    path: Path,
+    *,
+    db_url: str,
+    sink: SmtpSink | None = None,
+    dovecot: Dovecot | None = None,
+    idle: bool = False,
+    poll_seconds: int = 1,
+    intake_port: int | None = None,
+    intake_protocol: str = "smtp",
+    extra: str = "",
+) -> Path:
+    """A complete config for one test: SQLite or PostgreSQL, optional mailbox, sink and intake."""
+    data_dir = path.parent / "data"
+    parts = [
+        f"""
+[service]
+data_dir = "{data_dir}"
+database_url = "{db_url}"
+support_address = "support@example.com"
+support_name = "Example Support"
+
+[security]
+trusted_authserv_ids = ["mx.example.com"]
+agent_auth = ["dkim", "dmarc"]
+reply_token_secret = "daemon-test-secret"
+
+[tickets]
+acks_per_sender_per_hour = 1000
+auto_mail_per_recipient_per_day = 10000
+auto_mail_per_ticket_per_hour = 1000
+
+[[departments]]
+name = "general"
+address = "support@example.com"
+agents = ["alice@example.com"]
+sla = "standard"
+
+[[sla]]
+name = "standard"
+first_response = "8h"
+resolution = "3d"
+
+[[agents]]
+email = "alice@example.com"
+name = "Alice Agent"
+"""
+    ]
+    if sink is not None:
+        parts.append(
+            f"""
+[smtp]
+transport = "smtp"
+host = "{sink.host}"
+port = {sink.port}
+security = "none"
+retry_base_seconds = 1
+"""
+        )
+    else:
+        parts.append('\n[smtp]\ntransport = "file"\n')
+    if intake_port is not None:
+        parts.append(
+            f"""
+[intake]
+enabled = true
+host = "127.0.0.1"
+port = {intake_port}
+protocol = "{intake_protocol}"
+"""
+        )
+    if dovecot is not None:
+        parts.append(
+            f"""
+[[mailboxes]]
+name = "support"
+host = "{dovecot.host}"
+port = {dovecot.port}
+security = "none"
+username = "{dovecot.user}"
+password = "{dovecot.password}"
+processed_folder = "Processed"
+poll_seconds = {poll_seconds}
+idle = {"true" if idle else "false"}
+"""
+        )
+    parts.append(extra)
+    path.write_text("".join(parts))
+    return path
+
+
+class DaemonProcess:
+    """One `mailticket run`; `start()` returns once it logged that it runs."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.log_path = config.parent / f"daemon-{int(time.time() * 1000)}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> DaemonProcess:
+        self.log_path = self.config.parent / f"daemon-{int(time.time() * 1000)}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mailticket", "--config", str(self.config), "run"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.config.parent,
+                env=env,
+            )
+        deadline = time.monotonic() + timeout
+        while READY_LINE not in self.log():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"daemon not ready in {timeout}s:\n{self.log()}")
+            time.sleep(0.05)
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def terminate(self, timeout: float = 60.0, sig: int = signal.SIGTERM) -> int:
+        """Send `sig` (SIGTERM) and wait for the exit status."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"daemon did not stop within {timeout}s:\n{self.log()}") from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.terminate()
+
+
+def wait_until(check: object, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> None:
+    """Poll `check()` until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():  # type: ignore[operator]
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached in {timeout}s")
+        time.sleep(interval)
+
+
+def counts(engine: Engine) -> dict[str, int]:
+    """Tickets, entries and intake records (and their duplicate count) in the database."""
+    with Session(engine) as session:
+        return {
+            "tickets": session.exec(select(func.count()).select_from(Ticket)).one(),
+            "entries": session.exec(select(func.count()).select_from(Entry)).one(),
+            "intake": session.exec(select(func.count()).select_from(IntakeRecord)).one(),
+        }

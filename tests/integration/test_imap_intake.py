@@ -1,0 +1,716 @@
+"""IMAP intake against a real Dovecot, on SQLite and PostgreSQL.
+
+What is checked is the promise of docs/imap.md: every message ends up stored (or kept in
+quarantine) exactly once and marked at the source only after the commit, whatever breaks:
+a crash, a lost connection, a poison message, a new UIDVALIDITY.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlmodel import Session, col, func
+from sqlmodel import select as sql_select
+
+from mailticket.cli import main
+from mailticket.context import AppContext
+from mailticket.errors import IntakeError
+from mailticket.intake import imap
+from mailticket.intake.imap import PollResult, RetryPolicy, idle_mailbox, poll_mailbox
+from mailticket.models import Outcome, RawMail
+from mailticket.pipeline.process import Pipeline
+from mailticket.storage import lease
+from mailticket.storage.tables import Entry, IntakeRecord, MailboxState, Ticket, UidAttempt
+from tests.factories import mail, make_ctx
+from tests.servers import Dovecot
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = RetryPolicy(attempts=4, first_wait=0.05, max_wait=0.2)
+SEEN = b"\\Seen"
+
+
+def mailbox_entry(server: Dovecot, **over: Any) -> dict[str, Any]:
+    return {
+        "name": "support",
+        "host": server.host,
+        "port": server.port,
+        "security": "none",
+        "username": server.user,
+        "password": server.password,
+        "department": "general",
+        **over,
+    }
+
+
+@pytest.fixture
+def make(tmp_path: Path, db_url: str, dovecot: Dovecot) -> Iterator[Any]:
+    """make(**mailbox_overrides, sections=...) -> AppContext wired to the test Dovecot."""
+    built: list[AppContext] = []
+
+    def build(sections: dict[str, Any] | None = None, **over: Any) -> AppContext:
+        ctx = make_ctx(tmp_path, db_url, mailboxes=[mailbox_entry(dovecot, **over)], **(sections or {}))
+        built.append(ctx)
+        return ctx
+
+    yield build
+    for ctx in built:
+        ctx.engine.dispose()
+
+
+def poll(ctx: AppContext, **kw: Any) -> PollResult:
+    return poll_mailbox(ctx, ctx.config.mailboxes[0], retry=kw.pop("retry", FAST), **kw)
+
+
+def count(ctx: AppContext, model: Any, *where: Any) -> int:
+    with Session(ctx.engine) as s:
+        return int(s.exec(sql_select(func.count()).select_from(model).where(*where)).one())
+
+
+def stored_message_ids(ctx: AppContext) -> list[str]:
+    with Session(ctx.engine) as s:
+        return sorted(m for m in s.exec(sql_select(Entry.message_id)).all() if m)
+
+
+def records(ctx: AppContext) -> list[IntakeRecord]:
+    with Session(ctx.engine) as s:
+        return list(s.exec(sql_select(IntakeRecord).order_by(col(IntakeRecord.id))).all())
+
+
+def cursor(ctx: AppContext) -> tuple[int, int]:
+    with Session(ctx.engine) as s:
+        state = s.exec(sql_select(MailboxState)).one()
+        return state.uidvalidity, state.last_uid
+
+
+def mids(n: int, prefix: str) -> list[str]:
+    return [f"{prefix}-{i}@customer.example" for i in range(n)]
+
+
+def crlf_mail(**kw: Any) -> bytes:
+    """A test message with CRLF line ends, byte-identical to what the IMAP server hands back."""
+    return mail(**kw).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def messages(ids: list[str]) -> list[bytes]:
+    return [crlf_mail(sender=f"Customer {i} <c{i}@customer.example>", subject=f"Help {m}", message_id=m)
+            for i, m in enumerate(ids)]
+
+
+# -- the basic pass ------------------------------------------------------------------------------
+
+
+def test_fetch_stores_each_message_flags_it_and_advances_the_cursor(make: Any, dovecot: Dovecot) -> None:
+    ctx = make()
+    ids = mids(4, "basic")
+    raws = messages(ids)
+    dovecot.append_many("INBOX", raws[:3])
+    # Read by someone in a mail client before mailticket polled: \Seen must not hide it.
+    dovecot.append("INBOX", raws[3], flags=[SEEN])
+
+    result = poll(ctx)
+
+    assert (result.stored, result.new_tickets, result.duplicates, result.error) == (4, 4, 0, None)
+    assert stored_message_ids(ctx) == sorted(ids)
+    assert all(SEEN in f for f in dovecot.flags().values())
+    assert cursor(ctx) == (dovecot.uidvalidity(), 4)
+    assert count(ctx, UidAttempt) == 0  # forgotten once the cursor passed them
+    assert {r.source for r in records(ctx)} == {
+        f"imap:support/INBOX uidvalidity={dovecot.uidvalidity()} uid={u}" for u in range(1, 5)
+    }
+
+    again = poll(ctx)
+    assert (again.stored, again.duplicates, again.error) == (0, 0, None)
+    assert count(ctx, Entry) == 4
+
+
+def test_processed_and_quarantine_folders(make: Any, dovecot: Dovecot) -> None:
+    ctx = make(
+        processed_folder="Processed",
+        sections={"rules": [{"name": "Drop spam", "conditions": [
+            {"field": "subject", "op": "contains", "value": "lottery"}], "actions": {"drop": True}}]},
+    )
+    good = messages(mids(2, "folders"))
+    spam = crlf_mail(subject="You won the lottery", message_id="spam-1@spam.example")
+    garbage = b"this is not an email at all"
+    dovecot.append_many("INBOX", [good[0], garbage, spam, good[1]])
+    dovecot.load_maildir([b""])  # an empty message
+
+    result = poll(ctx)
+
+    assert (result.stored, result.quarantined, result.dropped, result.error) == (2, 2, 1, None)
+    assert dovecot.folder_uids("INBOX") == []
+    assert sorted(dovecot.fetch_all("Processed").values()) == sorted(good)
+    assert sorted(dovecot.fetch_all("Quarantine").values()) == sorted([garbage, spam, b""])
+    by_status: dict[str, list[IntakeRecord]] = {}
+    for r in records(ctx):
+        by_status.setdefault(r.status, []).append(r)
+    assert len(by_status["stored"]) == 2 and len(by_status["dropped"]) == 1
+    quarantined = by_status["quarantined"]
+    assert len(quarantined) == 2
+    assert {r.raw_sha256 for r in quarantined} == {hashlib.sha256(b).hexdigest() for b in (garbage, b"")}
+    assert all(ctx.blobs.get(r.raw_sha256) in (garbage, b"") for r in quarantined)
+    assert all(r.reason for r in quarantined)
+
+    dovecot.append("INBOX", garbage)  # the same junk again: a duplicate, still moved to quarantine
+    again = poll(ctx)
+    assert (again.duplicates, again.quarantined) == (1, 0)
+    assert dovecot.folder_uids("INBOX") == []
+    assert len(dovecot.folder_uids("Quarantine")) == 4
+
+
+def test_oversized_message_is_moved_without_download_and_its_header_kept(
+    make: Any, dovecot: Dovecot
+) -> None:
+    ctx = make(sections={"service": {"max_message_mb": 0.01}})  # about 10 KB
+    big = crlf_mail(subject="Huge scan", message_id="big-1@customer.example", body="x" * 40_000 + "\n")
+    small = messages(["small-1@customer.example"])[0]
+    dovecot.append_many("INBOX", [big, small])
+
+    result = poll(ctx)
+
+    assert (result.stored, result.quarantined, result.error) == (1, 1, None)
+    assert dovecot.fetch_all("Quarantine") == {1: big}  # whole, on the server
+    (kept,) = [r for r in records(ctx) if r.status == "quarantined"]
+    header = big.split(b"\r\n\r\n", 1)[0]
+    raw = ctx.blobs.get(kept.raw_sha256)
+    assert raw.startswith(header) and len(raw) < 1000  # only the header block came down
+    assert "exceeds max_message_mb" in kept.reason
+
+
+def test_copy_fallback_when_the_server_lacks_move(
+    make: Any, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make(processed_folder="Done")
+    original = imap.IMAPClient.has_capability
+    monkeypatch.setattr(imap.IMAPClient, "has_capability",
+                        lambda self, cap: cap.upper() != "MOVE" and original(self, cap))
+    raws = messages(mids(3, "nomove"))
+    dovecot.append_many("INBOX", raws)
+
+    assert poll(ctx).stored == 3
+    assert sorted(dovecot.fetch_all("Done").values()) == sorted(raws)
+    assert dovecot.folder_uids("INBOX") == []
+
+
+# -- UIDVALIDITY ------------------------------------------------------------------------------------
+
+
+def test_uidvalidity_change_neither_duplicates_nor_skips(make: Any, dovecot: Dovecot) -> None:
+    ctx = make()
+    ids = mids(5, "uv")
+    dovecot.append_many("INBOX", messages(ids[:4]))
+    assert poll(ctx).stored == 4
+    old_validity = dovecot.uidvalidity()
+    assert cursor(ctx) == (old_validity, 4)
+    # Three old messages go away; the one that stays will be renumbered 1 after the reset,
+    # and the newcomer gets UID 2: below the old cursor, so a poller that kept it skips mail.
+    with dovecot.session() as c:
+        c.select_folder("INBOX")
+        c.delete_messages([1, 2, 3])
+        c.expunge()
+    new_validity = dovecot.reset_uidvalidity_inbox()
+    dovecot.append("INBOX", messages(ids[4:])[0])
+    assert new_validity != old_validity and dovecot.folder_uids() == [1, 2]
+
+    result = poll(ctx)
+
+    assert (result.stored, result.duplicates, result.error) == (1, 1, None)
+    assert stored_message_ids(ctx) == sorted(ids)
+    assert count(ctx, IntakeRecord) == 5
+    assert cursor(ctx) == (new_validity, 2)
+    assert all(SEEN in f for f in dovecot.flags().values())
+
+
+def test_uidvalidity_change_of_a_recreated_folder(make: Any, dovecot: Dovecot) -> None:
+    ctx = make(folder="Support")
+    ids = mids(3, "recreated")
+    dovecot.create_folder("Support")
+    for raw in messages(ids[:2]):
+        dovecot.append("Support", raw)
+    assert poll(ctx).stored == 2
+    dovecot.recreate_folder("Support")  # same two messages, new UIDVALIDITY, UIDs from 1
+    dovecot.append("Support", messages(ids[2:])[0])
+
+    result = poll(ctx)
+
+    assert (result.stored, result.duplicates) == (1, 2)
+    assert stored_message_ids(ctx) == sorted(ids)
+
+
+# -- failures: poison messages, pipeline bugs ------------------------------------------------------
+
+
+class WorkerCrash(BaseException):
+    """Stands in for the process dying (segfault, OOM kill) while it works on one message."""
+
+
+def test_poison_message_is_quarantined_after_three_crashes(
+    make: Any, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make()
+    before, after = messages(["innocent-1@customer.example", "innocent-2@customer.example"])
+    poison = crlf_mail(subject="POISON", message_id="poison@evil.example")
+    dovecot.append_many("INBOX", [before, poison, after])
+    real = Pipeline.process
+
+    def crashing(self: Pipeline, raw: RawMail) -> Outcome:
+        if b"POISON" in raw.data:
+            raise WorkerCrash
+        return real(self, raw)
+
+    monkeypatch.setattr(Pipeline, "process", crashing)
+    for _ in range(imap.MAX_ATTEMPTS):
+        with pytest.raises(WorkerCrash):
+            poll(ctx)
+    assert stored_message_ids(ctx) == ["innocent-1@customer.example"]  # before it: stored once
+
+    result = poll(ctx)
+
+    assert (result.stored, result.quarantined, result.error) == (1, 1, None)
+    assert stored_message_ids(ctx) == ["innocent-1@customer.example", "innocent-2@customer.example"]
+    (record,) = [r for r in records(ctx) if r.status == "quarantined"]
+    assert "did not finish in 3 attempts" in record.reason
+    assert ctx.blobs.get(record.raw_sha256) == poison  # kept, unparsed
+    assert list(dovecot.fetch_all("Quarantine").values()) == [poison]
+    assert all(SEEN in f for f in dovecot.flags().values())
+    assert count(ctx, UidAttempt) == 0
+    assert count(ctx, Entry) == 2
+
+
+def test_a_failing_message_does_not_block_the_others(
+    make: Any, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctx = make()
+    first, bad, last = messages(["ok-1@customer.example", "bug@customer.example", "ok-2@customer.example"])
+    dovecot.append_many("INBOX", [first, bad, last])
+    real = Pipeline.process
+
+    def buggy(self: Pipeline, raw: RawMail) -> Outcome:
+        if b"bug@customer.example" in raw.data:
+            raise ValueError("a bug in some stage")
+        return real(self, raw)
+
+    monkeypatch.setattr(Pipeline, "process", buggy)
+    result = poll(ctx)
+    assert (result.stored, result.failed, result.error) == (2, 1, None)
+    assert SEEN not in dovecot.flags()[2] and SEEN in dovecot.flags()[3]
+    assert cursor(ctx)[1] == 1  # never past the failed message
+    assert "message failed; left for the next poll" in caplog.text
+    for _ in range(imap.MAX_ATTEMPTS - 1):
+        assert poll(ctx).failed == 1
+
+    final = poll(ctx)
+
+    assert (final.quarantined, final.duplicates, final.failed) == (1, 1, 0)
+    assert cursor(ctx)[1] == 3
+    assert count(ctx, Entry) == 2
+    assert all(SEEN in f for f in dovecot.flags("INBOX").values())
+
+
+def test_busy_mailbox_is_left_to_the_lease_holder(make: Any, dovecot: Dovecot) -> None:
+    ctx = make()
+    dovecot.append("INBOX", messages(["busy@customer.example"])[0])
+    holder = lease.owner_id()
+    assert lease.acquire(ctx.engine, "imap:support", holder, 60)
+    assert poll(ctx).busy
+    assert count(ctx, Entry) == 0
+    lease.release(ctx.engine, "imap:support", holder)
+    assert poll(ctx).stored == 1
+
+
+# -- connection loss --------------------------------------------------------------------------------
+
+
+def test_server_restart_mid_fetch_reconnects_without_loss(
+    make: Any, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctx = make(batch_size=2)
+    ids = mids(8, "restart")
+    dovecot.append_many("INBOX", messages(ids))
+    real = Pipeline.process
+    calls = 0
+
+    def restarting(self: Pipeline, raw: RawMail) -> Outcome:
+        nonlocal calls
+        calls += 1
+        outcome = real(self, raw)
+        if calls == 3:
+            dovecot.restart()  # same port; every connection is cut
+        return outcome
+
+    monkeypatch.setattr(Pipeline, "process", restarting)
+    caplog.set_level(logging.WARNING, "mailticket.intake.imap")
+
+    result = poll(ctx)
+
+    assert result.error is None
+    assert "connection lost; reconnecting" in caplog.text
+    assert result.stored == 8
+    assert stored_message_ids(ctx) == sorted(ids)
+    assert all(SEEN in f for f in dovecot.flags().values())
+    assert cursor(ctx)[1] == 8
+
+
+def test_server_down_fails_the_poll_and_the_next_poll_recovers(
+    make: Any, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make(batch_size=2)
+    ids = mids(8, "down")
+    dovecot.append_many("INBOX", messages(ids))
+    real = Pipeline.process
+    calls = 0
+
+    def stopping(self: Pipeline, raw: RawMail) -> Outcome:
+        nonlocal calls
+        calls += 1
+        outcome = real(self, raw)
+        if calls == 5:
+            dovecot.stop()
+        return outcome
+
+    monkeypatch.setattr(Pipeline, "process", stopping)
+    started = time.monotonic()
+    failed = poll(ctx)
+    assert time.monotonic() - started < 5  # bounded back-off
+    assert isinstance(failed.error, IntakeError) and failed.error.mailbox == "support"
+    assert failed.stored == 6  # 5 and 6 came in one batch: both committed, neither marked
+    assert cursor(ctx)[1] == 4
+
+    dovecot.start()
+    recovered = poll(ctx)
+
+    assert (recovered.error, recovered.stored, recovered.duplicates) == (None, 2, 2)
+    assert stored_message_ids(ctx) == sorted(ids)
+    assert all(SEEN in f for f in dovecot.flags().values())
+
+
+# -- IDLE -------------------------------------------------------------------------------------------
+
+
+def test_idle_delivers_a_new_message_to_a_ticket_in_under_two_seconds(make: Any, dovecot: Dovecot) -> None:
+    ctx = make(idle=True)
+    dovecot.append("INBOX", messages(["before-idle@customer.example"])[0])
+    stop = threading.Event()
+    passes: list[PollResult] = []
+    first_pass = threading.Event()
+
+    def on_poll(result: PollResult) -> None:
+        passes.append(result)
+        first_pass.set()
+
+    worker = threading.Thread(target=idle_mailbox, args=(ctx, ctx.config.mailboxes[0], stop),
+                              kwargs={"on_poll": on_poll, "retry": FAST}, daemon=True)
+    worker.start()
+    try:
+        assert first_pass.wait(10)
+        time.sleep(0.3)  # let it enter IDLE
+        assert count(ctx, Entry) == 1
+        dovecot.append("INBOX", mail(subject="Printer on fire", message_id="idle-1@customer.example"))
+        started = time.monotonic()
+        while count(ctx, Entry, Entry.message_id == "idle-1@customer.example") == 0:
+            assert time.monotonic() - started < 5, "IDLE never delivered the message"
+            time.sleep(0.01)
+        elapsed = time.monotonic() - started
+        assert elapsed < 2.0, f"took {elapsed:.2f}s"
+        with Session(ctx.engine) as s:
+            entry = s.exec(sql_select(Entry).where(Entry.message_id == "idle-1@customer.example")).one()
+            assert s.get(Ticket, entry.ticket_id) is not None
+        # A restart of the server: the loop reconnects by itself.
+        dovecot.restart()
+        dovecot.append("INBOX", mail(subject="After restart", message_id="idle-2@customer.example"))
+        deadline = time.monotonic() + 10
+        while count(ctx, Entry, Entry.message_id == "idle-2@customer.example") == 0:
+            assert time.monotonic() < deadline, "IDLE loop did not recover from a restart"
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        worker.join(5)
+    assert not worker.is_alive()
+    assert all(SEEN in f for f in dovecot.flags().values())
+    assert sum(p.stored for p in passes) == 3
+
+
+def test_wait_for_new_times_out_quietly_and_honours_stop(dovecot: Dovecot) -> None:
+    with dovecot.session() as client:
+        client.select_folder("INBOX")
+        started = time.monotonic()
+        assert imap.wait_for_new(client, 0.3) is False
+        assert 0.25 < time.monotonic() - started < 2
+        stop = threading.Event()
+        stop.set()
+        started = time.monotonic()
+        assert imap.wait_for_new(client, 30, stop) is False
+        assert time.monotonic() - started < 1
+        assert client.noop()  # still a healthy, non-IDLE connection
+
+
+# -- transport security -------------------------------------------------------------------------------
+
+
+class TlsProxy:
+    """TLS in front of the plaintext test Dovecot (its fixture runs `ssl = no`)."""
+
+    def __init__(self, upstream: tuple[str, int], cert: Path, key: Path) -> None:
+        self.upstream = upstream
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            tls = self.context.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError):
+            conn.close()
+            return
+        with tls, socket.create_connection(self.upstream) as up:
+            while True:
+                if not tls.pending():
+                    ready, _, _ = select.select([tls, up], [], [], 5)
+                    if not ready:
+                        continue
+                else:
+                    ready = [tls]
+                source, target = (tls, up) if tls in ready else (up, tls)
+                try:
+                    data = source.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                target.sendall(data)
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for `localhost` (and only that name)."""
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"),
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    return d / "cert.pem", d / "key.pem"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_tls_is_verified_by_default_and_a_private_ca_can_be_configured(
+    tmp_path: Path, db_url: str, dovecot: Dovecot, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    proxy = TlsProxy((dovecot.host, dovecot.port), cert, key)
+    try:
+        dovecot.append("INBOX", messages(["tls@customer.example"])[0])
+        base = {**mailbox_entry(dovecot), "port": proxy.port, "security": "ssl"}
+        ctx = make_ctx(tmp_path, db_url, mailboxes=[
+            {**base, "name": "unknown-ca", "host": "localhost"},
+            {**base, "name": "wrong-name", "host": "127.0.0.1", "ca_file": str(cert)},
+            {**base, "name": "private-ca", "host": "localhost", "ca_file": str(cert)},
+            {**mailbox_entry(dovecot), "name": "starttls", "security": "starttls"},
+        ])
+        started = time.monotonic()
+        unknown, wrong_name, private, starttls = (
+            poll_mailbox(ctx, m) for m in ctx.config.mailboxes  # default (slow) retry: must not retry
+        )
+        assert isinstance(unknown.error, IntakeError) and "certificate" in str(unknown.error)
+        assert isinstance(wrong_name.error, IntakeError) and "certificate" in str(wrong_name.error)
+        assert isinstance(starttls.error, IntakeError) and "STARTTLS" in str(starttls.error).upper()
+        assert time.monotonic() - started < 1
+        assert (private.error, private.stored) == (None, 1)
+        ctx.engine.dispose()
+    finally:
+        proxy.close()
+
+
+# -- the fetch command --------------------------------------------------------------------------------
+
+
+def write_config(path: Path, data_dir: Path, db_url: str, mailboxes: list[dict[str, Any]]) -> Path:
+    def toml(value: Any) -> str:
+        return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+    lines = [
+        "[service]",
+        f"data_dir = {toml(str(data_dir))}",
+        f"database_url = {toml(db_url)}",
+        'support_address = "support@example.com"',
+        "[smtp]",
+        'transport = "file"',
+        "[security]",
+        'reply_token_secret = "crash-test"',
+        "[[departments]]",
+        'name = "general"',
+        'agents = ["alice@example.com"]',
+        "[[agents]]",
+        'email = "alice@example.com"',
+    ]
+    for m in mailboxes:
+        lines.append("[[mailboxes]]")
+        lines += [f"{k} = {toml(v)}" for k, v in m.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_fetch_command_reads_every_mailbox_flushes_and_reports(
+    tmp_path: Path, db_url: str, dovecot: Dovecot
+) -> None:
+    dovecot.append_many("INBOX", messages(mids(3, "cli")))
+    good = mailbox_entry(dovecot)
+    broken = {**mailbox_entry(dovecot), "name": "broken", "folder": "NoSuchFolder"}
+    off = {**mailbox_entry(dovecot), "name": "off", "enabled": False}
+    config = write_config(tmp_path / "mt.toml", tmp_path / "data", db_url, [broken, good, off])
+    runner = CliRunner()
+
+    result = runner.invoke(main, ["--config", str(config), "fetch", "--json"])
+
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    by_name = {m["mailbox"]: m for m in report["mailboxes"]}
+    assert set(by_name) == {"broken", "support"}  # disabled: not polled
+    assert "mailbox=broken" in by_name["broken"]["error"]
+    assert by_name["support"] | {"error": None} == {
+        "mailbox": "support", "folder": "INBOX", "stored": 3, "duplicates": 0, "quarantined": 0,
+        "dropped": 0, "new_tickets": 3, "failed": 0, "busy": False, "error": None,
+    }
+    assert report["outbox"] == {"sent": 6, "retrying": 0, "failed": 0}  # 3 acks + 3 alerts
+    assert len(list((tmp_path / "data" / "sent").iterdir())) == 6
+
+    config = write_config(tmp_path / "mt.toml", tmp_path / "data", db_url, [good])
+    table = runner.invoke(main, ["--config", str(config), "fetch"])
+    assert table.exit_code == 0, table.output
+    assert "support/INBOX" in table.stdout and "outbox: sent 0" in table.stdout
+
+
+def test_progress_bar_only_for_many_messages_on_a_terminal() -> None:
+    from rich.console import Console
+
+    from mailticket.intake.cli import ProgressBar
+
+    terminal = Console(force_terminal=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    piped = Console(force_terminal=False, file=open(os.devnull, "w"))  # noqa: SIM115
+    few, many, logged = ProgressBar("a", terminal), ProgressBar("b", terminal), ProgressBar("c", piped)
+    few(0, 50)
+    many(0, 51)
+    many(51, 51)
+    logged(0, 5000)
+    assert few.progress is None and logged.progress is None
+    assert many.progress is not None and many.progress.tasks[0].completed == 51
+    for bar in (few, many, logged):
+        bar.close()
+    terminal.file.close()
+    piped.file.close()
+
+
+# -- the crash test -----------------------------------------------------------------------------------
+
+
+def crash_corpus(n: int) -> list[bytes]:
+    """n distinct help-desk mails: some without Message-ID (sha256 de-dup), some with attachments."""
+    out = []
+    for i in range(n):
+        raw = mail(
+            sender=f"Customer {i} <customer{i}@example.org>",
+            subject=f"Order {i} is late",
+            body=f"Hello,\n\nmy order number {i} has not arrived.\n\nRegards\n",
+            message_id=f"crash-{i}@example.org",
+            attachments=[("invoice.pdf", "application/pdf", b"%PDF-1.4 " + str(i).encode() * 200)]
+            if i % 25 == 0 else [],
+        )
+        if i % 10 == 3:
+            raw = b"\n".join(line for line in raw.split(b"\n") if not line.startswith(b"Message-ID:"))
+        out.append(raw)
+    return out
+
+
+def intake_rows(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            return int(conn.execute("SELECT count(*) FROM intake").fetchone()[0])
+    except sqlite3.Error:
+        return 0  # not created yet (migrating) or busy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_sigkill_at_five_points_then_rerun_stores_every_message_exactly_once(
+    tmp_path: Path, db_url: str, dovecot: Dovecot
+) -> None:
+    total = 500
+    corpus = crash_corpus(total)
+    assert dovecot.load_maildir(corpus) == total
+    db = tmp_path / "mailticket.db"
+    config = write_config(tmp_path / "mt.toml", tmp_path / "data", f"sqlite:///{db}",
+                          [mailbox_entry(dovecot, batch_size=40)])
+    command = [sys.executable, "-m", "mailticket", "--config", str(config), "--log-level", "WARNING", "fetch"]
+    started = time.monotonic()
+    kills: list[int] = []
+    for target in (15, 120, 233, 341, 452):  # intake rows at which the process is killed
+        proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            while intake_rows(db) < target:
+                assert proc.poll() is None, f"fetch ended before the kill point: {proc.stdout.read()!r}"
+                assert time.monotonic() - started < 120
+                time.sleep(0.005)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(10)
+            proc.stdout.close()  # type: ignore[union-attr]
+        kills.append(intake_rows(db))
+    assert kills == sorted(kills) and kills[-1] < total
+
+    final = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - started
+
+    assert final.returncode == 0, final.stdout + final.stderr
+    with sqlite3.connect(db) as conn:
+        one = lambda q: conn.execute(q).fetchone()[0]  # noqa: E731
+        assert one("SELECT count(*) FROM intake") == total
+        assert one("SELECT count(*) FROM intake WHERE status = 'stored'") == total
+        assert one("SELECT count(*) FROM entries") == total
+        assert one("SELECT count(DISTINCT raw_sha256) FROM entries") == total
+        assert one("SELECT count(*) FROM tickets") == total
+        # Side effects inside the ticket's transaction happened once too.
+        assert one("SELECT count(*) FROM outbox WHERE kind = 'ack'") == total
+        assert one("SELECT count(*) FROM outbox WHERE kind = 'alert'") == total
+        assert one("SELECT count(*) FROM uid_attempts") == 0
+        assert one("SELECT last_uid FROM mailbox_state") == total
+        redone = one("SELECT coalesce(sum(duplicates), 0) FROM intake")
+        stored_ids = {r[0] for r in conn.execute("SELECT message_id FROM entries") if r[0]}
+    expected_ids = {f"crash-{i}@example.org" for i in range(total) if i % 10 != 3}
+    assert stored_ids == expected_ids
+    flags = dovecot.flags()
+    assert len(flags) == total and all(SEEN in f for f in flags.values())
+    print(f"\ncrash test: killed at intake rows {kills}; {redone} re-processed as duplicates; "
+          f"{elapsed:.1f}s in all")

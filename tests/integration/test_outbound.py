@@ -1,0 +1,534 @@
+"""Outbound mail against a real SMTP server (aiosmtpd on loopback), on SQLite and PostgreSQL.
+
+What the server received is parsed and checked: headers, both parts, the threading chain over
+three rounds, the signed token; outages, 4xx retries, 5xx failures, crashes between the SMTP
+answer and the status update, concurrent flushers, a broken auto-responder, and bounces.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from datetime import timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import Session, col, select
+
+from mailticket.context import AppContext
+from mailticket.outbound import send
+from mailticket.outbound.send import Claimed, SmtpTransport, flush, retry
+from mailticket.refs import verify_reply_token
+from mailticket.serialize import outbox_dict
+from mailticket.storage.tables import Entry, MessageRef, OutboxMessage, Ticket
+from tests.factories import Clock, ingest, mail, make_ctx
+from tests.servers import SmtpSink, free_port
+
+SECRET = b"test-secret"
+PREFIX = re.compile(r"^\s*(re|fwd?)\s*:\s*", re.I)
+
+
+def smtp_ctx(
+    tmp_path: Path, db_url: str | None, port: int, clock: Clock | None = None, **sections: Any
+) -> AppContext:
+    smtp = {"transport": "smtp", "host": "127.0.0.1", "port": port, "security": "none"}
+    return make_ctx(tmp_path, db_url, clock=clock, smtp={**smtp, **sections.pop("smtp", {})}, **sections)
+
+
+def rows(ctx: AppContext, **where: Any) -> list[OutboxMessage]:
+    with Session(ctx.engine) as session:
+        stmt = select(OutboxMessage).order_by(col(OutboxMessage.id))
+        for name, value in where.items():
+            stmt = stmt.where(getattr(OutboxMessage, name) == value)
+        return list(session.exec(stmt).all())
+
+
+def mid(msg: EmailMessage, name: str = "Message-ID") -> str:
+    return str(msg[name]).strip().strip("<>")
+
+
+def refs(msg: EmailMessage) -> list[str]:
+    return re.findall(r"<([^<>\s]+)>", str(msg["References"] or ""))
+
+
+def to_addr(msg: EmailMessage) -> str:
+    return msg["To"].addresses[0].addr_spec
+
+
+# -- headers, parts, token ------------------------------------------------------------------
+
+
+def test_ack_and_alert_headers_parts_and_token(smtp_sink: SmtpSink, db_url: str, tmp_path: Path) -> None:
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port)
+    outcome = ingest(ctx, mail(message_id="first@customer.example", body="Hello, <b>help</b> & thanks\n"))
+    assert flush(ctx).sent == 2
+    received = {to_addr(m): m for m in smtp_sink.messages}
+    ack, alert = received["carol@customer.example"], received["alice@example.com"]
+    ref = outcome.ticket_ref
+    assert ref
+
+    for msg in (ack, alert):
+        assert msg.defects == []
+        assert str(msg["From"]) == "Example Support <support@example.com>"
+        assert str(msg["Reply-To"]) == "Example Support <support@example.com>"
+        assert f"[#{ref}]" in str(msg["Subject"])
+        assert msg["Auto-Submitted"] == "auto-replied"
+        assert msg["X-Auto-Response-Suppress"] == "All"
+        assert mid(msg).endswith("@example.com")
+        assert mid(msg, "In-Reply-To") == "first@customer.example"
+        assert refs(msg)[0] == "first@customer.example"
+        assert msg["Thread-Topic"] == "Cannot log in"
+        assert msg["Thread-Index"] == ack["Thread-Index"]
+        text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        assert "Hello, <b>help</b> & thanks" in text
+        assert "Hello, &lt;b&gt;help&lt;/b&gt; &amp; thanks" in html
+    assert str(ack["To"]) == "Carol Customer <carol@customer.example>"
+    assert str(alert["To"]) == "alice@example.com"
+    assert str(ack["Subject"]) == f"Re: Cannot log in [#{ref}]"
+    assert verify_reply_token(SECRET, mid(ack)) == (ref, "carol@customer.example")
+    assert verify_reply_token(SECRET, mid(alert)) == (ref, "alice@example.com")
+    assert verify_reply_token(b"other-secret", mid(ack)) is None
+    # Every sent Message-ID is stored, so replies to it thread.
+    with Session(ctx.engine) as session:
+        known = set(session.exec(select(MessageRef.message_id).where(MessageRef.direction == "out")).all())
+    assert {mid(ack), mid(alert)} <= known
+    # Sent rows record it.
+    assert [(r.kind, r.status, r.attempts) for r in rows(ctx)] == [("ack", "sent", 1), ("alert", "sent", 1)]
+
+
+def test_department_address_is_the_sender(smtp_sink: SmtpSink, db_url: str, tmp_path: Path) -> None:
+    rules = [
+        {
+            "name": "billing",
+            "conditions": [{"field": "to", "op": "equals", "value": "billing@example.com"}],
+            "actions": {"department": "billing"},
+        }
+    ]
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port, rules=rules)
+    ingest(ctx, mail(to="billing@example.com"))
+    flush(ctx)
+    senders = {to_addr(m): str(m["From"]) for m in smtp_sink.messages}
+    assert senders == {
+        "carol@customer.example": "Example Support <billing@example.com>",
+        "bob@example.com": "Example Support <billing@example.com>",
+    }
+    assert {r.mail_from for r in smtp_sink.received} == {"billing@example.com"}
+
+
+def test_header_injection_and_non_ascii_give_well_formed_headers(
+    smtp_sink: SmtpSink, db_url: str, tmp_path: Path
+) -> None:
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port)
+    raw = (
+        b"From: =?utf-8?q?Zo=C3=AB_M=C3=BCller=0D=0ABcc=3A_evil=40attacker=2Eexample?=\r\n"
+        b" <zoe@customer.example>\r\n"
+        b"To: support@example.com\r\n"
+        b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe=0D=0ABcc:_evil@attacker.example=0D=0A=0D=0Abody?=\r\n"
+        b"Message-ID: <inject@customer.example>\r\n"
+        b"\r\n"
+        b"Hi <script>alert(1)</script>\r\n"
+    )
+    ingest(ctx, raw)
+    flush(ctx)
+    ack = next(r for r in smtp_sink.received if r.rcpt_tos == ["zoe@customer.example"])
+    head = ack.raw.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii()
+    assert all(len(line) <= 998 for line in head.split(b"\r\n"))
+    assert b"\n" not in head.replace(b"\r\n", b"")
+    assert b"\r" not in head.replace(b"\r\n", b"")
+    lines = head.split(b"\r\n")
+    names = [line.split(b":", 1)[0].lower() for line in lines if line and line[:1] not in (b" ", b"\t")]
+    assert b"bcc" not in names and names.count(b"subject") == 1 and names.count(b"to") == 1
+    msg = ack.message
+    assert msg.defects == []
+    assert str(msg["Subject"]).startswith("Re: Grüße Bcc: evil@attacker.example body [#")
+    assert msg["To"].addresses[0].display_name == "Zoë Müller Bcc: evil@attacker.example"
+    assert ack.rcpt_tos == ["zoe@customer.example"]
+    assert all(r.rcpt_tos != ["evil@attacker.example"] for r in smtp_sink.received)
+
+
+# -- threading over three rounds ------------------------------------------------------------
+
+
+def test_threading_chain_over_three_rounds(smtp_sink: SmtpSink, db_url: str, tmp_path: Path) -> None:
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port)
+    carol_sent: list[str] = []
+
+    def carol_writes(n: int, answering: EmailMessage | None) -> None:
+        message_id = f"carol-{n}@customer.example"
+        carol_sent.append(message_id)
+        if answering is None:
+            ingest(ctx, mail(message_id=message_id))
+            return
+        ingest(
+            ctx,
+            mail(
+                message_id=message_id,
+                subject=f"Re: {answering['Subject']}",
+                in_reply_to=mid(answering),
+                references=" ".join(f"<{m}>" for m in [*refs(answering), mid(answering)]),
+                body=f"Round {n} from Carol.\n",
+            ),
+        )
+
+    def alice_answers(alert: EmailMessage, body: str) -> None:
+        ingest(
+            ctx,
+            mail(
+                sender="Alice <alice@example.com>",
+                message_id=f"alice-{len(smtp_sink.received)}@example.com",
+                subject=f"Re: {alert['Subject']}",
+                in_reply_to=mid(alert),
+                body=body,
+            ),
+        )
+
+    def sent_to(address: str) -> list[EmailMessage]:
+        flush(ctx)
+        return [m for m in smtp_sink.messages if to_addr(m) == address]
+
+    carol_writes(1, None)
+    (ack,) = sent_to("carol@customer.example")
+    assert len(sent_to("alice@example.com")) == 1
+    carol_writes(2, ack)
+    note = sent_to("alice@example.com")[-1]
+    alice_answers(note, "Answer one.\n")
+    ack_reply = sent_to("carol@customer.example")[-1]
+    carol_writes(3, ack_reply)
+    note = sent_to("alice@example.com")[-1]
+    alice_answers(note, "#resolve\nIt is fixed.\n")
+    resolution = sent_to("carol@customer.example")[-1]
+
+    to_carol = sent_to("carol@customer.example")
+    to_alice = sent_to("alice@example.com")
+    assert len(to_carol) == 3 and len(to_alice) == 3
+    with Session(ctx.engine) as session:
+        assert len(session.exec(select(Ticket)).all()) == 1
+
+    # Each notice to Carol answers her latest message and names everything she has seen.
+    assert refs(ack) == ["carol-1@customer.example"]
+    assert mid(ack_reply, "In-Reply-To") == "carol-2@customer.example"
+    assert refs(ack_reply) == ["carol-1@customer.example", mid(ack), "carol-2@customer.example"]
+    assert mid(resolution, "In-Reply-To") == "carol-3@customer.example"
+    assert refs(resolution) == [
+        "carol-1@customer.example",
+        mid(ack),
+        "carol-2@customer.example",
+        mid(ack_reply),
+        "carol-3@customer.example",
+    ]
+    assert "It is fixed." in resolution.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    # Customers never see the Message-IDs of agent notices (their tokens name the agent).
+    agent_ids = {mid(m) for m in to_alice}
+    assert not agent_ids & {r for m in to_carol for r in refs(m)}
+    # Agents see the whole conversation.
+    assert set(carol_sent) <= set(refs(to_alice[-1]))
+    # One subject per audience, so Gmail and Outlook keep one conversation.
+    assert len({PREFIX.sub("", str(m["Subject"])) for m in [*to_carol, *to_alice]}) == 1
+    assert len({m["Thread-Index"] for m in [*to_carol, *to_alice]}) == 1
+    # The reply was not automatic; the ack and the resolution were.
+    assert ack_reply["Auto-Submitted"] is None
+    assert ack["Auto-Submitted"] == "auto-replied"
+    # Every notice to Carol carries her signed token.
+    ref = str(ack["X-Mailticket-Ticket"])
+    assert all(verify_reply_token(SECRET, mid(m)) == (ref, "carol@customer.example") for m in to_carol)
+
+
+# -- outages, retries, failures -------------------------------------------------------------
+
+
+def test_outage_then_recovery_delivers_every_ack_exactly_once(
+    smtp_sink: SmtpSink, db_url: str, tmp_path: Path
+) -> None:
+    clock = Clock()
+    down_port = free_port()  # nothing listens here: the SMTP server is down
+    ctx = smtp_ctx(tmp_path, db_url, down_port, clock=clock)
+    for n in range(50):
+        ingest(ctx, mail(sender=f"c{n}@customer.example", subject=f"Order {n}"))
+    result = flush(ctx)
+    assert result.sent == 0 and result.retrying > 0
+    assert all(r.status == "queued" for r in rows(ctx))
+    assert "127.0.0.1" in (rows(ctx)[0].last_error or "")
+    clock.advance(hours=2)
+    flush(ctx)  # still down, later: nothing is ever failed for an outage
+    assert all(r.status == "queued" for r in rows(ctx))
+
+    # The server is back (the admin fixed the config); `outbox flush` ignores the back-off.
+    fixed = ctx.config.smtp.model_copy(update={"port": smtp_sink.port})
+    ctx.config = ctx.config.model_copy(update={"smtp": fixed})
+    result = flush(ctx, ignore_backoff=True)
+    assert result.sent == 100 and result.failed == 0
+    acks = Counter(r.rcpt_tos[0] for r in smtp_sink.received if "[#" in str(r.message["Subject"]))
+    assert len([r for r in smtp_sink.received if r.rcpt_tos[0].startswith("c")]) == 50
+    assert all(acks[f"c{n}@customer.example"] == 1 for n in range(50))
+    assert flush(ctx, ignore_backoff=True).sent == 0
+    assert len(smtp_sink.received) == 100
+
+
+def test_451_is_retried_with_backoff_then_sent(smtp_sink: SmtpSink, db_url: str, tmp_path: Path) -> None:
+    clock = Clock()
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port, clock=clock, tickets={"acknowledge": True})
+    ingest(ctx, mail())
+    smtp_sink.script(["451 4.7.1 Greylisted, try again later"])
+    result = flush(ctx)
+    assert (result.sent, result.retrying, result.failed) == (1, 1, 0)
+    (waiting,) = rows(ctx, status="queued")
+    assert waiting.attempts == 1 and "451 4.7.1 Greylisted" in (waiting.last_error or "")
+    assert waiting.next_attempt_at == clock() + timedelta(seconds=60)
+    assert flush(ctx).sent == 0  # back-off not over
+    clock.advance(seconds=61)
+    assert flush(ctx).sent == 1
+    assert [r.status for r in rows(ctx)] == ["sent", "sent"]
+    delivered = Counter(r.rcpt_tos[0] for r in smtp_sink.received)
+    assert delivered == {"carol@customer.example": 1, "alice@example.com": 1}
+    assert len(smtp_sink.attempts) == 3
+
+
+def test_backoff_is_exponential_and_capped_then_gives_up(
+    smtp_sink: SmtpSink, db_url: str, tmp_path: Path
+) -> None:
+    clock = Clock()
+    smtp = {"retry_base_seconds": 10, "retry_max_seconds": 30, "max_attempts": 4}
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port, clock=clock, smtp=smtp, tickets={"acknowledge": False})
+    ingest(ctx, mail())
+    smtp_sink.reject_all("452 4.2.2 Mailbox full")
+    waits = []
+    for _ in range(3):
+        flush(ctx)
+        (row,) = rows(ctx)
+        waits.append((row.next_attempt_at - clock()).total_seconds())
+        clock.advance(seconds=31)
+    assert waits == [10, 20, 30]
+    flush(ctx)
+    (row,) = rows(ctx)
+    assert row.status == "failed" and row.attempts == 4
+    assert row.last_error == "gave up after 4 attempts: 452 4.2.2 Mailbox full"
+
+
+def test_flush_ignoring_backoff_tries_each_row_once(smtp_sink: SmtpSink, db_url: str, tmp_path: Path) -> None:
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port, tickets={"acknowledge": False})
+    ingest(ctx, mail())
+    smtp_sink.reject_all("451 4.3.0 Temporary failure")
+    for expected in (1, 2):
+        flush(ctx, ignore_backoff=True)
+        assert [r.attempts for r in rows(ctx)] == [expected]
+
+
+def test_550_is_marked_failed_with_the_server_text_and_can_be_retried(
+    smtp_sink: SmtpSink, db_url: str, tmp_path: Path
+) -> None:
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port)
+    ingest(ctx, mail())
+    smtp_sink.reject_all("550 5.1.1 <carol@customer.example>: Recipient address rejected")
+    result = flush(ctx)
+    assert (result.sent, result.failed) == (0, 2)
+    with Session(ctx.engine) as session:
+        shown = [outbox_dict(session, r) for r in session.exec(select(OutboxMessage)).all()]
+    assert {s["status"] for s in shown} == {"failed"}
+    assert shown[0]["last_error"] == "550 5.1.1 <carol@customer.example>: Recipient address rejected"
+    assert shown[0]["attempts"] == 1
+    smtp_sink.accept_all()
+    assert retry(ctx, shown[0]["id"])
+    assert flush(ctx).sent == 1
+    assert not retry(ctx, shown[0]["id"])  # sent rows are not queued again
+    assert [r.status for r in rows(ctx)] == ["sent", "failed"]
+
+
+def test_crash_between_answer_and_status_resends_only_messages_in_flight(
+    smtp_sink: SmtpSink, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port, clock=clock, smtp={"batch_size": 10})
+    for n in range(15):
+        ingest(ctx, mail(sender=f"c{n}@customer.example"))  # 30 rows
+    flush(ctx)  # first batch of 10 is delivered and recorded
+    assert len(smtp_sink.received) == 30
+
+    for n in range(15, 30):
+        ingest(ctx, mail(sender=f"c{n}@customer.example"))  # 30 more
+
+    class Crash(BaseException):
+        pass
+
+    class CrashingTransport(SmtpTransport):
+        """Dies (like a killed process) after the server accepted the 4th message of a batch."""
+
+        count = 0
+
+        def send(self, item: Claimed) -> str | None:
+            note = super().send(item)
+            self.count += 1
+            if self.count == 4:
+                raise Crash
+            return note
+
+    monkeypatch.setattr(send, "_record", lambda *args: None)  # a killed process records nothing
+    with pytest.raises(Crash):
+        flush(ctx, transport=CrashingTransport(ctx.config.smtp))
+    monkeypatch.undo()
+    assert len(smtp_sink.received) == 34
+    assert flush(ctx).sent == 20  # the claimed batch of 10 waits for its claim to expire
+    clock.advance(seconds=send.CLAIM_SECONDS + 1)
+    assert flush(ctx).sent == 10
+    copies = Counter(mid(m) for m in smtp_sink.messages)
+    assert len(copies) == 60  # none lost
+    assert sum(n - 1 for n in copies.values()) == 4  # only the 4 in flight went twice
+    assert all(r.status == "sent" for r in rows(ctx))
+
+
+def test_one_connection_and_login_for_a_batch(db_url: str, tmp_path: Path) -> None:
+    with SmtpSink(credentials=("mailer", "s3cret")) as sink:
+        smtp = {"username": "mailer", "password": "s3cret"}
+        ctx = smtp_ctx(tmp_path, db_url, sink.port, smtp=smtp)
+        for n in range(10):
+            ingest(ctx, mail(sender=f"c{n}@customer.example"))
+        assert flush(ctx).sent == 20
+        assert sink.logins == ["mailer"]
+
+
+def test_wrong_password_keeps_mail_queued(db_url: str, tmp_path: Path) -> None:
+    with SmtpSink(credentials=("mailer", "s3cret")) as sink:
+        smtp = {"username": "mailer", "password": "wrong", "timeout_seconds": 2}
+        ctx = smtp_ctx(tmp_path, db_url, sink.port, smtp=smtp)
+        ingest(ctx, mail())
+        result = flush(ctx)
+        assert result.sent == 0 and result.failed == 0
+        assert all(r.status == "queued" and f":{sink.port}: " in (r.last_error or "") for r in rows(ctx))
+
+
+def test_tls_is_verified_by_default(tmp_path: Path) -> None:
+    import ssl
+
+    ctx = make_ctx(tmp_path, smtp={"transport": "smtp", "security": "starttls"})
+    tls = SmtpTransport(ctx.config.smtp)._tls()
+    assert tls.verify_mode == ssl.CERT_REQUIRED and tls.check_hostname
+
+
+def test_file_transport_writes_eml_files(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)  # the embedded default: transport = "file"
+    ingest(ctx, mail())
+    assert flush(ctx).sent == 2
+    files = sorted((ctx.data_dir / "sent").glob("*.eml"))
+    assert [f.name.split("-", 1)[1] for f in files] == ["ack.eml", "alert.eml"]
+    parsed = message_from_bytes(files[0].read_bytes(), policy=policy.default)
+    assert parsed["Auto-Submitted"] == "auto-replied"
+
+
+# -- several flushers -----------------------------------------------------------------------
+
+
+def test_two_concurrent_flushers_send_each_row_once(smtp_sink: SmtpSink, db_url: str, tmp_path: Path) -> None:
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port, smtp={"batch_size": 7}, tickets={"acknowledge": False})
+    for n in range(100):
+        ingest(ctx, mail(sender=f"c{n}@customer.example", subject=f"Order {n}"))  # 100 alerts
+    assert len(rows(ctx, status="queued")) == 100
+    other = make_ctx(tmp_path / "other", db_url, smtp=dict(ctx.config.smtp.model_dump(), password=None))
+    other.config = ctx.config  # a second process: its own engine and connections, same database
+    results: list[send.FlushResult] = []
+    start = threading.Barrier(2)
+
+    def worker(c: AppContext) -> None:
+        start.wait()
+        results.append(flush(c, ignore_backoff=True))
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in (ctx, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(r.sent for r in results) == 100
+    copies = Counter(mid(m) for m in smtp_sink.messages)
+    assert len(copies) == 100 and set(copies.values()) == {1}
+    assert all(r.status == "sent" and r.attempts == 1 for r in rows(ctx))
+
+
+# -- a broken auto-responder ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads_its_answers", [False, True], ids=["fresh-subject", "replies"])
+def test_broken_autoresponder_gets_at_most_five_acks(
+    smtp_sink: SmtpSink, db_url: str, tmp_path: Path, threads_its_answers: bool
+) -> None:
+    """A vacation script without loop headers answers every mail for 10 simulated minutes."""
+    clock = Clock()
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port, clock=clock)
+    bot = "away@customer.example"
+    sent_by_bot: list[str] = []
+    answered = 0
+
+    def bot_writes(subject: str, answering: EmailMessage | None) -> None:
+        message_id = f"bot-{len(sent_by_bot)}@customer.example"
+        sent_by_bot.append(message_id)
+        extra: dict[str, Any] = {"subject": subject}
+        if answering is not None and threads_its_answers:
+            extra = {"in_reply_to": mid(answering), "subject": f"Re: {answering['Subject']}"}
+        ingest(ctx, mail(sender=f"Away <{bot}>", message_id=message_id, **extra))
+
+    bot_writes("Hello there", None)
+    end = clock() + timedelta(minutes=10)
+    while clock() < end:
+        flush(ctx)
+        inbox = [m for m in smtp_sink.messages if to_addr(m) == bot]
+        for msg in inbox[answered:]:
+            bot_writes(f"I am not here (answer {len(sent_by_bot)})", msg)
+        answered = len(inbox)
+        clock.advance(seconds=5)
+
+    acks = [r for r in rows(ctx, kind="ack") if r.to_addr == bot]
+    assert 1 <= len(acks) <= 5
+    assert len([m for m in smtp_sink.messages if to_addr(m) == bot]) <= 5
+    with Session(ctx.engine) as session:
+        stored = set(session.exec(select(Entry.message_id).where(Entry.author == bot)).all())
+    assert stored == set(sent_by_bot)  # every mail of the auto-responder is kept
+
+
+# -- bounces --------------------------------------------------------------------------------
+
+
+def _dsn(original: bytes, *, headers_only: bool) -> bytes:
+    head = original.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    enclosed = (
+        b"Content-Type: text/rfc822-headers\r\n\r\n" + head
+        if headers_only
+        else b"Content-Type: message/rfc822\r\n\r\n" + original
+    )
+    return (
+        b"Return-Path: <>\r\n"
+        b"From: Mail Delivery System <MAILER-DAEMON@mx.customer.example>\r\n"
+        b"To: support@example.com\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\n"
+        b"Message-ID: <dsn-1@mx.customer.example>\r\n"
+        b"Auto-Submitted: auto-replied\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n'
+        b"\r\n--B\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n"
+        b"--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.customer.example\r\n\r\n"
+        b"Final-Recipient: rfc822; gone@customer.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        b"Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n"
+        b"--B\r\n" + enclosed + b"\r\n--B--\r\n"
+    )
+
+
+@pytest.mark.parametrize("headers_only", [False, True], ids=["message-rfc822", "text-rfc822-headers"])
+def test_bounce_of_a_notice_is_attached_to_its_ticket(
+    smtp_sink: SmtpSink, db_url: str, tmp_path: Path, headers_only: bool
+) -> None:
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port)
+    first = ingest(ctx, mail(sender="gone@customer.example"))
+    flush(ctx)
+    ack = next(r for r in smtp_sink.received if r.rcpt_tos == ["gone@customer.example"])
+    before = len(rows(ctx))
+    outcome = ingest(ctx, _dsn(ack.raw, headers_only=headers_only))
+    assert outcome.status == "stored" and not outcome.new_ticket
+    assert outcome.ticket_ref == first.ticket_ref
+    with Session(ctx.engine) as session:
+        assert len(session.exec(select(Ticket)).all()) == 1
+        entry = session.get(Entry, outcome.entry_id)
+        assert entry is not None and entry.kind == "system" and "bounce" in entry.flags
+    assert len(rows(ctx)) == before  # no ack, no alert for a bounce

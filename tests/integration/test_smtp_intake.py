@@ -1,0 +1,230 @@
+"""SMTP/LMTP intake: 250 only after the commit, 451 on failure, kept mail accepted, and a kill mid-DATA."""
+
+from __future__ import annotations
+
+import random
+import smtplib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlmodel import Session, select
+
+from mailticket.context import AppContext
+from mailticket.intake.smtp import IntakeServer
+from mailticket.storage.db import make_engine
+from mailticket.storage.tables import IntakeRecord, Ticket
+from tests.daemonproc import DaemonProcess, counts, write_config
+from tests.factories import mail, make_ctx
+from tests.servers import free_port
+
+
+@pytest.fixture(params=["smtp", "lmtp"])
+def protocol(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def intake(tmp_path: Path, db_url: str) -> Iterator[tuple[AppContext, IntakeServer]]:
+    ctx = make_ctx(tmp_path, db_url)
+    for _ in range(5):  # a free port can be taken between picking and binding
+        server = IntakeServer(ctx, host="127.0.0.1", port=free_port())
+        try:
+            server.start()
+            break
+        except OSError:
+            continue
+    else:
+        raise RuntimeError("no free port for the intake")
+    try:
+        yield ctx, server
+    finally:
+        server.stop()
+        ctx.engine.dispose()
+
+
+def crlf(raw: bytes) -> bytes:
+    """SMTP line endings (smtplib sends bytes as they are)."""
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def send(server: IntakeServer, raw: bytes, rcpt: tuple[str, ...] = ("support@example.com",)) -> tuple[int, str]:
+    with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+        client.ehlo()
+        client.mail("carol@customer.example")
+        for r in rcpt:
+            client.rcpt(r)
+        code, reply = client.data(crlf(raw))
+        return code, reply.decode()
+
+
+def ticket_refs(ctx: AppContext) -> list[str]:
+    with Session(ctx.engine) as session:
+        return list(session.exec(select(Ticket.ref)).all())
+
+
+def test_250_names_the_committed_ticket(intake: tuple[AppContext, IntakeServer]) -> None:
+    ctx, server = intake
+    code, reply = send(server, mail(message_id="first@customer.example"))
+    assert code == 250 and reply.startswith("2.0.0 stored ")
+    # Committed before the answer: a fresh connection sees it at once.
+    assert ticket_refs(ctx) == [reply.split()[-1]]
+    code, again = send(server, mail(message_id="first@customer.example"))
+    assert (code, again) == (250, f"2.0.0 duplicate {reply.split()[-1]}")
+    assert len(ticket_refs(ctx)) == 1
+
+
+def test_envelope_recipient_routes(intake: tuple[AppContext, IntakeServer]) -> None:
+    ctx, server = intake
+    send(server, mail(to="someone@example.org", subject="Where is my money"), rcpt=("billing@example.com",))
+    with Session(ctx.engine) as session:
+        assert session.exec(select(Ticket.department)).one() == "billing"
+
+
+def test_unparseable_mail_is_kept_and_accepted(intake: tuple[AppContext, IntakeServer]) -> None:
+    ctx, server = intake
+    code, reply = send(server, b"\r\n\r\nno header block at all\r\n")
+    assert code == 250 and "quarantined" in reply
+    with Session(ctx.engine) as session:
+        record = session.exec(select(IntakeRecord)).one()
+    assert record.status == "quarantined" and ctx.blobs.path(record.raw_sha256).exists()
+
+
+def test_database_failure_is_451_and_the_retry_stores_once(intake: tuple[AppContext, IntakeServer]) -> None:
+    ctx, server = intake
+    raw = mail(message_id="retry@customer.example")
+    with ctx.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE intake RENAME TO intake_away"))
+    code, reply = send(server, raw)
+    assert code == 451 and reply.startswith("4.3.0")
+    assert ticket_refs(ctx) == []
+    with ctx.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE intake_away RENAME TO intake"))
+    assert send(server, raw)[0] == 250
+    assert len(ticket_refs(ctx)) == 1
+
+
+def lmtp_deliver(host: str, port: int, raw: bytes, rcpts: list[str]) -> list[str]:
+    """A minimal LMTP client (smtplib.LMTP reads one DATA reply only): the per-recipient replies."""
+    with socket.create_connection((host, port), timeout=30) as sock:
+        stream = sock.makefile("rwb")
+
+        def reply() -> str:
+            lines = []
+            while True:
+                line = stream.readline().decode().rstrip("\r\n")
+                lines.append(line)
+                if line[3:4] != "-":
+                    return "\n".join(lines)
+
+        def command(line: str) -> str:
+            stream.write(line.encode() + b"\r\n")
+            stream.flush()
+            return reply()
+
+        assert reply().startswith("220")
+        assert command("LHLO client.example").startswith("250")
+        assert command("MAIL FROM:<carol@customer.example>").startswith("250")
+        for r in rcpts:
+            assert command(f"RCPT TO:<{r}>").startswith("250")
+        assert command("DATA").startswith("354")
+        body = crlf(raw).replace(b"\r\n.", b"\r\n..")
+        stream.write(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+        stream.flush()
+        answers = [reply() for _ in rcpts]
+        command("QUIT")
+        return answers
+
+
+def test_lmtp_answers_per_recipient_and_stores_once(tmp_path: Path, db_url: str) -> None:
+    ctx = make_ctx(tmp_path, db_url)
+    server = IntakeServer(ctx, host="127.0.0.1", port=free_port(), protocol="lmtp")
+    server.start()
+    try:
+        answers = lmtp_deliver(server.host, server.port, mail(), ["support@example.com", "billing@example.com"])
+    finally:
+        server.stop()
+    assert len(answers) == 2 and all(a.startswith("250 2.0.0 stored ") for a in answers)
+    assert len(ticket_refs(ctx)) == 1
+
+
+# -- a real daemon killed in the middle of SMTP transactions -----------------------------------
+
+
+def big_mail(i: int) -> bytes:
+    """Slow enough to parse and store (a few MB) that a kill lands inside the transaction."""
+    blob = random.Random(i).randbytes(3 * 1024 * 1024)
+    return mail(
+        message_id=f"kill-{i}@customer.example",
+        subject=f"Crash report {i}",
+        attachments=[("core.bin", "application/octet-stream", blob)],
+    )
+
+
+def deliver_then_kill(daemon: DaemonProcess, port: int, raw: bytes, delay: float) -> str | None:
+    """Send one message, SIGKILL the daemon `delay` s after the final dot; the reply, if any came."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    stream = sock.makefile("rwb")
+    try:
+        stream.readline()
+        for line in (b"EHLO client.example", b"MAIL FROM:<carol@customer.example>",
+                     b"RCPT TO:<support@example.com>", b"DATA"):
+            stream.write(line + b"\r\n")
+            stream.flush()
+            while (answer := stream.readline())[3:4] == b"-":
+                pass
+            assert answer[:1] in (b"2", b"3"), answer
+        body = crlf(raw).replace(b"\r\n.", b"\r\n..")
+        stream.write(body + b".\r\n")
+        stream.flush()
+        if delay:
+            sock.settimeout(delay)
+            try:
+                early = stream.readline()
+            except (TimeoutError, OSError):
+                early = b""
+            if early:
+                daemon.kill()
+                return early.decode().strip()
+        daemon.kill()
+        sock.settimeout(2)
+        try:
+            return stream.readline().decode().strip() or None
+        except OSError:
+            return None
+    finally:
+        stream.close()
+        sock.close()
+
+
+@pytest.mark.slow
+def test_kill_mid_transaction_never_250_without_commit(tmp_path: Path, db_url: str) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "mailticket.toml", db_url=db_url, intake_port=port)
+    engine = make_engine(db_url)
+    delays = [0.0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.4, 1.0]
+    answered: dict[int, bool] = {}
+    try:
+        for i, delay in enumerate(delays):
+            daemon = DaemonProcess(config).start()
+            reply = deliver_then_kill(daemon, port, big_mail(i), delay)
+            answered[i] = bool(reply and reply.startswith("250"))
+            with Session(engine) as session:
+                stored = session.exec(
+                    select(IntakeRecord).where(IntakeRecord.dedup_key == f"mid:kill-{i}@customer.example")
+                ).first()
+            if answered[i]:
+                assert stored is not None, f"250 for message {i} (delay {delay}) that was not committed"
+        # The MTA retries what got no 250; after that every message is stored exactly once.
+        with DaemonProcess(config):
+            for i, ok in answered.items():
+                if not ok:
+                    with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+                        client.sendmail("carol@customer.example", ["support@example.com"], crlf(big_mail(i)))
+        assert counts(engine)["tickets"] == len(delays)
+        assert counts(engine)["intake"] == len(delays)
+        assert any(answered.values()) and not all(answered.values()), answered
+    finally:
+        engine.dispose()
