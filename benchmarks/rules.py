@@ -87,19 +87,21 @@ def main() -> None:
     compiled(rules)
     compile_ms = (time.perf_counter() - started) * 1000
     decision = evaluate(rules, msg, base, mailbox="support", followup=False)  # warm up
-    rounds: list[float] = []
+    wall: list[float] = []
+    cpu: list[float] = []
     deadline = time.perf_counter() + args.seconds
+    n = 200
     while time.perf_counter() < deadline:
-        n = 200
-        t0 = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             evaluate(rules, msg, base, mailbox="support", followup=False)
-        rounds.append((time.perf_counter() - t0) / n * 1e6)
-    mean = statistics.fmean(rounds)
+        cpu.append((time.process_time() - c0) / n * 1e6)
+        wall.append((time.perf_counter() - w0) / n * 1e6)
     print(f"{args.rules} rules, {sum(len(r.conditions) for r in rules)} conditions, "
           f"{len(decision.hits)} matching; compiled once in {compile_ms:.1f} ms")
-    print(f"mean {mean:.0f} µs per evaluation (median of rounds {statistics.median(rounds):.0f} µs, "
-          f"{len(rounds) * 200} evaluations); target < 1000 µs")
+    # CPU time is this process's own; wall time also counts waiting for a busy machine's cores.
+    print(f"mean {statistics.fmean(cpu):.0f} µs CPU per evaluation ({statistics.fmean(wall):.0f} µs wall, "
+          f"{len(cpu) * n} evaluations); target < 1000 µs")
 
 
 if __name__ == "__main__":

@@ -488,13 +488,13 @@ def _cross_reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
         for k, dep in enumerate(agent.get("departments") or []):
             department_ref(("agents", i, "departments", k), dep)
     for i, rule in _items(data, "rules"):
-        act = rule.get("actions") if isinstance(rule.get("actions"), dict) else {}
+        act: dict[str, Any] = rule["actions"] if isinstance(rule.get("actions"), dict) else {}
         department_ref(("rules", i, "actions", "department"), act.get("department"))
         sla_ref(("rules", i, "actions", "sla"), act.get("sla"))
-        assign = act.get("assign")
-        if isinstance(assign, str) and assign.lower() not in ("round-robin", "least-open", *agents):
+        assign = act["assign"].strip().lower() if isinstance(act.get("assign"), str) else None
+        if assign is not None and assign not in ("round-robin", "least-open", *agents):
             problems.append(
-                (("rules", i, "actions", "assign"), f"{assign!r} is not a configured agent; "
+                (("rules", i, "actions", "assign"), f"{act['assign']!r} is not a configured agent; "
                  "use an [[agents]] email, 'round-robin' or 'least-open'")
             )
         target = act.get("department")

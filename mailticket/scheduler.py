@@ -42,7 +42,8 @@ class Scheduler:
         )
         self._leases: set[str] = set()
         self._running: set[str] = set()
-        self._lock = threading.Lock()
+        self._stopping = False
+        self._lock = threading.Condition()
         # APScheduler logs every run at INFO; our jobs log what they did themselves.
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
@@ -69,7 +70,7 @@ class Scheduler:
     def run_soon(self, name: str) -> None:
         """Bring a job's next run forward to now (no-op while it runs: it is busy with it anyway)."""
         with self._lock:
-            if name in self._running:
+            if self._stopping or name in self._running:
                 return
         job = self._scheduler.get_job(name)
         if job is not None:
@@ -92,6 +93,7 @@ class Scheduler:
         finally:
             with self._lock:
                 self._running.discard(name)
+                self._lock.notify_all()
         elapsed = time.monotonic() - started
         if elapsed > seconds:
             log.warning("job ran longer than its interval",
@@ -101,8 +103,18 @@ class Scheduler:
         self._scheduler.start()
 
     def shutdown(self) -> None:
-        """Stop scheduling, wait for running jobs to finish, give the job leases back."""
+        """Stop scheduling, wait for running jobs to finish, give the job leases back.
+
+        APScheduler's own shutdown holds its job-store lock while it waits for running jobs,
+        so a job touching the scheduler then (run_soon) would deadlock it: pause first, let
+        the running jobs end, and only then shut APScheduler down.
+        """
+        with self._lock:
+            self._stopping = True
         if self._scheduler.running:
+            self._scheduler.pause()
+            with self._lock:
+                self._lock.wait_for(lambda: not self._running)
             self._scheduler.shutdown(wait=True)
         for name in sorted(self._leases):
             try:

@@ -123,7 +123,8 @@ class DaemonProcess:
 
     def start(self, timeout: float = 30.0) -> DaemonProcess:
         self.log_path = self.config.parent / f"daemon-{int(time.time() * 1000)}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # PYTHONFAULTHANDLER: a daemon that hangs is aborted with every thread's stack in its log.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mailticket", "--config", str(self.config), "run"],
@@ -160,7 +161,11 @@ class DaemonProcess:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
             raise AssertionError(f"daemon did not stop within {timeout}s:\n{self.log()}") from None
 
     def kill(self) -> None:

@@ -475,27 +475,34 @@ def poll_mailbox(
     result = PollResult(mailbox.name, mailbox.folder)
     owner = lease.owner_id()
     name = lease_name(mailbox)
-    if not lease.acquire(ctx.engine, name, owner, LEASE_SECONDS):
-        result.busy = True
-        log.info("mailbox busy: another process polls it", extra={"fields": {"mailbox": mailbox.name}})
-        return result
-
-    def renew() -> None:
-        if not lease.renew(ctx.engine, name, owner, LEASE_SECONDS):
-            raise IntakeError("lost the mailbox lease to another process", mailbox=mailbox.name)
-
     poller: _Poller | None = None
     try:
-        poller = _Poller(ctx, mailbox, result, renew=renew, stop=stop, progress=progress)
-        for attempt in _retrying(mailbox, retry, stop):
-            with attempt, _connected(mailbox) as client:
-                poller.run(client)
+        if not lease.acquire(ctx.engine, name, owner, LEASE_SECONDS):
+            result.busy = True
+            log.info("mailbox busy: another process polls it", extra={"fields": {"mailbox": mailbox.name}})
+            return result
+        try:
+            poller = _Poller(ctx, mailbox, result, renew=_renewer(ctx, mailbox, owner), stop=stop,
+                             progress=progress)
+            for attempt in _retrying(mailbox, retry, stop):
+                with attempt, _connected(mailbox) as client:
+                    poller.run(client)
+        finally:
+            lease.release(ctx.engine, name, owner)
     except Exception as exc:
         result.error = _as_operation_error(exc, mailbox.name, poller.current_uid if poller else None)
         log.error("mailbox could not be read: %s", result.error, extra={"fields": {"mailbox": mailbox.name}})
-    finally:
-        lease.release(ctx.engine, name, owner)
     return result
+
+
+def _renewer(ctx: AppContext, mailbox: MailboxConfig, owner: str) -> Callable[[], None]:
+    """Renew the mailbox lease; a lease lost to another process ends the pass."""
+
+    def renew() -> None:
+        if not lease.renew(ctx.engine, lease_name(mailbox), owner, LEASE_SECONDS):
+            raise IntakeError("lost the mailbox lease to another process", mailbox=mailbox.name)
+
+    return renew
 
 
 class _StopEvent(stop_base):
@@ -614,12 +621,7 @@ def _idle_session(
     passed: Callable[[PollResult], None],
     idle_seconds: float,
 ) -> None:
-    name = lease_name(mailbox)
-
-    def renew() -> None:
-        if not lease.renew(ctx.engine, name, owner, LEASE_SECONDS):
-            raise IntakeError("lost the mailbox lease to another process", mailbox=mailbox.name)
-
+    renew = _renewer(ctx, mailbox, owner)
     can_idle = client.has_capability("IDLE")
     while not stop.is_set():
         # Mail that arrives during a pass is announced in the replies to our own commands,

@@ -27,6 +27,7 @@ quarantines the message and carries on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Iterator
@@ -37,7 +38,11 @@ from email.parser import BytesHeaderParser
 
 import html2text
 import nh3
-from mailparser.utils import convert_mail_date, decode_header_part, get_addresses
+from mailparser.utils import (  # type: ignore[import-untyped]
+    convert_mail_date,
+    decode_header_part,
+    get_addresses,
+)
 
 from mailticket.errors import ParseError
 from mailticket.models import Address, AttachmentPart, AuthResult, ParsedMessage
@@ -122,10 +127,8 @@ def _text(value: str) -> str:
     """Raw header value -> readable text, RFC 2047 encoded words decoded, no control characters."""
     value = _clean(value)
     if "=?" in value:
-        try:
+        with contextlib.suppress(Exception):  # mail-parser must never take the daemon down
             value = _clean(decode_header_part(value))
-        except Exception:  # mail-parser must never take the daemon down
-            pass
     return _CONTROL.sub("", value)
 
 
@@ -151,7 +154,8 @@ def _addresses(values: list[str], defects: list[str]) -> tuple[Address, ...]:
         return ()
     if len(raw) > MAX_ADDRESS_CHARS:
         defects.append(f"AddressHeaderTooLongDefect: only the first {MAX_ADDRESS_CHARS} characters were read")
-        raw = raw[: raw.rfind(",", 0, MAX_ADDRESS_CHARS) if "," in raw[:MAX_ADDRESS_CHARS] else MAX_ADDRESS_CHARS]
+        comma = raw.rfind(",", 0, MAX_ADDRESS_CHARS)
+        raw = raw[: comma if comma > 0 else MAX_ADDRESS_CHARS]
     diagnostics: list[dict[str, object]] = []
     try:
         pairs = get_addresses(raw, defects=diagnostics, decode_names=True)
@@ -242,9 +246,7 @@ def parse_auth_results(values: list[str]) -> tuple[AuthResult, ...]:
 def _header_end(data: bytes) -> int | None:
     """Offset of the blank line ending the header block, if it lies within MAX_HEADER_BYTES."""
     found = [
-        at
-        for sep in (b"\n\n", b"\n\r\n", b"\r\r")
-        if (at := data.find(sep, 0, MAX_HEADER_BYTES + 4)) >= 0
+        at for sep in (b"\n\n", b"\n\r\n", b"\r\r") if (at := data.find(sep, 0, MAX_HEADER_BYTES + 4)) >= 0
     ]
     return min(found) if found else None
 
@@ -337,7 +339,8 @@ def _recover_multipart(part: Message) -> Message | None:
     if found is None or '"' in found.group(1):
         return None
     head = f'Content-Type: {part.get_content_type()}; boundary="{found.group(1)}"\n\n'
-    inner = message_from_bytes(head.encode() + body.encode("utf-8", "surrogateescape"), policy=policy.compat32)
+    data = head.encode() + body.encode("utf-8", "surrogateescape")
+    inner = message_from_bytes(data, policy=policy.compat32)
     return inner if inner.is_multipart() else None
 
 
@@ -508,10 +511,11 @@ def _read_parts(
         ctype = part.get_content_type()
         disposition = part.get_content_disposition()
         filename = part.get_filename()
-        if isinstance(part.get_payload(), list):  # message/rfc822 (or a digest item), parsed
+        payload = part.get_payload()
+        if isinstance(payload, list):  # message/rfc822 (or a digest item), parsed
             data = _attached_message(part)
-            inner = part.get_payload()[0]
-            bounced_ids.extend(message_ids(str(inner.get("Message-ID", ""))))
+            if payload and isinstance(payload[0], Message):
+                bounced_ids.extend(message_ids(str(payload[0].get("Message-ID", ""))))
         else:
             if ctype in ("text/rfc822-headers", "message/rfc822-headers", "message/rfc822"):
                 body = part.get_payload(decode=True) or b""
@@ -532,8 +536,8 @@ def _read_parts(
                 else:
                     text_parts.append(_decode_payload(part))
                 continue
-            payload = part.get_payload(decode=True)
-            data = payload if isinstance(payload, bytes) else b""
+            decoded = part.get_payload(decode=True)
+            data = decoded if isinstance(decoded, bytes) else b""
         cid = part.get("Content-ID")
         attachments.append(
             AttachmentPart(

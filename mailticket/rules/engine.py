@@ -3,7 +3,7 @@
 Pure: no I/O. Each `RuleConfig` is compiled once into a `CompiledRule` (a name,
 small condition objects with their test prepared, the actions); the compiled
 tuple is cached per rules list, so a message never pays for compilation. A
-message's field values are read lazily and once (`_Facts`), lower-cased once
+message's field values are read lazily and once (`_Facts`), case-folded once
 for the case-insensitive ops; only `regex` sees the original text.
 
 `evaluate` (the pipeline's fast path) and `trace` (`mailticket rules test`)
@@ -76,7 +76,7 @@ def _check(cond: ConditionConfig, text: str) -> Check:
     """One closure per condition: read the field's values, test each, say what matched."""
     field = cond.field
     negate = cond.op.startswith("not_")
-    on_original = cond.op.endswith("regex")  # regex alone is case-sensitive
+    which = 0 if cond.op.endswith("regex") else 1  # regex alone sees the original text: case-sensitive
     show = cond.op not in ("equals", "not_equals")  # an equals match is the value itself
     test, needle = _predicate(cond)
 
@@ -91,23 +91,12 @@ def _check(cond: ConditionConfig, text: str) -> Check:
             original = original[start : start + _SHOWN]
         return f"{text}: {_quote(original)}"
 
-    if on_original:
-
-        def check(facts: _Facts) -> str | None:
-            for original, folded in facts[field]:
-                hit = test(original)
-                if hit:
-                    return None if negate else shown(original, folded, hit)
-            return text if negate else None
-
-    else:
-
-        def check(facts: _Facts) -> str | None:
-            for original, folded in facts[field]:
-                hit = test(folded)
-                if hit:
-                    return None if negate else shown(original, folded, hit)
-            return text if negate else None
+    def check(facts: _Facts) -> str | None:
+        for pair in facts[field]:
+            hit = test(pair[which])
+            if hit:
+                return None if negate else shown(pair[0], pair[1], hit)
+        return text if negate else None
 
     return check
 
@@ -128,6 +117,7 @@ class CompiledRule:
     on_new: bool
     on_followups: bool
     applies_to: str
+    single: Check | None  # the check of a one-condition rule
 
 
 def compile_rule(rule: RuleConfig) -> CompiledRule:
@@ -144,6 +134,7 @@ def compile_rule(rule: RuleConfig) -> CompiledRule:
         on_new=rule.applies_to in ("new", "all"),
         on_followups=rule.applies_to in ("followups", "all"),
         applies_to=rule.applies_to,
+        single=conditions[0].check if len(conditions) == 1 else None,
     )
 
 
@@ -246,9 +237,6 @@ def _match(rule: CompiledRule, facts: _Facts, results: list[bool] | None) -> tup
     conditions = rule.conditions
     if not conditions:
         return _ALWAYS
-    if len(conditions) == 1 and results is None:  # the common case, kept short
-        on = conditions[0].check(facts)
-        return None if on is None else (on,)
     held: list[str] = []
     for cond in conditions:
         on = cond.check(facts)
@@ -298,7 +286,12 @@ def _run(
                 traces.append(RuleTrace(rule.name, "skipped", reason=why))
             continue
         results: list[bool] | None = None if traces is None else []
-        matched_on = _match(rule, facts, results)
+        matched_on: tuple[str, ...] | None
+        if rule.single is not None and results is None:  # the common case without a call to _match
+            on = rule.single(facts)
+            matched_on = None if on is None else (on,)
+        else:
+            matched_on = _match(rule, facts, results)
         if traces is not None:
             texts = tuple(zip((c.text for c in rule.conditions), results or (), strict=True))
             traces.append(
@@ -315,7 +308,9 @@ def _run(
         sla = act.sla or sla
         if act.acknowledge is not None:
             acknowledge = act.acknowledge
-        tags.extend(t for t in act.tags if t not in tags)
+        for tag in act.tags:
+            if tag not in tags:
+                tags.append(tag)
         if act.drop:
             drop = True
         if rule.stop or act.drop:  # a dropped message has nothing left to decide

@@ -672,7 +672,7 @@ def test_sigkill_at_five_points_then_rerun_stores_every_message_exactly_once(
     assert dovecot.load_maildir(corpus) == total
     db = tmp_path / "mailticket.db"
     config = write_config(tmp_path / "mt.toml", tmp_path / "data", f"sqlite:///{db}",
-                          [mailbox_entry(dovecot, batch_size=40)])
+                          [mailbox_entry(dovecot, batch_size=20)])
     command = [sys.executable, "-m", "mailticket", "--config", str(config), "--log-level", "WARNING", "fetch"]
     started = time.monotonic()
     kills: list[int] = []

@@ -154,8 +154,8 @@ def test_lmtp_answers_per_recipient_and_stores_once(tmp_path: Path, db_url: str)
 
 
 def big_mail(i: int) -> bytes:
-    """Slow enough to parse and store (a few MB) that a kill lands inside the transaction."""
-    blob = random.Random(i).randbytes(3 * 1024 * 1024)
+    """Slow enough to receive, parse and store (1 MB) that a kill can land inside the transaction."""
+    blob = random.Random(i).randbytes(1024 * 1024)
     return mail(
         message_id=f"kill-{i}@customer.example",
         subject=f"Crash report {i}",
@@ -204,7 +204,7 @@ def test_kill_mid_transaction_never_250_without_commit(tmp_path: Path, db_url: s
     port = free_port()
     config = write_config(tmp_path / "mailticket.toml", db_url=db_url, intake_port=port)
     engine = make_engine(db_url)
-    delays = [0.0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.4, 1.0]
+    delays = [0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 5.0]
     answered: dict[int, bool] = {}
     try:
         for i, delay in enumerate(delays):
