@@ -83,6 +83,7 @@ def add_entry(
     body: str,
     **fields: Any,
 ) -> Entry:
+    assert ticket.id is not None, "the ticket is flushed before entries are added"
     entry = Entry(
         ticket_id=ticket.id,
         kind=kind,

@@ -230,14 +230,15 @@ def _body(text: str) -> str:
 @click.argument("ref")
 @click.option("--body", required=True, help="Text ('-' reads stdin).")
 @click.option("--as", "actor", required=True, help="The agent replying.")
+@click.option("--pending", is_flag=True, help="Then wait for the customer (like #pending by mail).")
 @pass_state
-def tickets_reply(state: State, ref: str, body: str, actor: str) -> None:
+def tickets_reply(state: State, ref: str, body: str, actor: str, pending: bool) -> None:
     with ticket_session(state, ref) as (session, ticket, ctx):
         if not ctx.config.is_agent(actor):
             raise click.ClickException(f"{actor} is not a configured agent")
         actions.public_reply(session, ctx, ticket, actor.lower(), _body(body))
-        if ticket.status in ("resolved", "closed"):
-            actions.set_status(session, ctx, ticket, "open", actor.lower())
+        if pending:
+            actions.set_pending(session, ctx, ticket, actor.lower())
     click.echo(f"replied on {ref}")
 
 
@@ -277,7 +278,7 @@ def tickets_assign(state: State, ref: str, agent: str | None, nobody: bool, acto
 @pass_state
 def tickets_close(state: State, ref: str, resolution: str, hard_close: bool, actor: str | None) -> None:
     with ticket_session(state, ref) as (session, ticket, ctx):
-        actions.resolve(session, ctx, ticket, actor, resolution, close=hard_close)
+        actions.resolve(session, ctx, ticket, actor.lower() if actor else None, resolution, close=hard_close)
     click.echo(f"{ref} {'closed' if hard_close else 'resolved'}")
 
 

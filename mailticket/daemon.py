@@ -26,6 +26,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from types import FrameType
 
 from mailticket.config import Config, MailboxConfig
@@ -153,9 +154,7 @@ class Daemon:
                     self._idle[name] = worker
                 elif not mailbox.idle and name not in self._polled:
                     self._polled[name] = mailbox
-                    self.scheduler.add(
-                        f"poll:{name}", lambda n=name: self._poll(n), float(mailbox.poll_seconds)
-                    )
+                    self.scheduler.add(f"poll:{name}", partial(self._poll, name), float(mailbox.poll_seconds))
 
     @staticmethod
     def _stop_idle(worker: _IdleWorker, timeout: float = 60.0) -> None:

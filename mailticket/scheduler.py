@@ -44,8 +44,9 @@ class Scheduler:
         self._running: set[str] = set()
         self._stopping = False
         self._lock = threading.Condition()
-        # APScheduler logs every run at INFO; our jobs log what they did themselves.
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        # APScheduler logs every run (INFO) and every run skipped because the last one still runs
+        # (WARNING); our jobs log what they did, and `_run` warns when one outlasts its interval.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
     def add(self, name: str, fn: Callable[[], Any], seconds: float, *, leased: bool = False) -> None:
         """Run `fn` now and every `seconds`; replaces a job of the same name."""

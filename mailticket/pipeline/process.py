@@ -130,8 +130,9 @@ class Pipeline:
             assert ticket is not None
             entry = self._followup(session, raw, parsed, cls, match, ticket)
             if entry.ticket_id != ticket.id:  # a reply to a closed ticket opened a linked one
-                ticket = session.get(Ticket, entry.ticket_id)
-                assert ticket is not None
+                linked = session.get(Ticket, entry.ticket_id)
+                assert linked is not None
+                ticket = linked
             outcome = Outcome("stored", ticket.ref, entry.id, reason=match.how.value)
         record.ticket_id, record.entry_id = ticket.id, entry.id
         session.add(record)

@@ -655,11 +655,15 @@ def crash_corpus(n: int) -> list[bytes]:
 
 
 def intake_rows(db: Path) -> int:
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
-            return int(conn.execute("SELECT count(*) FROM intake").fetchone()[0])
+        return int(conn.execute("SELECT count(*) FROM intake").fetchone()[0])
     except sqlite3.Error:
         return 0  # not created yet (migrating) or busy
+    finally:
+        conn.close()
 
 
 @pytest.mark.slow
@@ -673,16 +677,22 @@ def test_sigkill_at_five_points_then_rerun_stores_every_message_exactly_once(
     db = tmp_path / "mailticket.db"
     config = write_config(tmp_path / "mt.toml", tmp_path / "data", f"sqlite:///{db}",
                           [mailbox_entry(dovecot, batch_size=20)])
+    # No acknowledgements: they double the outbox work per message and prove nothing more
+    # about intake than the alert each new ticket queues, which is checked below.
+    config.write_text(config.read_text() + "[tickets]\nacknowledge = false\n")
     command = [sys.executable, "-m", "mailticket", "--config", str(config), "--log-level", "WARNING", "fetch"]
     started = time.monotonic()
     kills: list[int] = []
-    for target in (15, 120, 233, 341, 452):  # intake rows at which the process is killed
+    # Kill when this many intake rows are committed, plus a little: right after a commit
+    # (before the source is marked), in the middle of the next message, during the marking.
+    for target, extra in ((15, 0.0), (120, 0.013), (233, 0.029), (341, 0.041), (452, 0.007)):
         proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             while intake_rows(db) < target:
                 assert proc.poll() is None, f"fetch ended before the kill point: {proc.stdout.read()!r}"
                 assert time.monotonic() - started < 120
-                time.sleep(0.005)
+                time.sleep(0.02)  # the box may have 2 CPUs: leave them to the fetch
+            time.sleep(extra)
             os.kill(proc.pid, signal.SIGKILL)
         finally:
             proc.wait(10)
@@ -701,9 +711,9 @@ def test_sigkill_at_five_points_then_rerun_stores_every_message_exactly_once(
         assert one("SELECT count(*) FROM entries") == total
         assert one("SELECT count(DISTINCT raw_sha256) FROM entries") == total
         assert one("SELECT count(*) FROM tickets") == total
-        # Side effects inside the ticket's transaction happened once too.
-        assert one("SELECT count(*) FROM outbox WHERE kind = 'ack'") == total
+        # The side effect inside each ticket's transaction happened once too.
         assert one("SELECT count(*) FROM outbox WHERE kind = 'alert'") == total
+        assert one("SELECT count(DISTINCT ticket_id) FROM outbox") == total
         assert one("SELECT count(*) FROM uid_attempts") == 0
         assert one("SELECT last_uid FROM mailbox_state") == total
         redone = one("SELECT coalesce(sum(duplicates), 0) FROM intake")

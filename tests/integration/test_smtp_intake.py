@@ -21,11 +21,6 @@ from tests.factories import mail, make_ctx
 from tests.servers import free_port
 
 
-@pytest.fixture(params=["smtp", "lmtp"])
-def protocol(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def intake(tmp_path: Path, db_url: str) -> Iterator[tuple[AppContext, IntakeServer]]:
     ctx = make_ctx(tmp_path, db_url)
@@ -50,7 +45,10 @@ def crlf(raw: bytes) -> bytes:
     return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def send(server: IntakeServer, raw: bytes, rcpt: tuple[str, ...] = ("support@example.com",)) -> tuple[int, str]:
+SUPPORT = ("support@example.com",)
+
+
+def send(server: IntakeServer, raw: bytes, rcpt: tuple[str, ...] = SUPPORT) -> tuple[int, str]:
     with smtplib.SMTP(server.host, server.port, timeout=30) as client:
         client.ehlo()
         client.mail("carol@customer.example")
@@ -143,7 +141,8 @@ def test_lmtp_answers_per_recipient_and_stores_once(tmp_path: Path, db_url: str)
     server = IntakeServer(ctx, host="127.0.0.1", port=free_port(), protocol="lmtp")
     server.start()
     try:
-        answers = lmtp_deliver(server.host, server.port, mail(), ["support@example.com", "billing@example.com"])
+        rcpts = ["support@example.com", "billing@example.com"]
+        answers = lmtp_deliver(server.host, server.port, mail(), rcpts)
     finally:
         server.stop()
     assert len(answers) == 2 and all(a.startswith("250 2.0.0 stored ") for a in answers)
