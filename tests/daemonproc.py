@@ -173,6 +173,15 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait(10)
 
+    def wait_until(
+        self, check: object, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+    ) -> None:
+        """`wait_until`, with the daemon's log in the failure message."""
+        try:
+            wait_until(check, timeout, interval, what)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; daemon log:\n{self.log()[-6000:]}") from None
+
     def __enter__(self) -> DaemonProcess:
         return self.start()
 

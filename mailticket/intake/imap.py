@@ -44,7 +44,7 @@ from imapclient import IMAPClient  # type: ignore[import-untyped]
 from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
 from sqlalchemy import delete, or_
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -61,7 +61,7 @@ from mailticket.errors import IntakeError, OperationError, StoreError
 from mailticket.models import Outcome, RawMail
 from mailticket.pipeline.process import Pipeline
 from mailticket.storage import lease
-from mailticket.storage.tables import IntakeRecord, MailboxState, UidAttempt, utcnow
+from mailticket.storage.tables import IntakeRecord, MailboxState, UidAttempt
 
 log = logging.getLogger("mailticket.intake.imap")
 
@@ -121,7 +121,7 @@ def lease_name(mailbox: MailboxConfig) -> str:
 
 
 def tls_context(mailbox: MailboxConfig) -> ssl.SSLContext:
-    """Certificates and host names verified; `ca_file` adds a private CA."""
+    """Certificates and host names verified: against `ca_file` when set, else the system's CAs."""
     try:
         return ssl.create_default_context(cafile=str(mailbox.ca_file) if mailbox.ca_file else None)
     except (OSError, ssl.SSLError) as exc:
@@ -242,7 +242,8 @@ class _Poller:
             acks, left = self._batch(client, uidvalidity, batch)
             unfinished |= left
             self._acknowledge(client, acks)
-            below = [u for u in batch if not unfinished or u < min(unfinished)]
+            blocked_at = min(unfinished, default=batch[-1] + 1)
+            below = [u for u in batch if u < blocked_at]
             if below:
                 self._advance(uidvalidity, max(below))
             self.renew()
@@ -386,7 +387,7 @@ class _Poller:
                                       "old": state.uidvalidity, "new": uidvalidity,
                                       "old_last_uid": state.last_uid}},
                 )
-                state.uidvalidity, state.last_uid, state.updated_at = uidvalidity, 0, utcnow()
+                state.uidvalidity, state.last_uid, state.updated_at = uidvalidity, 0, self.ctx.clock()
                 return 0
             return state.last_uid
 
@@ -395,12 +396,12 @@ class _Poller:
         with Session(self.ctx.engine) as session, session.begin():
             state = session.exec(self._state_query()).one()
             if state.uidvalidity == uidvalidity and last_uid > state.last_uid:
-                state.last_uid, state.updated_at = last_uid, utcnow()
+                state.last_uid, state.updated_at = last_uid, self.ctx.clock()
             session.execute(
                 delete(UidAttempt)
-                .where(UidAttempt.mailbox == self.mailbox.name)  # type: ignore[arg-type]
-                .where(UidAttempt.folder == self.mailbox.folder)  # type: ignore[arg-type]
-                .where(or_(UidAttempt.uidvalidity != uidvalidity, UidAttempt.uid <= last_uid))  # type: ignore[arg-type]
+                .where(col(UidAttempt.mailbox) == self.mailbox.name)
+                .where(col(UidAttempt.folder) == self.mailbox.folder)
+                .where(or_(col(UidAttempt.uidvalidity) != uidvalidity, col(UidAttempt.uid) <= last_uid))
             )
 
     def _count_attempt(self, uidvalidity: int, uid: int) -> int:
@@ -444,7 +445,10 @@ def _groups(uids: Sequence[int], sizes: dict[int, int], budget: int) -> Iterator
 
 
 def _move(client: IMAPClient, uids: list[int], folder: str) -> None:
-    """MOVE when the server has it; else COPY, flag \\Deleted and expunge just these UIDs."""
+    """MOVE when the server has it; else COPY, flag \\Deleted and expunge these UIDs.
+
+    Without UIDPLUS only a plain EXPUNGE exists, which also removes what others flagged \\Deleted.
+    """
     if client.has_capability("MOVE"):
         client.move(uids, folder)
         return

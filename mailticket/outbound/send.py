@@ -22,12 +22,13 @@ import smtplib
 import ssl
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection, Table, or_, select, update
 
 from mailticket.config import SmtpConfig
 from mailticket.context import AppContext
@@ -35,7 +36,8 @@ from mailticket.errors import PermanentDeliveryError, TemporaryDeliveryError
 from mailticket.storage.tables import OutboxMessage
 
 CLAIM_SECONDS = 300
-_T = OutboxMessage.__table__.c  # type: ignore[attr-defined]
+_TABLE: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+_T = _TABLE.c
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ def _claim(ctx: AppContext, limit: int, ignore_backoff: bool, after: int) -> lis
     if ctx.engine.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
     stmt = (
-        update(OutboxMessage.__table__)  # type: ignore[arg-type]
+        update(_TABLE)
         .where(_T.id.in_(due.scalar_subquery()))
         .values(claimed_until=now + timedelta(seconds=CLAIM_SECONDS), attempts=_T.attempts + 1)
         .returning(_T.id, _T.kind, _T.mail_from, _T.recipients, _T.raw, _T.attempts)
@@ -229,41 +231,63 @@ Verdict = Literal["sent", "failed", "retry", "down"]
 def flush(
     ctx: AppContext, *, ignore_backoff: bool = False, transport: Transport | None = None
 ) -> FlushResult:
-    """Send what is due (with ignore_backoff: everything queued), each row at most once per call."""
+    """Send what is due (with ignore_backoff: everything queued), each row at most once per call.
+
+    The database work runs in a helper thread while this one talks SMTP: claiming the next
+    batch and recording the last one overlap with sending, so the durable queue costs the
+    sender almost nothing over a bare SMTP loop.
+    """
     cfg = ctx.config.smtp
     result = FlushResult()
     transport = transport or make_transport(ctx)
-    after = 0
-    try:
-        while batch := _claim(ctx, cfg.batch_size, ignore_backoff, after):
-            after = batch[-1].id
-            verdicts: list[tuple[Claimed, Verdict, str | None]] = []
-            down: str | None = None
-            try:
-                for item in batch:
-                    if down is not None:
-                        verdicts.append((item, "down", down))
-                        continue
-                    try:
-                        note = transport.send(item)
-                    except ConnectionDown as exc:
-                        down = str(exc)
-                        verdicts.append((item, "down", down))
-                    except PermanentDeliveryError as exc:
-                        verdicts.append((item, "failed", str(exc)))
-                    except TemporaryDeliveryError as exc:
-                        verdicts.append((item, "retry", str(exc)))
-                    else:
-                        verdicts.append((item, "sent", note))
-            finally:
-                # Also after an unexpected error: what was answered is recorded; the rest of
-                # the batch keeps its claim, which expires, and is sent later.
-                _record(ctx, verdicts, result)
-            if down is not None:
-                break
-    finally:
-        transport.close()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-db") as db:
+        upcoming = db.submit(_claim, ctx, cfg.batch_size, ignore_backoff, 0)
+        try:
+            while batch := upcoming.result():
+                upcoming = db.submit(_claim, ctx, cfg.batch_size, ignore_backoff, batch[-1].id)
+                verdicts: list[tuple[Claimed, Verdict, str | None]] = []
+                try:
+                    down = _send_batch(transport, batch, verdicts)
+                finally:
+                    # Also after an unexpected error: what was answered is recorded; the rest of
+                    # the batch keeps its claim, which expires, and is sent later.
+                    db.submit(_record, ctx, verdicts, result)
+                if down is not None:
+                    break
+        finally:
+            transport.close()
+            # A batch claimed ahead but not sent goes back to the queue untouched.
+            db.submit(lambda: _release(ctx, upcoming.result()))
     return result
+
+
+def _send_batch(
+    transport: Transport, batch: list[Claimed], verdicts: list[tuple[Claimed, Verdict, str | None]]
+) -> str | None:
+    """Send in order, appending each answer as it comes; the connection error, if one stops it."""
+    for index, item in enumerate(batch):
+        try:
+            note = transport.send(item)
+        except ConnectionDown as exc:
+            verdicts.extend((rest, "down", str(exc)) for rest in batch[index:])
+            return str(exc)
+        except PermanentDeliveryError as exc:
+            verdicts.append((item, "failed", str(exc)))
+        except TemporaryDeliveryError as exc:
+            verdicts.append((item, "retry", str(exc)))
+        else:
+            verdicts.append((item, "sent", note))
+    return None
+
+
+def _release(ctx: AppContext, batch: list[Claimed]) -> None:
+    if batch:
+        with ctx.engine.begin() as conn:
+            conn.execute(
+                update(_TABLE)
+                .where(_T.id.in_([item.id for item in batch]))
+                .values(claimed_until=None, attempts=_T.attempts - 1)
+            )
 
 
 Verdicts = Sequence[tuple[Claimed, Verdict, str | None]]
@@ -274,12 +298,11 @@ def _record(ctx: AppContext, verdicts: Verdicts, result: FlushResult) -> None:
         return
     cfg = ctx.config.smtp
     now = ctx.clock()
-    table = OutboxMessage.__table__  # type: ignore[attr-defined]
     plain_sent = [item.id for item, verdict, note in verdicts if verdict == "sent" and note is None]
     with ctx.engine.begin() as conn:
         if plain_sent:
             conn.execute(
-                update(table)
+                update(_TABLE)
                 .where(_T.id.in_(plain_sent))
                 .values(status="sent", sent_at=now, claimed_until=None, last_error=None)
             )
@@ -307,7 +330,7 @@ def _record(ctx: AppContext, verdicts: Verdicts, result: FlushResult) -> None:
 
 
 def _set(conn: Connection, row_id: int, **values: Any) -> None:
-    conn.execute(update(OutboxMessage.__table__).where(_T.id == row_id).values(**values))  # type: ignore[arg-type]
+    conn.execute(update(_TABLE).where(_T.id == row_id).values(**values))
 
 
 def retry(ctx: AppContext, row_id: int) -> bool:
@@ -315,7 +338,7 @@ def retry(ctx: AppContext, row_id: int) -> bool:
     now: datetime = ctx.clock()
     with ctx.engine.begin() as conn:
         done = conn.execute(
-            update(OutboxMessage.__table__)  # type: ignore[arg-type]
+            update(_TABLE)
             .where(_T.id == row_id, _T.status != "sent")
             .values(status="queued", attempts=0, next_attempt_at=now, claimed_until=None)
         )

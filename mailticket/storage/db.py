@@ -51,15 +51,21 @@ def migrate(engine: Engine) -> None:
     cfg = alembic_config(engine)
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
+            # A session-level lock outlives the migration's own transaction, which
+            # rolls back whole on failure: PostgreSQL has transactional DDL.
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})
+            conn.commit()
             try:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
-                conn.commit()
+                with conn.begin():
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
                 conn.commit()
         return
     with engine.begin() as conn:
+        # pysqlite runs DDL outside any transaction; an explicit BEGIN makes the whole
+        # upgrade atomic, so a process killed mid-migration leaves the old schema intact.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")

@@ -67,11 +67,14 @@ def add_participant(session: Session, ticket: Ticket, email: str, role: str) -> 
         session.add(Participant(ticket_id=ticket.id, email=email, role=role))
 
 
-def remember_message_id(session: Session, ticket: Ticket, message_id: str | None, direction: str) -> None:
+def remember_message_id(
+    session: Session, ticket: Ticket, message_id: str | None, direction: str, *, fresh: bool = False
+) -> None:
+    """Record a Message-ID of the ticket; `fresh` (one we just generated) skips the look-up."""
     assert ticket.id is not None
-    if (
-        message_id
-        and session.exec(select(MessageRef.id).where(MessageRef.message_id == message_id)).first() is None
+    if message_id and (
+        fresh
+        or session.exec(select(MessageRef.id).where(MessageRef.message_id == message_id)).first() is None
     ):
         session.add(MessageRef(message_id=message_id, ticket_id=ticket.id, direction=direction))
 

@@ -198,15 +198,16 @@ def test_idle_delivers_a_followup_in_under_two_seconds(
 ) -> None:
     config = write_config(tmp_path / "mailticket.toml", db_url=db_url, dovecot=dovecot, idle=True,
                           poll_seconds=300)
-    with DaemonProcess(config):
+    with DaemonProcess(config) as daemon:
         dovecot.append("INBOX", mail(message_id="idle-1@customer.example"))
-        wait_until(lambda: counts(engine)["tickets"] == 1, timeout=10, what="the first ticket")
+        daemon.wait_until(lambda: counts(engine)["tickets"] == 1, timeout=10, what="the first ticket")
         with Session(engine) as session:
             ref = session.exec(select(Ticket.ref)).one()
         time.sleep(1.0)  # back in IDLE
         started = time.monotonic()
         dovecot.append("INBOX", mail(subject=f"Re: Cannot log in [#{ref}]", body="More details.\n"))
-        wait_until(lambda: len(ticket_state(engine, ref)[1]) == 2, timeout=5, interval=0.02, what="follow-up")
+        daemon.wait_until(lambda: len(ticket_state(engine, ref)[1]) == 2, timeout=5, interval=0.02,
+                          what="follow-up")
         elapsed = time.monotonic() - started
     assert elapsed < 2.0, f"IDLE took {elapsed:.2f}s"
 

@@ -254,6 +254,16 @@ def test_uidvalidity_change_of_a_recreated_folder(make: Any, dovecot: Dovecot) -
     assert stored_message_ids(ctx) == sorted(ids)
 
 
+def test_cursor_columns_hold_unsigned_32_bit_values(tmp_path: Path, db_url: str) -> None:
+    ctx = make_ctx(tmp_path, db_url)
+    top = 2**32 - 1  # UIDVALIDITY and UIDs are unsigned 32-bit: beyond PostgreSQL's INTEGER
+    with Session(ctx.engine) as s, s.begin():
+        s.add(MailboxState(mailbox="m", folder="INBOX", uidvalidity=top, last_uid=top))
+        s.add(UidAttempt(mailbox="m", folder="INBOX", uidvalidity=top, uid=top, attempts=1))
+    assert cursor(ctx) == (top, top)
+    ctx.engine.dispose()
+
+
 # -- failures: poison messages, pipeline bugs ------------------------------------------------------
 
 

@@ -99,7 +99,7 @@ def test_report_command_json_and_table(tmp_path: Path, db_url: str) -> None:
     assert opened.exit_code == 0, opened.output
     result = runner.invoke(main, ["--config", str(config), "report", "--json", "--since", "1d"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["tickets"] == 1 and data["by_status"]["open"] == 1
     table = runner.invoke(main, ["--config", str(config), "report"])
     assert table.exit_code == 0 and "general" in table.output and "(unassigned)" in table.output

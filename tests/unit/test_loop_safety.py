@@ -7,6 +7,7 @@ shared corpus (listed by categories.json) and checks that none gets an acknowled
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -219,3 +220,25 @@ def test_auto_reply_is_stored_without_notice(tmp_path: Path) -> None:
         entries = session.exec(select(Entry).where(col(Entry.id) == outcome.entry_id)).all()
         assert entries and "auto-reply" in entries[0].flags
     assert _acks(ctx) == []
+
+
+def test_hourly_cap_per_ticket_counts_customer_mail_only(tmp_path: Path) -> None:
+    from mailticket import actions
+
+    clock = Clock()
+    ctx = make_ctx(tmp_path, clock=clock, tickets={"auto_mail_per_ticket_per_hour": 2})
+    first = ingest(ctx, mail(message_id="start@customer.example"))  # ack (customer) + alert (agent)
+    for n in range(4):  # four follow-ups: four note_alerts to the agent, none capped
+        ingest(ctx, mail(message_id=f"more-{n}@customer.example", in_reply_to="start@customer.example"))
+    with Session(ctx.engine) as session, session.begin():
+        ticket = session.exec(select(Ticket).where(Ticket.ref == first.ticket_ref)).one()
+        actions.resolve(session, ctx, ticket, "alice@example.com", "Done.")  # 2nd customer notice
+        actions.reopen(session, ctx, ticket, None, "test")
+        actions.resolve(session, ctx, ticket, "alice@example.com", "Done again.")  # 3rd: capped
+    kinds = Counter(r.kind for r in _rows(ctx))
+    assert kinds == {"ack": 1, "alert": 1, "note_alert": 4, "resolution": 1, "reopened": 1}
+
+
+def _rows(ctx: AppContext) -> list[OutboxMessage]:
+    with Session(ctx.engine) as session:
+        return list(session.exec(select(OutboxMessage)).all())
