@@ -27,7 +27,7 @@ from email.utils import format_datetime
 from typing import Any
 
 import jinja2
-from sqlmodel import Session, col, func, or_, select
+from sqlmodel import Session, and_, col, func, or_, select
 
 from mailticket.context import AppContext
 from mailticket.outbound.render import one_line
@@ -144,31 +144,36 @@ def suppressed_reason(session: Session, ctx: AppContext, ticket: Ticket, kind: s
 def thread_chain(
     session: Session, ctx: AppContext, ticket: Ticket, *, for_agent: bool
 ) -> list[tuple[str, str]]:
-    """(Message-ID, "in" | "out") of the ticket, oldest first, that this audience has seen."""
-    rows = session.exec(
-        select(MessageRef.message_id, MessageRef.direction)
-        .where(MessageRef.ticket_id == ticket.id)
-        .order_by(col(MessageRef.id))
-    ).all()
+    """(Message-ID, "in" | "out") of the ticket, oldest first, that this audience has seen.
+
+    One query: every notice asks, so the customers' filter runs in the database.
+    """
+    stmt = select(MessageRef.message_id, MessageRef.direction).where(MessageRef.ticket_id == ticket.id)
     if not for_agent:
         # Customers saw their own messages and our notices to customers, nothing addressed to agents
         # (whose Message-ID tokens name the agent).
-        seen_in = set(
-            session.exec(
-                select(Entry.message_id).where(Entry.ticket_id == ticket.id, Entry.kind == "customer")
-            ).all()
+        own_mail = (
+            select(Entry.id)
+            .where(Entry.ticket_id == ticket.id, Entry.kind == "customer")
+            .where(Entry.message_id == MessageRef.message_id)
+            .exists()
         )
-        agents = frozenset(a.email for a in ctx.config.agents)
-        seen_out = {
-            mid
-            for mid, to in session.exec(
-                select(OutboxMessage.message_id, OutboxMessage.to_addr).where(
-                    OutboxMessage.ticket_id == ticket.id
-                )
-            ).all()
-            if to not in agents
-        }
-        rows = [(m, d) for m, d in rows if m in (seen_in if d == "in" else seen_out)]
+        notices_to_customers = (
+            select(OutboxMessage.id)
+            .where(
+                OutboxMessage.ticket_id == ticket.id,
+                OutboxMessage.message_id == MessageRef.message_id,
+                col(OutboxMessage.to_addr).not_in([a.email for a in ctx.config.agents]),
+            )
+            .exists()
+        )
+        stmt = stmt.where(
+            or_(
+                and_(MessageRef.direction == "in", own_mail),
+                and_(MessageRef.direction != "in", notices_to_customers),
+            )
+        )
+    rows = session.exec(stmt.order_by(col(MessageRef.id))).all()
     return [(m, d) for m, d in rows if _MSGID_SAFE.fullmatch(m)]
 
 
@@ -266,8 +271,10 @@ def _build(
         msg["Cc"] = copies
     msg["Reply-To"] = mailbox(service.support_name, from_address)
     msg["Subject"] = subject
-    msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = f"<{message_id}>"
+    # Short ASCII values we generate ourselves are set raw: same bytes, without the header
+    # registry's parse and refold (about a third of the cost of a notice).
+    msg.set_raw("Date", format_datetime(now))
+    msg.set_raw("Message-ID", f"<{message_id}>")
     if chain:
         # In reply to the latest message someone wrote to us; References name the whole thread.
         answered = next((m for m, direction in reversed(chain) if direction == "in"), chain[-1][0])
@@ -276,11 +283,11 @@ def _build(
         refs = ids if len(ids) <= MAX_REFERENCES else [ids[0], *ids[-(MAX_REFERENCES - 1) :]]
         msg.set_raw("References", "\n ".join(f"<{m}>" for m in refs))
     msg["Thread-Topic"] = one_line(ticket.subject)
-    msg["Thread-Index"] = thread_index(ticket)
+    msg.set_raw("Thread-Index", thread_index(ticket))
     if automatic:
-        msg["Auto-Submitted"] = "auto-replied"
-        msg["X-Auto-Response-Suppress"] = "All"
-    msg["X-Mailticket-Ticket"] = ticket.ref
+        msg.set_raw("Auto-Submitted", "auto-replied")
+        msg.set_raw("X-Auto-Response-Suppress", "All")
+    msg.set_raw("X-Mailticket-Ticket", ticket.ref)
     msg.set_content(rendered.text)
     if rendered.html is not None:
         msg.add_alternative(rendered.html, subtype="html")

@@ -187,10 +187,10 @@ class Pipeline:
         )
         session.add(ticket)
         session.flush()
-        repository.add_participant(session, ticket, requester, "requester")
+        repository.add_participant(session, ticket, requester, "requester", fresh=True)
         own = ctx.config.own_addresses
         for cc in {a.email for a in (*parsed.to, *parsed.cc)} - own - {requester}:
-            repository.add_participant(session, ticket, cc, "cc")
+            repository.add_participant(session, ticket, cc, "cc", fresh=True)
         flags = ["auto-reply"] if cls.kind is MailKind.AUTO_REPLY else []
         entry = self._entry(session, ticket, parsed, "customer", flags)
         repository.record_event(

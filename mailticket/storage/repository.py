@@ -58,11 +58,16 @@ def unique_ref(session: Session) -> str:
             return ref
 
 
-def add_participant(session: Session, ticket: Ticket, email: str, role: str) -> None:
+def add_participant(session: Session, ticket: Ticket, email: str, role: str, *, fresh: bool = False) -> None:
+    """Add a participant once; `fresh` (a ticket opened in this transaction) skips the look-up."""
     assert ticket.id is not None
-    exists = session.exec(
-        select(Participant.id).where(Participant.ticket_id == ticket.id, Participant.email == email)
-    ).first()
+    exists = (
+        None
+        if fresh
+        else session.exec(
+            select(Participant.id).where(Participant.ticket_id == ticket.id, Participant.email == email)
+        ).first()
+    )
     if exists is None:
         session.add(Participant(ticket_id=ticket.id, email=email, role=role))
 

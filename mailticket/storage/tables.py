@@ -126,7 +126,7 @@ class OutboxMessage(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     ticket_id: int | None = Field(default=None, foreign_key="tickets.id", index=True)
     kind: str = Field(max_length=32)
-    to_addr: str = Field(max_length=2000)
+    to_addr: str = Field(max_length=2000, index=True)  # the per-recipient caps count by it
     mail_from: str = Field(max_length=320)
     recipients: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     subject: str = Field(default="", sa_column=Column(Text, nullable=False))

@@ -198,8 +198,10 @@ def test_idle_delivers_a_followup_in_under_two_seconds(
 ) -> None:
     config = write_config(tmp_path / "mailticket.toml", db_url=db_url, dovecot=dovecot, idle=True,
                           poll_seconds=300)
+    # The first message is there before the start, so the opening pass stores it; the follow-up
+    # then arrives while the daemon sits in IDLE.
+    dovecot.append("INBOX", mail(message_id="idle-1@customer.example"))
     with DaemonProcess(config) as daemon:
-        dovecot.append("INBOX", mail(message_id="idle-1@customer.example"))
         daemon.wait_until(lambda: counts(engine)["tickets"] == 1, timeout=10, what="the first ticket")
         with Session(engine) as session:
             ref = session.exec(select(Ticket.ref)).one()

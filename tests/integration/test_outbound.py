@@ -536,3 +536,40 @@ def test_bounce_of_a_notice_is_attached_to_its_ticket(
         entry = session.get(Entry, outcome.entry_id)
         assert entry is not None and entry.kind == "system" and "bounce" in entry.flags
     assert len(rows(ctx)) == before  # no ack, no alert for a bounce
+
+
+# -- the CLI --------------------------------------------------------------------------------
+
+
+def test_outbox_cli_list_flush_and_retry(smtp_sink: SmtpSink, db_url: str, tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from mailticket.app import build
+    from mailticket.cli import main
+    from mailticket.config import load_config
+    from tests.daemonproc import write_config
+
+    config = write_config(tmp_path / "mailticket.toml", db_url=db_url, sink=smtp_sink)
+    ctx = build(load_config(config))
+    ingest(ctx, mail())
+
+    def cli(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(main, ["--config", str(config), *args])
+        assert result.exit_code == code, result.output
+        return result.stdout
+
+    smtp_sink.reject_all("550 5.7.1 Relaying denied")
+    assert cli("outbox", "flush").strip().endswith("failed 2")
+    listed = json.loads(cli("outbox", "list", "--json"))
+    assert {item["status"] for item in listed} == {"failed"}
+    assert {"id", "ticket", "kind", "to", "subject", "status", "attempts"} <= set(listed[0])
+    assert listed[0]["last_error"] == "550 5.7.1 Relaying denied"
+    smtp_sink.accept_all()
+    for item in listed:
+        cli("outbox", "retry", str(item["id"]))
+    cli("outbox", "retry", "999999", code=65)
+    assert cli("outbox", "flush").startswith("sent 2")
+    assert {item["status"] for item in json.loads(cli("outbox", "list", "--json"))} == {"sent"}
+    ctx.engine.dispose()
