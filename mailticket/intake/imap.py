@@ -43,6 +43,8 @@ from typing import Any
 from imapclient import IMAPClient  # type: ignore[import-untyped]
 from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
 from sqlalchemy import delete, or_
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 from tenacity import (
@@ -405,22 +407,25 @@ class _Poller:
             )
 
     def _count_attempt(self, uidvalidity: int, uid: int) -> int:
-        """+1 in its own committed transaction, before the message is touched."""
-        with Session(self.ctx.engine) as session, session.begin():
-            row = session.exec(
-                select(UidAttempt)
-                .where(UidAttempt.mailbox == self.mailbox.name)
-                .where(UidAttempt.folder == self.mailbox.folder)
-                .where(UidAttempt.uidvalidity == uidvalidity)
-                .where(UidAttempt.uid == uid)
-            ).first()
-            if row is None:
-                row = UidAttempt(
-                    mailbox=self.mailbox.name, folder=self.mailbox.folder, uidvalidity=uidvalidity, uid=uid
-                )
-                session.add(row)
-            row.attempts += 1
-            return row.attempts
+        """+1 in its own committed transaction, before the message is touched.
+
+        One INSERT ... ON CONFLICT DO UPDATE ... RETURNING (SQLite and PostgreSQL alike): it
+        runs once per message, so it is kept to one statement.
+        """
+        table = UidAttempt.__table__  # type: ignore[attr-defined]
+        dialect_insert = sqlite_insert if self.ctx.engine.dialect.name == "sqlite" else postgresql_insert
+        stmt = (
+            dialect_insert(table)
+            .values(mailbox=self.mailbox.name, folder=self.mailbox.folder, uidvalidity=uidvalidity, uid=uid,
+                    attempts=1)
+            .on_conflict_do_update(
+                index_elements=["mailbox", "folder", "uidvalidity", "uid"],
+                set_={"attempts": table.c.attempts + 1},
+            )
+            .returning(table.c.attempts)
+        )
+        with self.ctx.engine.begin() as conn:
+            return int(conn.execute(stmt).scalar_one())
 
     def _state_query(self) -> Any:
         return (
@@ -549,6 +554,11 @@ def _retrying(mailbox: MailboxConfig, policy: RetryPolicy, stop: threading.Event
 def wait_for_new(client: IMAPClient, timeout: float, stop: threading.Event | None = None) -> bool:
     """IDLE until the server announces new mail (True), `timeout` passes or `stop` is set (False)."""
     deadline = time.monotonic() + timeout
+    # Mail that arrived since our last command may only be announced when IDLE ends;
+    # a NOOP first catches it now instead of a whole IDLE period later.
+    _text, pending = client.noop()
+    if _announces_mail(pending):
+        return True
     client.idle()
     new = False
     while not new and not (stop is not None and stop.is_set()):
