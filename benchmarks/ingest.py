@@ -23,7 +23,6 @@ repository root:
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import random
 import sqlite3
@@ -45,10 +44,18 @@ from tests.servers import Dovecot  # noqa: E402
 
 BATCH = 100
 SUBJECTS = [
-    "Cannot log in to my account", "Invoice {n} is wrong", "Order {n} has not arrived",
-    "Password reset link expired", "Refund for order {n}", "App crashes on start",
-    "How do I export my data?", "Printer in room {n} is broken", "VPN keeps disconnecting",
-    "Change of billing address", "Question about plan upgrade", "Error 500 on checkout",
+    "Cannot log in to my account",
+    "Invoice {n} is wrong",
+    "Order {n} has not arrived",
+    "Password reset link expired",
+    "Refund for order {n}",
+    "App crashes on start",
+    "How do I export my data?",
+    "Printer in room {n} is broken",
+    "VPN keeps disconnecting",
+    "Change of billing address",
+    "Question about plan upgrade",
+    "Error 500 on checkout",
 ]
 SENTENCES = [
     "I tried again this morning and it still does not work.",
@@ -100,7 +107,9 @@ def generate(n: int, seed: int) -> Iterator[bytes]:
             msg.add_alternative(f"<html><body>{paragraphs}</body></html>", subtype="html")
         if rng.random() < 0.15:  # screenshots, PDFs, logs
             for k in range(rng.choice([1, 1, 2])):
-                kind = rng.choice([("image", "png", "png"), ("application", "pdf", "pdf"), ("text", "plain", "log")])
+                kind = rng.choice(
+                    [("image", "png", "png"), ("application", "pdf", "pdf"), ("text", "plain", "log")]
+                )
                 size = rng.choice([8_000, 30_000, 120_000, 400_000])
                 data = rng.randbytes(size) if kind[0] != "text" else ("log line\n" * (size // 9)).encode()
                 msg.add_attachment(data, maintype=kind[0], subtype=kind[1], filename=f"file{i}-{k}.{kind[2]}")
@@ -146,29 +155,41 @@ def run_bare(host: str, port: int, user: str, password: str, db: str) -> dict[st
 
 
 def run_mailticket(host: str, port: int, user: str, password: str, data_dir: str) -> dict[str, Any]:
+    from mailticket.intake.imap import poll_mailbox
     from tests.factories import make_ctx
 
-    from mailticket.intake.imap import poll_mailbox
-
-    mailbox = {"name": "support", "host": host, "port": port, "security": "none", "username": user,
-               "password": password, "department": "general"}
+    mailbox = {
+        "name": "support",
+        "host": host,
+        "port": port,
+        "security": "none",
+        "username": user,
+        "password": password,
+        "department": "general",
+    }
     ctx = make_ctx(Path(data_dir), mailboxes=[mailbox])
     started = time.perf_counter()
     result = poll_mailbox(ctx, ctx.config.mailboxes[0])
     elapsed = time.perf_counter() - started
     done = result.stored + result.duplicates + result.quarantined + result.dropped
     assert result.error is None and result.failed == 0, result
-    return {"messages": done, "stored": result.stored, "new_tickets": result.new_tickets, "seconds": elapsed,
-            "rate": done / elapsed, "peak_mb": peak_mb()}
+    return {
+        "messages": done,
+        "stored": result.stored,
+        "new_tickets": result.new_tickets,
+        "seconds": elapsed,
+        "rate": done / elapsed,
+        "peak_mb": peak_mb(),
+    }
 
 
 def prefill(data_dir: str, tickets: int, seed: int) -> dict[str, Any]:
     """Bulk-insert `tickets` closed-over history: what a busy desk has after a year or two."""
     from sqlalchemy import insert
-    from tests.factories import make_ctx
 
     from mailticket.refs import new_ref
     from mailticket.storage.tables import Entry, IntakeRecord, MessageRef, OutboxMessage, Participant, Ticket
+    from tests.factories import make_ctx
 
     ctx = make_ctx(Path(data_dir))
     rng = random.Random(seed)
@@ -185,25 +206,81 @@ def prefill(data_dir: str, tickets: int, seed: int) -> dict[str, Any]:
                 refs.add(ref)
                 at = long_ago + timedelta(minutes=5 * t)
                 requester = f"old{t}@history-{rng.randint(1, 5000)}.example"
-                rows.append({"id": t, "ref": ref, "subject": f"Old request {t}", "status": "closed",
-                             "priority": "normal", "department": "general", "requester": requester,
-                             "requester_name": "", "tags": [], "created_at": at, "updated_at": at,
-                             "closed_at": at, "resolved_at": at})
+                rows.append(
+                    {
+                        "id": t,
+                        "ref": ref,
+                        "subject": f"Old request {t}",
+                        "status": "closed",
+                        "priority": "normal",
+                        "department": "general",
+                        "requester": requester,
+                        "requester_name": "",
+                        "tags": [],
+                        "created_at": at,
+                        "updated_at": at,
+                        "closed_at": at,
+                        "resolved_at": at,
+                    }
+                )
                 people.append({"ticket_id": t, "email": requester, "role": "requester"})
                 mid_in, mid_out = f"old-{t}@history.example", f"mt.old{t}.x@example.com"
-                entries.append({"ticket_id": t, "kind": "customer", "author": requester, "message_id": mid_in,
-                                "subject": f"Old request {t}", "body_text": "It was broken.", "flags": [],
-                                "created_at": at, "author_name": "", "raw_sha256": "0" * 64})
-                mids += [{"message_id": mid_in, "ticket_id": t, "direction": "in"},
-                         {"message_id": mid_out, "ticket_id": t, "direction": "out"}]
-                intake.append({"dedup_key": f"mid:{mid_in}", "raw_sha256": "0" * 64, "source": "prefill",
-                               "status": "stored", "reason": "", "ticket_id": t, "duplicates": 0, "created_at": at})
-                notices.append({"ticket_id": t, "kind": "ack", "to_addr": requester, "mail_from": "support@example.com",
-                                "recipients": [requester], "subject": "ack", "message_id": mid_out, "raw": b"x",
-                                "automatic": True, "status": "sent", "attempts": 1, "next_attempt_at": at,
-                                "created_at": at, "sent_at": at})
-            for table, values in ((Ticket, rows), (Participant, people), (Entry, entries), (MessageRef, mids),
-                                  (IntakeRecord, intake), (OutboxMessage, notices)):
+                entries.append(
+                    {
+                        "ticket_id": t,
+                        "kind": "customer",
+                        "author": requester,
+                        "message_id": mid_in,
+                        "subject": f"Old request {t}",
+                        "body_text": "It was broken.",
+                        "flags": [],
+                        "created_at": at,
+                        "author_name": "",
+                        "raw_sha256": "0" * 64,
+                    }
+                )
+                mids += [
+                    {"message_id": mid_in, "ticket_id": t, "direction": "in"},
+                    {"message_id": mid_out, "ticket_id": t, "direction": "out"},
+                ]
+                intake.append(
+                    {
+                        "dedup_key": f"mid:{mid_in}",
+                        "raw_sha256": "0" * 64,
+                        "source": "prefill",
+                        "status": "stored",
+                        "reason": "",
+                        "ticket_id": t,
+                        "duplicates": 0,
+                        "created_at": at,
+                    }
+                )
+                notices.append(
+                    {
+                        "ticket_id": t,
+                        "kind": "ack",
+                        "to_addr": requester,
+                        "mail_from": "support@example.com",
+                        "recipients": [requester],
+                        "subject": "ack",
+                        "message_id": mid_out,
+                        "raw": b"x",
+                        "automatic": True,
+                        "status": "sent",
+                        "attempts": 1,
+                        "next_attempt_at": at,
+                        "created_at": at,
+                        "sent_at": at,
+                    }
+                )
+            for table, values in (
+                (Ticket, rows),
+                (Participant, people),
+                (Entry, entries),
+                (MessageRef, mids),
+                (IntakeRecord, intake),
+                (OutboxMessage, notices),
+            ):
                 conn.execute(insert(table), values)  # type: ignore[arg-type]
     if ctx.engine.dialect.name == "sqlite":
         with ctx.engine.connect() as conn:
@@ -214,7 +291,11 @@ def prefill(data_dir: str, tickets: int, seed: int) -> dict[str, Any]:
 
 def child(role: str, args: list[str]) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, __file__, "--child", role, *args], capture_output=True, text=True, cwd=ROOT, check=False
+        [sys.executable, __file__, "--child", role, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
     if result.returncode != 0:
         raise SystemExit(f"{role} failed:\n{result.stderr[-4000:]}")
@@ -222,9 +303,13 @@ def child(role: str, args: list[str]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=5000, help="messages to ingest (default 5000)")
-    parser.add_argument("--prefill", type=int, default=0, help="also run on a database with this many tickets")
+    parser.add_argument(
+        "--prefill", type=int, default=0, help="also run on a database with this many tickets"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -254,16 +339,24 @@ def main() -> None:
                 c.fetch(uids[at : at + 500], ["BODY.PEEK[]"])
         bare = child("bare", [*server, str(work / "bare.db")])
         ours = child("mailticket", [*server, str(work / "empty")])
-        print(f"bare loop   {bare['rate']:8.1f} msg/s  ({bare['seconds']:.1f} s, peak RSS {bare['peak_mb']:.0f} MB)")
-        print(f"mailticket  {ours['rate']:8.1f} msg/s  ({ours['seconds']:.1f} s, peak RSS {ours['peak_mb']:.0f} MB, "
-              f"{ours['new_tickets']} new tickets)  = {100 * ours['rate'] / bare['rate']:.0f}% of the bare loop")
+        print(
+            f"bare loop   {bare['rate']:8.1f} msg/s  ({bare['seconds']:.1f} s, "
+            f"peak RSS {bare['peak_mb']:.0f} MB)"
+        )
+        print(
+            f"mailticket  {ours['rate']:8.1f} msg/s  ({ours['seconds']:.1f} s, "
+            f"peak RSS {ours['peak_mb']:.0f} MB, {ours['new_tickets']} new tickets)  "
+            f"= {100 * ours['rate'] / bare['rate']:.0f}% of the bare loop"
+        )
         if args.prefill:
             filled = child("prefill", [str(work / "full"), str(args.prefill), str(args.seed)])
             full = child("mailticket", [*server, str(work / "full")])
             print(f"prefill     {args.prefill} tickets bulk-inserted in {filled['seconds']:.1f} s")
-            print(f"mailticket  {full['rate']:8.1f} msg/s  with {args.prefill} tickets "
-                  f"({full['seconds']:.1f} s, peak RSS {full['peak_mb']:.0f} MB) "
-                  f"= {100 * full['rate'] / ours['rate']:.0f}% of the empty-database rate")
+            print(
+                f"mailticket  {full['rate']:8.1f} msg/s  with {args.prefill} tickets "
+                f"({full['seconds']:.1f} s, peak RSS {full['peak_mb']:.0f} MB) "
+                f"= {100 * full['rate'] / ours['rate']:.0f}% of the empty-database rate"
+            )
 
 
 if __name__ == "__main__":

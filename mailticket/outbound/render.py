@@ -23,7 +23,9 @@ import jinja2
 
 from mailticket.errors import ConfigError
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+# The top-level templates/ folder, reached through the mailticket/templates symlink so
+# that a built wheel carries the same files as a checkout.
+DEFAULT_TEMPLATES = Path(__file__).parents[1] / "templates"
 KINDS = (
     "ack", "alert", "reply", "note_alert", "resolution", "reopened", "overdue", "closed_reject",
     "command_error",
