@@ -316,7 +316,7 @@ def outbox_list(state: State, status: str | None, limit: int, as_json: bool) -> 
     table = Table("id", "ticket", "kind", "to", "status", "attempts", "subject", "last error")
     for r in rows:
         table.add_row(str(r["id"]), r["ticket"] or "-", r["kind"], r["to"], r["status"], str(r["attempts"]),
-                      r["subject"][:50], (r["last_error"] or "")[:60])
+                      (r["subject"] or f"({r['kind']}, not rendered yet)")[:50], (r["last_error"] or "")[:60])
     console.print(table)
 
 
@@ -361,7 +361,7 @@ def quarantine_list(state: State, limit: int, as_json: bool) -> None:
             .order_by(col(IntakeRecord.id).desc())
             .limit(limit)
         ).all()
-        data = [
+        data: list[dict[str, Any]] = [
             {"id": r.id, "status": r.status, "reason": r.reason, "source": r.source,
              "sha256": r.raw_sha256, "received_at": iso(r.created_at)}
             for r in rows

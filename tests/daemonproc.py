@@ -12,11 +12,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
 from mailticket.storage.tables import Entry, IntakeRecord, Ticket
+from tests import factories
 from tests.servers import Dovecot, SmtpSink
 
 READY_LINE = "mailticket running"
@@ -32,85 +34,27 @@ def write_config(
     poll_seconds: int = 1,
     intake_port: int | None = None,
     intake_protocol: str = "smtp",
-    extra: str = "",
 ) -> Path:
     """A complete config for one test: SQLite or PostgreSQL, optional mailbox, sink and intake."""
-    data_dir = path.parent / "data"
-    parts = [
-        f"""
-[service]
-data_dir = "{data_dir}"
-database_url = "{db_url}"
-support_address = "support@example.com"
-support_name = "Example Support"
-
-[security]
-trusted_authserv_ids = ["mx.example.com"]
-agent_auth = ["dkim", "dmarc"]
-reply_token_secret = "daemon-test-secret"
-
-[tickets]
-acks_per_sender_per_hour = 1000
-auto_mail_per_recipient_per_day = 10000
-auto_mail_per_ticket_per_hour = 1000
-
-[[departments]]
-name = "general"
-address = "support@example.com"
-agents = ["alice@example.com"]
-sla = "standard"
-
-[[sla]]
-name = "standard"
-first_response = "8h"
-resolution = "3d"
-
-[[agents]]
-email = "alice@example.com"
-name = "Alice Agent"
-"""
-    ]
-    if sink is not None:
-        parts.append(
-            f"""
-[smtp]
-transport = "smtp"
-host = "{sink.host}"
-port = {sink.port}
-security = "none"
-retry_base_seconds = 1
-"""
-        )
-    else:
-        parts.append('\n[smtp]\ntransport = "file"\n')
+    sections: dict[str, Any] = {
+        # Daemon tests open many tickets for one customer quickly: the loop brakes stay out of the way.
+        "tickets": {"acks_per_sender_per_hour": 1000, "auto_mail_per_recipient_per_day": 10000,
+                    "auto_mail_per_ticket_per_hour": 1000},
+        "smtp": {"transport": "file"} if sink is None else {
+            "transport": "smtp", "host": sink.host, "port": sink.port, "security": "none",
+            "retry_base_seconds": 1,
+        },
+    }
     if intake_port is not None:
-        parts.append(
-            f"""
-[intake]
-enabled = true
-host = "127.0.0.1"
-port = {intake_port}
-protocol = "{intake_protocol}"
-"""
-        )
+        sections["intake"] = {"enabled": True, "host": "127.0.0.1", "port": intake_port,
+                              "protocol": intake_protocol}
     if dovecot is not None:
-        parts.append(
-            f"""
-[[mailboxes]]
-name = "support"
-host = "{dovecot.host}"
-port = {dovecot.port}
-security = "none"
-username = "{dovecot.user}"
-password = "{dovecot.password}"
-processed_folder = "Processed"
-poll_seconds = {poll_seconds}
-idle = {"true" if idle else "false"}
-"""
-        )
-    parts.append(extra)
-    path.write_text("".join(parts))
-    return path
+        sections["mailboxes"] = [{
+            "name": "support", "host": dovecot.host, "port": dovecot.port, "security": "none",
+            "username": dovecot.user, "password": dovecot.password, "processed_folder": "Processed",
+            "poll_seconds": poll_seconds, "idle": idle,
+        }]
+    return factories.write_config(path, db_url=db_url, **sections)
 
 
 class DaemonProcess:

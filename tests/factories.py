@@ -10,6 +10,8 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from mailticket.app import build
 from mailticket.config import Config
 from mailticket.context import AppContext
@@ -36,14 +38,24 @@ BASE: dict[str, Any] = {
 }
 
 
-def make_config(tmp_path: Path, db_url: str | None = None, **sections: Any) -> Config:
-    """BASE plus overrides (a whole section per keyword), data under tmp_path."""
+def config_dict(data_root: Path, db_url: str | None = None, **sections: Any) -> dict[str, Any]:
+    """BASE with whole sections replaced by keyword, data under data_root/data."""
     raw = {**BASE, **sections}
-    service = {**BASE["service"], **sections.get("service", {}), "data_dir": str(tmp_path / "data")}
+    service = {**BASE["service"], **sections.get("service", {}), "data_dir": str(data_root / "data")}
     if db_url:
         service["database_url"] = db_url
     raw["service"] = service
-    return Config.model_validate(raw)
+    return raw
+
+
+def make_config(tmp_path: Path, db_url: str | None = None, **sections: Any) -> Config:
+    return Config.model_validate(config_dict(tmp_path, db_url, **sections))
+
+
+def write_config(path: Path, *, db_url: str | None = None, **sections: Any) -> Path:
+    """The same config as make_config, as the TOML file an admin would write (for CLI and daemon tests)."""
+    path.write_text(tomli_w.dumps(config_dict(path.parent, db_url, **sections)))
+    return path
 
 
 class Clock:

@@ -1,15 +1,24 @@
-"""Queue a notice: render it, build the exact bytes, and insert an outbox row.
+"""Queue a notice in the ticket's transaction; build its bytes when the sender first claims it.
 
-This runs inside the caller's transaction, so a ticket change and the mail
-announcing it commit together or not at all. Automatic mail is checked
-against the loop-safety rules and caps here, the one place every notice
-passes; the caps count outbox rows by `created_at` on the context's clock.
+`enqueue` runs inside the caller's transaction, so a ticket change and the
+notice announcing it commit together or not at all. It stores only the
+notice's inputs: kind, recipient, Cc, and the template context as it is at
+that moment (ticket fields, entry text), so a later change to the ticket does
+not change what the notice says. Automatic mail is checked against the
+loop-safety rules and caps here, the one place every notice passes; the caps
+count outbox rows by `created_at` on the context's clock.
+
+`render_pending` (called by the sender on rows it has claimed) renders the
+templates, builds the MIME message and stores its bytes, Message-ID, subject
+and sender on the row, and the Message-ID in `message_refs`, committed before
+any byte goes to SMTP: a retry after a crash sends the same bytes, and a reply
+to them threads. Intake pays for none of it.
 
 Threading: every notice gets a fresh Message-ID carrying a signed reply
-token, `In-Reply-To`/`References` name the ticket's earlier messages that
-this recipient has seen (customers never see the Message-IDs of agent
-alerts), and `Thread-Topic`/`Thread-Index` let Outlook group the
-conversation the way References do for Gmail and Thunderbird.
+token, `In-Reply-To`/`References` name the ticket's messages that this
+recipient has seen when the notice is rendered (customers never see the
+Message-IDs of agent alerts), and `Thread-Topic`/`Thread-Index` let Outlook
+group the conversation the way References do for Gmail and Thunderbird.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ import base64
 import functools
 import hashlib
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.headerregistry import Address as HeaderAddress
@@ -196,73 +207,114 @@ def enqueue(
     cc: list[str] | None = None,
     automatic: bool = True,
 ) -> list[OutboxMessage]:
-    """One outbox row per `to` address (each gets its own signed Message-ID); Cc rides on the first.
+    """One outbox row per `to` address (each later gets its own signed Message-ID); Cc rides on the first.
 
-    Our own addresses are never mailed or copied. A notice that must not go out (loop safety, caps,
-    an address SMTP cannot carry, a template failing at render time) is recorded as a
-    `notice_suppressed` event on the ticket instead: the ticket change itself always commits.
+    `context` must be JSON-serialisable: it is stored with the ticket's fields of this moment and
+    rendered by the sender. Our own addresses are never mailed or copied. A notice that must not
+    go out (loop safety, caps, an address SMTP cannot carry) is recorded as a `notice_suppressed`
+    event on the ticket instead: the ticket change itself always commits.
     """
     own = ctx.config.own_addresses
     queued: list[OutboxMessage] = []
     cc_list = list(dict.fromkeys(c.lower() for c in (cc or []) if c and c.lower() not in own))
-    chains: dict[bool, list[tuple[str, str]]] = {}
+    snapshot = {"ticket": ticket_context(ticket), **context}
+    now = ctx.clock()
     for recipient in dict.fromkeys(t.lower() for t in to if t):
         if recipient in own:
             continue
         why = suppressed_reason(session, ctx, ticket, kind, recipient) if automatic else None
         if why is None:
-            for_agent = ctx.config.is_agent(recipient)
-            if for_agent not in chains:
-                chains[for_agent] = thread_chain(session, ctx, ticket, for_agent=for_agent)
-            copies = [c for c in cc_list if c != recipient] if not queued else []
             try:
-                row = _build(ctx, ticket, kind, recipient, copies, context, automatic, chains[for_agent])
-            except (UndeliverableAddress, jinja2.TemplateError) as exc:
+                mailbox("", recipient)
+            except UndeliverableAddress as exc:
                 why = f"cannot build the {kind} notice: {exc}"
         if why is not None:
             repository.record_event(
                 session, ticket, "notice_suppressed", None, notice=kind, to=recipient, reason=why
             )
             continue
+        copies = [c for c in cc_list if c != recipient] if not queued else []
+        row = OutboxMessage(
+            ticket_id=ticket.id,
+            kind=kind,
+            to_addr=recipient,
+            recipients=[recipient, *copies],
+            context=snapshot,
+            automatic=automatic,
+            created_at=now,
+            next_attempt_at=now,
+        )
         session.add(row)
-        repository.remember_message_id(session, ticket, row.message_id, "out", fresh=True)
         queued.append(row)
     return queued
 
 
-def _build(
-    ctx: AppContext,
-    ticket: Ticket,
-    kind: str,
-    to: str,
-    cc: list[str],
-    context: dict[str, Any],
-    automatic: bool,
-    chain: list[tuple[str, str]],
-) -> OutboxMessage:
+@dataclass(frozen=True)
+class Envelope:
+    """A rendered notice: what a transport hands to SMTP."""
+
+    mail_from: str
+    recipients: list[str]
+    raw: bytes
+
+
+def render_pending(ctx: AppContext, ids: Sequence[int]) -> dict[int, Envelope]:
+    """Render the not yet rendered rows among `ids` (claimed by the caller), in order, and commit.
+
+    Each row gets its Message-ID, headers and bytes, stored with the Message-ID in `message_refs`
+    before the caller sends anything. A row whose template fails (or whose address cannot be
+    used) is failed with the error and a `notice_failed` event: no retry would render it.
+    """
+    built: dict[int, Envelope] = {}
+    with Session(ctx.engine) as session, session.begin():
+        rows = session.exec(
+            select(OutboxMessage)
+            .where(col(OutboxMessage.id).in_(ids), col(OutboxMessage.raw).is_(None))
+            .order_by(col(OutboxMessage.id))
+        ).all()
+        wanted = {row.ticket_id for row in rows}
+        tickets = {t.id: t for t in session.exec(select(Ticket).where(col(Ticket.id).in_(wanted))).all()}
+        for row in rows:
+            ticket = tickets[row.ticket_id]
+            try:
+                built[row.id] = _render(session, ctx, row, ticket)  # type: ignore[index]
+            except (UndeliverableAddress, jinja2.TemplateError) as exc:
+                reason = f"cannot build the {row.kind} notice: {exc}"
+                row.status, row.last_error, row.claimed_until = "failed", reason, None
+                repository.record_event(
+                    session, ticket, "notice_failed", None, notice=row.kind, to=row.to_addr, reason=reason
+                )
+    return built
+
+
+def _render(session: Session, ctx: AppContext, row: OutboxMessage, ticket: Ticket) -> Envelope:
+    """Build the notice of one queued row and store the result on it (in the caller's transaction)."""
+    assert row.context is not None, "rows queued since revision 0004 carry their context"
+    about = row.context["ticket"]
     service = ctx.config.service
-    department = next((d for d in ctx.config.departments if d.name == ticket.department), None)
+    department = next((d for d in ctx.config.departments if d.name == about["department"]), None)
     from_address = (department.address if department else None) or service.support_address
+    to = row.to_addr
     for_agent = ctx.config.is_agent(to)
     rendered = ctx.renderer.render(
-        kind,
+        row.kind,
         {
-            "ticket": ticket_context(ticket),
             "support_name": service.support_name,
             "support_address": service.support_address,
             "recipient": to,
             "for_agent": for_agent,
-            **context,
+            **row.context,
         },
     )
     subject = rendered.subject
     if subject_token(ticket.ref) not in subject:
         subject = f"{subject} {subject_token(ticket.ref)}"
-    now = ctx.clock()
-    to_name = ticket.requester_name if to == ticket.requester else ""
-    copies = [box for c in cc if (box := _deliverable(c)) is not None]
+    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    to_name = about["requester_name"] if to == about["requester"] else ""
+    copies = [box for c in row.recipients[1:] if (box := _deliverable(c)) is not None]
     to_box = mailbox(to_name, to)
     message_id = outbound_message_id(ctx.secret, ticket.ref, to, service.id_domain)
+    chain = thread_chain(session, ctx, ticket, for_agent=for_agent)
 
     msg = EmailMessage(policy=MAIL_POLICY)
     msg["From"] = mailbox(service.support_name, from_address)
@@ -273,7 +325,7 @@ def _build(
     msg["Subject"] = subject
     # Short ASCII values we generate ourselves are set raw: same bytes, without the header
     # registry's parse and refold (about a third of the cost of a notice).
-    msg.set_raw("Date", format_datetime(now))
+    msg.set_raw("Date", format_datetime(created))
     msg.set_raw("Message-ID", f"<{message_id}>")
     if chain:
         # In reply to the latest message someone wrote to us; References name the whole thread.
@@ -282,25 +334,17 @@ def _build(
         ids = [m for m, _ in chain]
         refs = ids if len(ids) <= MAX_REFERENCES else [ids[0], *ids[-(MAX_REFERENCES - 1) :]]
         msg.set_raw("References", "\n ".join(f"<{m}>" for m in refs))
-    msg["Thread-Topic"] = one_line(ticket.subject)
+    msg["Thread-Topic"] = one_line(about["subject"])
     msg.set_raw("Thread-Index", thread_index(ticket))
-    if automatic:
+    if row.automatic:
         msg.set_raw("Auto-Submitted", "auto-replied")
         msg.set_raw("X-Auto-Response-Suppress", "All")
     msg.set_raw("X-Mailticket-Ticket", ticket.ref)
     msg.set_content(rendered.text)
     if rendered.html is not None:
         msg.add_alternative(rendered.html, subtype="html")
-    return OutboxMessage(
-        ticket_id=ticket.id,
-        kind=kind,
-        to_addr=to,
-        mail_from=from_address,
-        recipients=[to_box.addr_spec, *(c.addr_spec for c in copies)],
-        subject=subject,
-        message_id=message_id,
-        raw=msg.as_bytes(),
-        automatic=automatic,
-        created_at=now,
-        next_attempt_at=now,
-    )
+    envelope = Envelope(from_address, [to_box.addr_spec, *(c.addr_spec for c in copies)], msg.as_bytes())
+    row.mail_from, row.recipients, row.raw = envelope.mail_from, envelope.recipients, envelope.raw
+    row.subject, row.message_id = subject, message_id
+    repository.remember_message_id(session, ticket, message_id, "out", fresh=True)
+    return envelope

@@ -1,12 +1,14 @@
-"""Send queued outbox rows: claim a batch, hand it to a transport, record the answers.
+"""Send queued outbox rows: claim a batch, render it, hand it to a transport, record the answers.
 
 A batch is claimed by one `UPDATE ... RETURNING` that sets `claimed_until`
 (on PostgreSQL its row selection takes `FOR UPDATE SKIP LOCKED`, on SQLite the
 statement runs under the write lock), so several processes share the queue
-and no row is claimed twice. The SMTP answers of a batch are written in one
-transaction after the batch; a crash in between leaves the claims to expire
-and the batch is sent again: at most the messages in flight are duplicated,
-none is lost.
+and no row is claimed twice. Rows claimed for the first time are then rendered
+(`outbox.render_pending`) and their bytes committed before sending, so every
+attempt at a row sends the same bytes under the same Message-ID. The SMTP
+answers of a batch are written in one transaction after the batch; a crash in
+between leaves the claims to expire and the batch is sent again: at most the
+messages in flight are duplicated, none is lost.
 
 Answers: 2xx sent; 5xx failed with the server's text; 4xx retried with
 exponential back-off (`retry_base_seconds` doubling up to
@@ -33,6 +35,7 @@ from sqlalchemy import Connection, Table, or_, select, update
 from mailticket.config import SmtpConfig
 from mailticket.context import AppContext
 from mailticket.errors import PermanentDeliveryError, TemporaryDeliveryError
+from mailticket.outbound.outbox import render_pending
 from mailticket.storage.tables import OutboxMessage
 
 CLAIM_SECONDS = 300
@@ -196,11 +199,20 @@ class FlushResult:
     failed: int = 0
 
 
+@dataclass(frozen=True)
+class Batch:
+    """What one claim got: the rows ready to send, and how many of the claimed rows failed to render."""
+
+    items: list[Claimed]
+    last_id: int | None  # the claim cursor (the next claim starts after it); None: nothing claimed
+    unrenderable: int
+
+
 def backoff(cfg: SmtpConfig, attempts: int) -> timedelta:
     return timedelta(seconds=min(cfg.retry_base_seconds * 2 ** max(attempts - 1, 0), cfg.retry_max_seconds))
 
 
-def _claim(ctx: AppContext, limit: int, ignore_backoff: bool, after: int) -> list[Claimed]:
+def _claim(ctx: AppContext, limit: int, ignore_backoff: bool, after: int) -> Batch:
     now = ctx.clock()
     due = (
         select(_T.id)
@@ -220,9 +232,16 @@ def _claim(ctx: AppContext, limit: int, ignore_backoff: bool, after: int) -> lis
         .returning(_T.id, _T.kind, _T.mail_from, _T.recipients, _T.raw, _T.attempts)
     )
     with ctx.engine.begin() as conn:
-        rows = conn.execute(stmt).all()
-    claimed = [Claimed(r[0], r[1], r[2], list(r[3]), bytes(r[4]), r[5]) for r in rows]
-    return sorted(claimed, key=lambda c: c.id)
+        rows = sorted(conn.execute(stmt).all(), key=lambda r: r[0])
+    fresh = [r[0] for r in rows if r[4] is None]
+    built = render_pending(ctx, fresh) if fresh else {}
+    items: list[Claimed] = []
+    for row_id, kind, mail_from, recipients, raw, attempts in rows:
+        if raw is not None:
+            items.append(Claimed(row_id, kind, mail_from, list(recipients), bytes(raw), attempts))
+        elif (done := built.get(row_id)) is not None:
+            items.append(Claimed(row_id, kind, done.mail_from, done.recipients, done.raw, attempts))
+    return Batch(items, rows[-1][0] if rows else None, len(fresh) - len(built))
 
 
 Verdict = Literal["sent", "failed", "retry", "down"]
@@ -233,9 +252,8 @@ def flush(
 ) -> FlushResult:
     """Send what is due (with ignore_backoff: everything queued), each row at most once per call.
 
-    The database work runs in a helper thread while this one talks SMTP: claiming the next
-    batch and recording the last one overlap with sending, so the durable queue costs the
-    sender almost nothing over a bare SMTP loop.
+    The database work runs in a helper thread while this one talks SMTP: claiming and
+    rendering the next batch and recording the last one overlap with sending.
     """
     cfg = ctx.config.smtp
     result = FlushResult()
@@ -243,11 +261,12 @@ def flush(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-db") as db:
         upcoming = db.submit(_claim, ctx, cfg.batch_size, ignore_backoff, 0)
         try:
-            while batch := upcoming.result():
-                upcoming = db.submit(_claim, ctx, cfg.batch_size, ignore_backoff, batch[-1].id)
+            while (batch := upcoming.result()).last_id is not None:
+                upcoming = db.submit(_claim, ctx, cfg.batch_size, ignore_backoff, batch.last_id)
+                result.failed += batch.unrenderable
                 verdicts: list[tuple[Claimed, Verdict, str | None]] = []
                 try:
-                    down = _send_batch(transport, batch, verdicts)
+                    down = _send_batch(transport, batch.items, verdicts)
                 finally:
                     # Also after an unexpected error: what was answered is recorded; the rest of
                     # the batch keeps its claim, which expires, and is sent later.
@@ -257,7 +276,7 @@ def flush(
         finally:
             transport.close()
             # A batch claimed ahead but not sent goes back to the queue untouched.
-            db.submit(lambda: _release(ctx, upcoming.result()))
+            db.submit(lambda: _release(ctx, upcoming.result().items))
     return result
 
 

@@ -120,18 +120,26 @@ class IntakeRecord(SQLModel, table=True):
 
 
 class OutboxMessage(SQLModel, table=True):
-    """A rendered notice waiting for (or done with) SMTP; written in the ticket's transaction."""
+    """A notice waiting for (or done with) SMTP.
+
+    Queued in the ticket's transaction with only its inputs (`kind`, `to_addr`, `recipients`,
+    `context`); the sender renders it when it first claims it and stores `raw`, `message_id`,
+    `subject` and `mail_from`, so every later attempt sends the same bytes.
+    """
 
     __tablename__ = "outbox"
     id: int | None = Field(default=None, primary_key=True)
     ticket_id: int | None = Field(default=None, foreign_key="tickets.id", index=True)
     kind: str = Field(max_length=32)
     to_addr: str = Field(max_length=2000, index=True)  # the per-recipient caps count by it
-    mail_from: str = Field(max_length=320)
+    # To first, then Cc; once rendered, the envelope recipients (the deliverable ones).
     recipients: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    subject: str = Field(default="", sa_column=Column(Text, nullable=False))
-    message_id: str = Field(max_length=998, index=True)
-    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # The template variables as they were when the notice was queued (None: queued before 0004).
+    context: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    mail_from: str | None = Field(default=None, max_length=320)  # None until rendered, like the next three
+    subject: str | None = Field(default=None, sa_column=Column(Text))
+    message_id: str | None = Field(default=None, max_length=998, index=True)
+    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     automatic: bool = True
     status: str = Field(default="queued", max_length=16, index=True)  # queued | sent | failed
     attempts: int = 0

@@ -38,7 +38,7 @@ from mailticket.models import Outcome, RawMail
 from mailticket.pipeline.process import Pipeline
 from mailticket.storage import lease
 from mailticket.storage.tables import Entry, IntakeRecord, MailboxState, Ticket, UidAttempt
-from tests.factories import mail, make_ctx
+from tests.factories import mail, make_ctx, write_config
 from tests.servers import Dovecot
 
 REPO = Path(__file__).resolve().parents[2]
@@ -567,32 +567,6 @@ def test_tls_is_verified_by_default_and_a_private_ca_can_be_configured(
 # -- the fetch command --------------------------------------------------------------------------------
 
 
-def write_config(path: Path, data_dir: Path, db_url: str, mailboxes: list[dict[str, Any]]) -> Path:
-    def toml(value: Any) -> str:
-        return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
-
-    lines = [
-        "[service]",
-        f"data_dir = {toml(str(data_dir))}",
-        f"database_url = {toml(db_url)}",
-        'support_address = "support@example.com"',
-        "[smtp]",
-        'transport = "file"',
-        "[security]",
-        'reply_token_secret = "crash-test"',
-        "[[departments]]",
-        'name = "general"',
-        'agents = ["alice@example.com"]',
-        "[[agents]]",
-        'email = "alice@example.com"',
-    ]
-    for m in mailboxes:
-        lines.append("[[mailboxes]]")
-        lines += [f"{k} = {toml(v)}" for k, v in m.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def test_fetch_command_reads_every_mailbox_flushes_and_reports(
     tmp_path: Path, db_url: str, dovecot: Dovecot
 ) -> None:
@@ -600,7 +574,7 @@ def test_fetch_command_reads_every_mailbox_flushes_and_reports(
     good = mailbox_entry(dovecot)
     broken = {**mailbox_entry(dovecot), "name": "broken", "folder": "NoSuchFolder"}
     off = {**mailbox_entry(dovecot), "name": "off", "enabled": False}
-    config = write_config(tmp_path / "mt.toml", tmp_path / "data", db_url, [broken, good, off])
+    config = write_config(tmp_path / "mt.toml", db_url=db_url, mailboxes=[broken, good, off])
     runner = CliRunner()
 
     result = runner.invoke(main, ["--config", str(config), "fetch", "--json"])
@@ -617,7 +591,7 @@ def test_fetch_command_reads_every_mailbox_flushes_and_reports(
     assert report["outbox"] == {"sent": 6, "retrying": 0, "failed": 0}  # 3 acks + 3 alerts
     assert len(list((tmp_path / "data" / "sent").iterdir())) == 6
 
-    config = write_config(tmp_path / "mt.toml", tmp_path / "data", db_url, [good])
+    config = write_config(tmp_path / "mt.toml", db_url=db_url, mailboxes=[good])
     table = runner.invoke(main, ["--config", str(config), "fetch"])
     assert table.exit_code == 0, table.output
     assert "support/INBOX" in table.stdout and "outbox: sent 0" in table.stdout
@@ -685,11 +659,10 @@ def test_sigkill_at_five_points_then_rerun_stores_every_message_exactly_once(
     corpus = crash_corpus(total)
     assert dovecot.load_maildir(corpus) == total
     db = tmp_path / "mailticket.db"
-    config = write_config(tmp_path / "mt.toml", tmp_path / "data", f"sqlite:///{db}",
-                          [mailbox_entry(dovecot, batch_size=20)])
     # No acknowledgements: they double the outbox work per message and prove nothing more
     # about intake than the alert each new ticket queues, which is checked below.
-    config.write_text(config.read_text() + "[tickets]\nacknowledge = false\n")
+    config = write_config(tmp_path / "mt.toml", db_url=f"sqlite:///{db}",
+                          mailboxes=[mailbox_entry(dovecot, batch_size=20)], tickets={"acknowledge": False})
     command = [sys.executable, "-m", "mailticket", "--config", str(config), "--log-level", "WARNING", "fetch"]
     started = time.monotonic()
     kills: list[int] = []

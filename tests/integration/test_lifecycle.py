@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 
 from mailticket import actions
 from mailticket.context import AppContext
+from mailticket.outbound.send import flush
 from mailticket.overdue import sla_check
 from mailticket.pipeline.lifecycle import autoclose
 from mailticket.storage import repository
@@ -55,6 +56,8 @@ def load(ctx: AppContext, ref: str) -> tuple[Ticket, list[Entry], list[Event]]:
 
 
 def outbox(ctx: AppContext, kind: str) -> list[OutboxMessage]:
+    """The notices, rendered: a flush to the file transport (the default) builds their bytes first."""
+    flush(ctx, ignore_backoff=True)
     with Session(ctx.engine) as session:
         stmt = select(OutboxMessage).where(OutboxMessage.kind == kind).order_by(col(OutboxMessage.id))
         return list(session.exec(stmt).all())

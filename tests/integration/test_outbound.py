@@ -19,16 +19,18 @@ from typing import Any
 import pytest
 from sqlmodel import Session, col, select
 
+from mailticket import actions
 from mailticket.context import AppContext
 from mailticket.outbound import send
 from mailticket.outbound.send import Claimed, SmtpTransport, flush, retry
 from mailticket.refs import verify_reply_token
 from mailticket.serialize import outbox_dict
-from mailticket.storage.tables import Entry, MessageRef, OutboxMessage, Ticket
+from mailticket.storage.tables import Entry, Event, MessageRef, OutboxMessage, Ticket
 from tests.factories import Clock, ingest, mail, make_ctx
-from tests.servers import SmtpSink, free_port
+from tests.servers import Received, SmtpSink, free_port
 
 SECRET = b"test-secret"
+CAROL = "carol@customer.example"
 PREFIX = re.compile(r"^\s*(re|fwd?)\s*:\s*", re.I)
 
 
@@ -237,6 +239,144 @@ def test_threading_chain_over_three_rounds(smtp_sink: SmtpSink, db_url: str, tmp
     # Every notice to Carol carries her signed token.
     ref = str(ack["X-Mailticket-Ticket"])
     assert all(verify_reply_token(SECRET, mid(m)) == (ref, "carol@customer.example") for m in to_carol)
+
+
+# -- queued as inputs, rendered once by the sender ------------------------------------------
+
+
+def test_notice_is_queued_as_inputs_and_says_what_was_true_when_queued(
+    smtp_sink: SmtpSink, db_url: str, tmp_path: Path
+) -> None:
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port)
+    ingest(ctx, mail(body="The printer is on fire.\n"))
+    queued = rows(ctx)
+    assert [(r.kind, r.to_addr) for r in queued] == [("ack", CAROL), ("alert", "alice@example.com")]
+    assert all((r.raw, r.message_id, r.subject, r.mail_from) == (None,) * 4 for r in queued)
+    with Session(ctx.engine) as session:  # nothing is threaded on a Message-ID not yet made
+        assert session.exec(select(MessageRef).where(MessageRef.direction == "out")).all() == []
+    context = queued[1].context
+    assert context is not None and "The printer is on fire." in context["entry"]["body"]
+    # The ticket changes before the sender runs: the alert still tells how it was.
+    with Session(ctx.engine) as session, session.begin():
+        ticket = session.exec(select(Ticket)).one()
+        actions.set_priority(session, ctx, ticket, "urgent", "alice@example.com")
+        actions.assign(session, ctx, ticket, "bob@example.com", "alice@example.com")
+    assert flush(ctx).sent == 2
+    alert = next(m for m in smtp_sink.messages if to_addr(m) == "alice@example.com")
+    text = alert.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Priority: normal" in text and "Assignee: nobody" in text and "The printer is on fire." in text
+    sent = rows(ctx)
+    assert [(r.subject, r.mail_from) for r in sent] == [(str(m["Subject"]), "support@example.com")
+                                                          for m in smtp_sink.messages]
+
+
+def test_message_id_is_stored_before_smtp_and_a_retry_sends_the_same_bytes(
+    smtp_sink: SmtpSink, db_url: str, tmp_path: Path
+) -> None:
+    clock = Clock()
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port, clock=clock, tickets={"acknowledge": False})
+    ingest(ctx, mail())
+    known_when_sent: list[bool] = []
+
+    def greylist_once(item: Received) -> str:
+        with Session(ctx.engine) as session:  # another connection: sees committed rows only
+            ref = session.exec(select(MessageRef).where(MessageRef.message_id == mid(item.message))).first()
+        known_when_sent.append(ref is not None)
+        return "451 4.7.1 Greylisted" if len(known_when_sent) == 1 else "250 OK"
+
+    smtp_sink.respond_with(greylist_once)
+    assert flush(ctx).retrying == 1
+    clock.advance(seconds=61)
+    assert flush(ctx).sent == 1
+    (row,) = rows(ctx)
+    first, second = smtp_sink.attempts
+    assert known_when_sent == [True, True]
+    assert first.raw == second.raw == row.raw and mid(first.message) == row.message_id
+
+
+def test_crash_after_rendering_resends_the_same_bytes_and_message_id(
+    smtp_sink: SmtpSink, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port, clock=clock, tickets={"acknowledge": False})
+    ingest(ctx, mail())
+
+    class Crash(BaseException):
+        pass
+
+    class DiesBeforeSending(SmtpTransport):
+        def send(self, item: Claimed) -> str | None:
+            raise Crash
+
+    monkeypatch.setattr(send, "_record", lambda *args: None)
+    monkeypatch.setattr(send, "_release", lambda *args: None)
+    with pytest.raises(Crash):
+        flush(ctx, transport=DiesBeforeSending(ctx.config.smtp))
+    monkeypatch.undo()
+    (rendered,) = rows(ctx)
+    assert rendered.raw is not None and rendered.message_id and rendered.status == "queued"
+    clock.advance(seconds=send.CLAIM_SECONDS + 1)
+    assert flush(ctx).sent == 1
+    (received,) = smtp_sink.received
+    assert received.raw == rendered.raw and mid(received.message) == rendered.message_id
+
+
+def test_template_failing_at_render_fails_the_row_once_with_an_event(
+    smtp_sink: SmtpSink, db_url: str, tmp_path: Path
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    # The start-up check renders with the sample author "Carol": only real mail takes this branch.
+    broken = '{% if entry.author_name != "Carol" %}{{ no_such_name }}{% endif %}\n'
+    (templates / "ack.txt.j2").write_text(broken)
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port, service={"templates_dir": str(templates)})
+    ingest(ctx, mail(message_id="first@customer.example"))
+    result = flush(ctx)
+    assert (result.sent, result.failed) == (1, 1)
+    ack, alert = rows(ctx)
+    assert (ack.status, ack.attempts, ack.raw, ack.message_id) == ("failed", 1, None, None)
+    assert ack.last_error is not None
+    assert "cannot build the ack notice" in ack.last_error and "no_such_name" in ack.last_error
+    assert alert.status == "sent"
+    with Session(ctx.engine) as session:
+        (event,) = session.exec(select(Event).where(Event.kind == "notice_failed")).all()
+        assert (event.data["notice"], event.data["to"]) == ("ack", CAROL)
+        ticket = session.exec(select(Ticket)).one()
+        actions.public_reply(session, ctx, ticket, "alice@example.com", "Here is the answer.")
+        session.commit()
+    assert flush(ctx, ignore_backoff=True).sent == 1  # the failed row is not tried again
+    reply = smtp_sink.messages[-1]
+    assert to_addr(reply) == CAROL and refs(reply) == ["first@customer.example"]  # no unsent ack in it
+    assert rows(ctx)[0].attempts == 1
+
+
+def test_rows_rendered_before_the_upgrade_are_sent_unchanged(
+    smtp_sink: SmtpSink, db_url: str, tmp_path: Path
+) -> None:
+    """A queue written by a version that rendered at intake survives migration 0004 as it is."""
+    from alembic import command
+    from sqlalchemy import insert
+
+    from mailticket.storage.db import alembic_config, make_engine, migrate
+
+    engine = make_engine(db_url)
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+    raw = b"From: support@example.com\r\nTo: carol@customer.example\r\nSubject: old\r\n\r\nQueued.\r\n"
+    with engine.begin() as conn:
+        conn.execute(
+            insert(OutboxMessage.__table__),  # type: ignore[attr-defined]
+            {"kind": "ack", "to_addr": CAROL, "mail_from": "support@example.com", "recipients": [CAROL],
+             "subject": "old", "message_id": "old-1@example.com", "raw": raw, "automatic": True,
+             "status": "queued", "attempts": 0, "next_attempt_at": Clock()(), "created_at": Clock()()},
+        )
+    migrate(engine)
+    engine.dispose()
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port)
+    assert flush(ctx, ignore_backoff=True).sent == 1
+    assert [r.raw for r in smtp_sink.received] == [raw]
 
 
 # -- outages, retries, failures -------------------------------------------------------------
@@ -560,6 +700,13 @@ def test_outbox_cli_list_flush_and_retry(smtp_sink: SmtpSink, db_url: str, tmp_p
         assert result.exit_code == code, result.output
         return result.stdout
 
+    # Queued rows are rendered by the sender: no subject yet, the table shows the kind instead.
+    queued = json.loads(cli("outbox", "list", "--json"))
+    assert {(item["kind"], item["status"], item["subject"]) for item in queued} == {
+        ("ack", "queued", None),
+        ("alert", "queued", None),
+    }
+    assert "not rendered yet" in " ".join(cli("outbox", "list").split())
     smtp_sink.reject_all("550 5.7.1 Relaying denied")
     assert cli("outbox", "flush").strip().endswith("failed 2")
     listed = json.loads(cli("outbox", "list", "--json"))

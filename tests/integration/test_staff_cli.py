@@ -19,12 +19,9 @@ from tests.daemonproc import write_config
 from tests.factories import ingest, mail
 
 AUTH = "mx.example.com; dkim=pass header.d=example.com"
-EXTRA_AGENT = '\n[[agents]]\nemail = "bob@example.com"\n'
-
-
 @pytest.fixture
 def setup(tmp_path: Path, db_url: str) -> Iterator[tuple[Path, AppContext]]:
-    config = write_config(tmp_path / "mailticket.toml", db_url=db_url, extra=EXTRA_AGENT)
+    config = write_config(tmp_path / "mailticket.toml", db_url=db_url)
     ctx = build(load_config(config))
     yield config, ctx
     ctx.engine.dispose()

@@ -21,6 +21,7 @@ from mailticket.cli import main
 from mailticket.context import AppContext
 from mailticket.storage.db import alembic_config, make_engine, migrate
 from mailticket.storage.tables import Attachment, Entry, Ticket
+from tests import factories
 from tests.factories import CORPUS, ingest, mail, make_ctx
 
 CAROL = "Carol Customer <carol@customer.example>"
@@ -89,39 +90,7 @@ ATTACHMENT_FIELDS = {
 
 def write_config(tmp_path: Path, db_url: str, **tickets: Any) -> Path:
     """The TOML an admin would write, pointing at the test database and make_ctx's data dir."""
-    extra = "".join(f"{key} = {value}\n" for key, value in tickets.items())
-    path = tmp_path / "mailticket.toml"
-    path.write_text(
-        f"""
-[service]
-data_dir = "{tmp_path / "data"}"
-database_url = "{db_url}"
-support_address = "support@example.com"
-
-[smtp]
-transport = "file"
-
-[tickets]
-{extra}
-[security]
-reply_token_secret = "test-secret"
-
-[[departments]]
-name = "general"
-address = "support@example.com"
-agents = ["alice@example.com"]
-sla = "standard"
-
-[[sla]]
-name = "standard"
-first_response = "8h"
-resolution = "3d"
-
-[[agents]]
-email = "alice@example.com"
-"""
-    )
-    return path
+    return factories.write_config(tmp_path / "mailticket.toml", db_url=db_url, tickets=tickets)
 
 
 def cli(config: Path, *args: str) -> Any:

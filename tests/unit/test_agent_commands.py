@@ -15,6 +15,7 @@ import pytest
 from sqlmodel import Session, col, select
 
 from mailticket.context import AppContext
+from mailticket.outbound.send import flush
 from mailticket.pipeline.agent import Command, split_commands
 from mailticket.storage import repository
 from mailticket.storage.tables import Entry, Event, OutboxMessage, Ticket
@@ -63,6 +64,8 @@ def open_ticket(ctx: AppContext) -> str:
 
 
 def outbox(ctx: AppContext, kind: str | None = None, to: str | None = None) -> list[OutboxMessage]:
+    """The notices, rendered: a flush to the file transport (the default) builds their bytes first."""
+    flush(ctx, ignore_backoff=True)
     with Session(ctx.engine) as session:
         stmt = select(OutboxMessage).order_by(col(OutboxMessage.id))
         if kind:

@@ -15,6 +15,7 @@ import pytest
 from sqlmodel import Session, col, select
 
 from mailticket.context import AppContext
+from mailticket.outbound.send import flush
 from mailticket.pipeline.classify import is_unanswerable_address
 from mailticket.pipeline.parse import parse
 from mailticket.storage.tables import Entry, Event, OutboxMessage, Ticket
@@ -194,6 +195,7 @@ def test_own_addresses_are_never_copied(tmp_path: Path) -> None:
     with Session(ctx.engine) as session, session.begin():
         ticket = session.exec(select(Ticket)).one()
         actions.public_reply(session, ctx, ticket, "alice@example.com", "Here is the answer.")
+    flush(ctx)  # renders the notices (file transport)
     with Session(ctx.engine) as session:
         reply = session.exec(select(OutboxMessage).where(OutboxMessage.kind == "reply")).one()
         everything = session.exec(select(OutboxMessage)).all()

@@ -99,7 +99,10 @@ def test_outbound_html_part_of_a_real_notice_is_escaped(tmp_path: Path) -> None:
     ingest(ctx, mail(subject="<b>Bold</b> & co", body="<script>steal()</script>\n"))
     from sqlmodel import Session, select
 
+    from mailticket.outbound.send import flush
     from mailticket.storage.tables import OutboxMessage
+
+    flush(ctx)  # notices are rendered by the sender (file transport)
 
     with Session(ctx.engine) as session:
         ack = session.exec(select(OutboxMessage).where(OutboxMessage.kind == "ack")).one()
