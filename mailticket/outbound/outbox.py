@@ -27,8 +27,9 @@ import base64
 import functools
 import hashlib
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.headerregistry import Address as HeaderAddress
@@ -38,6 +39,8 @@ from email.utils import format_datetime
 from typing import Any
 
 import jinja2
+from sqlalchemy import Row, Table, bindparam, insert, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, and_, col, func, or_, select
 
 from mailticket.context import AppContext
@@ -67,6 +70,8 @@ class CachedHeaderRegistry(HeaderRegistry):
 MAIL_POLICY = policy.SMTP.clone(cte_type="7bit", refold_source="none", header_factory=CachedHeaderRegistry())
 _MSGID_SAFE = re.compile(r"[!-;=?-~]{1,900}")  # printable ASCII without < and >; fits one line
 _FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
+_OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+_REFS: Table = MessageRef.__table__  # type: ignore[attr-defined]
 
 
 class UndeliverableAddress(ValueError):
@@ -152,40 +157,44 @@ def suppressed_reason(session: Session, ctx: AppContext, ticket: Ticket, kind: s
     return None
 
 
-def thread_chain(
-    session: Session, ctx: AppContext, ticket: Ticket, *, for_agent: bool
-) -> list[tuple[str, str]]:
-    """(Message-ID, "in" | "out") of the ticket, oldest first, that this audience has seen.
+def thread_refs(
+    session: Session, ctx: AppContext, ticket_ids: Iterable[int]
+) -> dict[int, list[tuple[str, str, bool]]]:
+    """Per ticket, oldest first: (Message-ID, "in" | "out", whether the customer has seen it).
 
-    One query: every notice asks, so the customers' filter runs in the database.
+    One query for a batch of notices. Customers saw their own messages and our notices to
+    customers, nothing addressed to agents (whose Message-ID tokens name the agent); agents see
+    everything. Only rendered notices have a Message-ID here.
     """
-    stmt = select(MessageRef.message_id, MessageRef.direction).where(MessageRef.ticket_id == ticket.id)
-    if not for_agent:
-        # Customers saw their own messages and our notices to customers, nothing addressed to agents
-        # (whose Message-ID tokens name the agent).
-        own_mail = (
-            select(Entry.id)
-            .where(Entry.ticket_id == ticket.id, Entry.kind == "customer")
-            .where(Entry.message_id == MessageRef.message_id)
-            .exists()
+    own_mail = (
+        select(Entry.id)
+        .where(Entry.ticket_id == MessageRef.ticket_id, Entry.kind == "customer")
+        .where(Entry.message_id == MessageRef.message_id)
+        .exists()
+    )
+    notice_to_customer = (
+        select(OutboxMessage.id)
+        .where(
+            OutboxMessage.ticket_id == MessageRef.ticket_id,
+            OutboxMessage.message_id == MessageRef.message_id,
+            col(OutboxMessage.to_addr).not_in([a.email for a in ctx.config.agents]),
         )
-        notices_to_customers = (
-            select(OutboxMessage.id)
-            .where(
-                OutboxMessage.ticket_id == ticket.id,
-                OutboxMessage.message_id == MessageRef.message_id,
-                col(OutboxMessage.to_addr).not_in([a.email for a in ctx.config.agents]),
-            )
-            .exists()
-        )
-        stmt = stmt.where(
-            or_(
-                and_(MessageRef.direction == "in", own_mail),
-                and_(MessageRef.direction != "in", notices_to_customers),
-            )
-        )
-    rows = session.exec(stmt.order_by(col(MessageRef.id))).all()
-    return [(m, d) for m, d in rows if _MSGID_SAFE.fullmatch(m)]
+        .exists()
+    )
+    customer_saw = or_(
+        and_(MessageRef.direction == "in", own_mail),
+        and_(MessageRef.direction != "in", notice_to_customer),
+    )
+    rows = session.exec(
+        select(MessageRef.ticket_id, MessageRef.message_id, MessageRef.direction, customer_saw)
+        .where(col(MessageRef.ticket_id).in_(list(ticket_ids)))
+        .order_by(col(MessageRef.id))
+    ).all()
+    refs: dict[int, list[tuple[str, str, bool]]] = defaultdict(list)
+    for ticket_id, message_id, direction, seen in rows:
+        if _MSGID_SAFE.fullmatch(message_id):
+            refs[ticket_id].append((message_id, direction, bool(seen)))
+    return refs
 
 
 def thread_index(ticket: Ticket) -> str:
@@ -250,59 +259,85 @@ def enqueue(
 
 
 @dataclass(frozen=True)
-class Envelope:
-    """A rendered notice: what a transport hands to SMTP."""
+class Built:
+    """A rendered notice: what a transport hands to SMTP; the fields are the row's columns it fills."""
 
     mail_from: str
     recipients: list[str]
     raw: bytes
+    subject: str
+    message_id: str
 
 
-def render_pending(ctx: AppContext, ids: Sequence[int]) -> dict[int, Envelope]:
+def render_pending(ctx: AppContext, ids: Sequence[int]) -> dict[int, Built]:
     """Render the not yet rendered rows among `ids` (claimed by the caller), in order, and commit.
 
     Each row gets its Message-ID, headers and bytes, stored with the Message-ID in `message_refs`
-    before the caller sends anything. A row whose template fails (or whose address cannot be
-    used) is failed with the error and a `notice_failed` event: no retry would render it.
+    before the caller sends anything. A row that cannot be built (its template fails, its address
+    cannot be used) is failed with the error and a `notice_failed` event: no retry would build it.
+    The database work is a handful of statements per batch, whatever its size.
     """
-    built: dict[int, Envelope] = {}
+    built: dict[int, Built] = {}
     with Session(ctx.engine) as session, session.begin():
-        rows = session.exec(
-            select(OutboxMessage)
-            .where(col(OutboxMessage.id).in_(ids), col(OutboxMessage.raw).is_(None))
-            .order_by(col(OutboxMessage.id))
+        conn = session.connection()
+        rows = conn.execute(
+            sa_select(_OUTBOX).where(_OUTBOX.c.id.in_(ids), _OUTBOX.c.raw.is_(None)).order_by(_OUTBOX.c.id)
         ).all()
+        if not rows:
+            return built
         wanted = {row.ticket_id for row in rows}
         tickets = {t.id: t for t in session.exec(select(Ticket).where(col(Ticket.id).in_(wanted))).all()}
+        refs = thread_refs(session, ctx, wanted)
+        failed: list[dict[str, Any]] = []
         for row in rows:
             ticket = tickets[row.ticket_id]
+            for_agent = ctx.config.is_agent(row.to_addr)
+            known = refs[row.ticket_id]
             try:
-                built[row.id] = _render(session, ctx, row, ticket)  # type: ignore[index]
-            except (UndeliverableAddress, jinja2.TemplateError) as exc:
-                reason = f"cannot build the {row.kind} notice: {exc}"
-                row.status, row.last_error, row.claimed_until = "failed", reason, None
+                done = _render(ctx, row, ticket, [(m, d) for m, d, seen in known if for_agent or seen])
+            except Exception as exc:
+                # A template error, or any other (a filter given None, a custom template's bug): the
+                # same inputs would fail the same way on every retry, and must not hold up the batch.
+                expected = isinstance(exc, UndeliverableAddress | jinja2.TemplateError)
+                reason = f"cannot build the {row.kind} notice: {exc if expected else repr(exc)}"
+                failed.append({"row_id": row.id, "last_error": reason})
                 repository.record_event(
                     session, ticket, "notice_failed", None, notice=row.kind, to=row.to_addr, reason=reason
                 )
+                continue
+            built[row.id] = done
+            known.append((done.message_id, "out", not for_agent))  # later notices of the batch name it
+        by_id = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))  # SET: the other keys given
+        if built:
+            conn.execute(by_id, [{"row_id": row_id, **asdict(done)} for row_id, done in built.items()])
+            conn.execute(
+                insert(_REFS),
+                [
+                    {"message_id": built[row.id].message_id, "ticket_id": row.ticket_id, "direction": "out"}
+                    for row in rows
+                    if row.id in built
+                ],
+            )
+        if failed:
+            conn.execute(by_id.values(status="failed", claimed_until=None), failed)
     return built
 
 
-def _render(session: Session, ctx: AppContext, row: OutboxMessage, ticket: Ticket) -> Envelope:
-    """Build the notice of one queued row and store the result on it (in the caller's transaction)."""
+def _render(ctx: AppContext, row: Row[Any], ticket: Ticket, chain: list[tuple[str, str]]) -> Built:
+    """Build the notice of one queued row: `chain` is what its recipient has seen of the thread."""
     assert row.context is not None, "rows queued since revision 0004 carry their context"
     about = row.context["ticket"]
     service = ctx.config.service
     department = next((d for d in ctx.config.departments if d.name == about["department"]), None)
     from_address = (department.address if department else None) or service.support_address
     to = row.to_addr
-    for_agent = ctx.config.is_agent(to)
     rendered = ctx.renderer.render(
         row.kind,
         {
             "support_name": service.support_name,
             "support_address": service.support_address,
             "recipient": to,
-            "for_agent": for_agent,
+            "for_agent": ctx.config.is_agent(to),
             **row.context,
         },
     )
@@ -314,7 +349,6 @@ def _render(session: Session, ctx: AppContext, row: OutboxMessage, ticket: Ticke
     copies = [box for c in row.recipients[1:] if (box := _deliverable(c)) is not None]
     to_box = mailbox(to_name, to)
     message_id = outbound_message_id(ctx.secret, ticket.ref, to, service.id_domain)
-    chain = thread_chain(session, ctx, ticket, for_agent=for_agent)
 
     msg = EmailMessage(policy=MAIL_POLICY)
     msg["From"] = mailbox(service.support_name, from_address)
@@ -343,8 +377,5 @@ def _render(session: Session, ctx: AppContext, row: OutboxMessage, ticket: Ticke
     msg.set_content(rendered.text)
     if rendered.html is not None:
         msg.add_alternative(rendered.html, subtype="html")
-    envelope = Envelope(from_address, [to_box.addr_spec, *(c.addr_spec for c in copies)], msg.as_bytes())
-    row.mail_from, row.recipients, row.raw = envelope.mail_from, envelope.recipients, envelope.raw
-    row.subject, row.message_id = subject, message_id
-    repository.remember_message_id(session, ticket, message_id, "out", fresh=True)
-    return envelope
+    recipients = [to_box.addr_spec, *(c.addr_spec for c in copies)]
+    return Built(from_address, recipients, msg.as_bytes(), subject, message_id)

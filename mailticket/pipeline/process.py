@@ -25,6 +25,7 @@ from mailticket.models import (
     ParsedMessage,
     RawMail,
     ThreadMatch,
+    TicketView,
 )
 from mailticket.outbound.outbox import enqueue
 from mailticket.pipeline.agent import agent_mail
@@ -147,13 +148,27 @@ class Pipeline:
             else None
         )
         token = find_token(parsed.subject)
-        by_token = repository.ticket_by_ref(session, token) if token else None
+        # A reply to a notice usually names its ticket twice (References and the subject token):
+        # the ticket and its participants are then read once, not twice.
+        if token and by_mid is not None and by_mid.ref == token:
+            by_token: Ticket | None = by_mid
+        else:
+            by_token = repository.ticket_by_ref(session, token) if token else None
+        views: dict[int | None, TicketView] = {}
+
+        def view(ticket: Ticket | None) -> TicketView | None:
+            if ticket is None:
+                return None
+            if ticket.id not in views:
+                views[ticket.id] = repository.view(session, ticket)
+            return views[ticket.id]
+
         return thread(
             cls.kind,
             parsed.sender,
-            by_message_id=repository.view(session, by_mid) if by_mid else None,
-            by_token=repository.view(session, by_token) if by_token else None,
-            by_bounce=repository.view(session, by_bounce) if by_bounce else None,
+            by_message_id=view(by_mid),
+            by_token=view(by_token),
+            by_bounce=view(by_bounce),
         )
 
     def _open_ticket(
@@ -269,16 +284,18 @@ class Pipeline:
             return entry
         if cls.kind is MailKind.AGENT:
             return agent_mail(session, ctx, ticket, parsed, self._entry)
-        return self._customer_followup(session, raw, parsed, ticket)
+        return self._customer_followup(session, raw, parsed, match, ticket)
 
     def _customer_followup(
-        self, session: Session, raw: RawMail, parsed: ParsedMessage, ticket: Ticket
+        self, session: Session, raw: RawMail, parsed: ParsedMessage, match: ThreadMatch, ticket: Ticket
     ) -> Entry:
         ctx = self.ctx
         entry = self._entry(session, ticket, parsed, "customer", [])
-        for cc in {a.email for a in parsed.cc} - ctx.config.own_addresses - {ticket.requester}:
+        # Threading already read the ticket's participants: new CCs are added without a look-up each.
+        known = match.ticket.participants if match.ticket else frozenset()
+        for cc in {a.email for a in parsed.cc} - ctx.config.own_addresses - {ticket.requester} - known:
             if not ctx.config.is_agent(cc):
-                repository.add_participant(session, ticket, cc, "cc")
+                repository.add_participant(session, ticket, cc, "cc", fresh=True)
         if ticket.status in ("pending", "resolved"):
             actions.reopen(session, ctx, ticket, parsed.sender, "customer replied")
         elif ticket.status == "closed":

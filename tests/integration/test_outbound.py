@@ -321,13 +321,18 @@ def test_crash_after_rendering_resends_the_same_bytes_and_message_id(
     assert received.raw == rendered.raw and mid(received.message) == rendered.message_id
 
 
+@pytest.mark.parametrize(
+    ("mistake", "error"),
+    [("no_such_name", "'no_such_name' is undefined"), ("entry.body + 1", "TypeError(")],
+    ids=["undefined", "python-error"],
+)
 def test_template_failing_at_render_fails_the_row_once_with_an_event(
-    smtp_sink: SmtpSink, db_url: str, tmp_path: Path
+    smtp_sink: SmtpSink, db_url: str, tmp_path: Path, mistake: str, error: str
 ) -> None:
     templates = tmp_path / "templates"
     templates.mkdir()
     # The start-up check renders with the sample author "Carol": only real mail takes this branch.
-    broken = '{% if entry.author_name != "Carol" %}{{ no_such_name }}{% endif %}\n'
+    broken = '{% if entry.author_name != "Carol" %}{{ ' + mistake + ' }}{% endif %}\n'
     (templates / "ack.txt.j2").write_text(broken)
     ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port, service={"templates_dir": str(templates)})
     ingest(ctx, mail(message_id="first@customer.example"))
@@ -336,7 +341,7 @@ def test_template_failing_at_render_fails_the_row_once_with_an_event(
     ack, alert = rows(ctx)
     assert (ack.status, ack.attempts, ack.raw, ack.message_id) == ("failed", 1, None, None)
     assert ack.last_error is not None
-    assert "cannot build the ack notice" in ack.last_error and "no_such_name" in ack.last_error
+    assert ack.last_error.startswith("cannot build the ack notice: ") and error in ack.last_error
     assert alert.status == "sent"
     with Session(ctx.engine) as session:
         (event,) = session.exec(select(Event).where(Event.kind == "notice_failed")).all()
