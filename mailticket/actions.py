@@ -13,6 +13,7 @@ from sqlmodel import Session, select
 from mailticket.config import PRIORITIES
 from mailticket.context import AppContext
 from mailticket.outbound.outbox import enqueue
+from mailticket.sla import due_times
 from mailticket.storage import repository
 from mailticket.storage.tables import Entry, Participant, Ticket
 
@@ -47,6 +48,24 @@ def agents_to_alert(ctx: AppContext, ticket: Ticket, exclude: str | None = None)
         dept = next((d for d in ctx.config.departments if d.name == ticket.department), None)
         found = list(dept.agents) if dept else []
     return [a for a in found if a != exclude]
+
+
+def new_ticket(session: Session, ctx: AppContext, *, sla: str | None, **fields: Any) -> Ticket:
+    """A fresh ticket with a unique ref, its clock times and SLA due times, flushed to get an id."""
+    now = ctx.clock()
+    first_due, resolution_due = due_times(ctx.config.sla_plan(sla), now)
+    ticket = Ticket(
+        ref=repository.unique_ref(session),
+        sla=sla,
+        created_at=now,
+        updated_at=now,
+        first_response_due=first_due,
+        resolution_due=resolution_due,
+        **fields,
+    )
+    session.add(ticket)
+    session.flush()
+    return ticket
 
 
 def touch(ctx: AppContext, ticket: Ticket) -> None:

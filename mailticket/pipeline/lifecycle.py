@@ -26,7 +26,6 @@ from mailticket import actions
 from mailticket.context import AppContext
 from mailticket.models import ParsedMessage
 from mailticket.outbound.outbox import enqueue
-from mailticket.sla import due_times
 from mailticket.storage import repository
 from mailticket.storage.tables import Entry, MessageRef, Participant, Ticket
 
@@ -62,25 +61,18 @@ def _followup_ticket(
     session: Session, ctx: AppContext, ticket: Ticket, entry: Entry, parsed: ParsedMessage, policy: str
 ) -> Ticket:
     """A new ticket linked to the closed one, holding the customer's message."""
-    now = ctx.clock()
-    first_due, resolution_due = due_times(ctx.config.sla_plan(ticket.sla), now)
-    fresh = Ticket(
-        ref=repository.unique_ref(session),
+    fresh = actions.new_ticket(
+        session,
+        ctx,
+        sla=ticket.sla,
         subject=ticket.subject,
         department=ticket.department,
         priority=ticket.priority,
         requester=ticket.requester,
         requester_name=ticket.requester_name,
-        sla=ticket.sla,
         tags=list(ticket.tags),
         linked_ticket_id=ticket.id,
-        created_at=now,
-        updated_at=now,
-        first_response_due=first_due,
-        resolution_due=resolution_due,
     )
-    session.add(fresh)
-    session.flush()
     assert fresh.id is not None
     for person in session.exec(select(Participant).where(Participant.ticket_id == ticket.id)).all():
         repository.add_participant(session, fresh, person.email, person.role)

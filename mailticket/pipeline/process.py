@@ -37,7 +37,6 @@ from mailticket.pipeline.thread import thread
 from mailticket.refs import find_token
 from mailticket.rules.assign import pick_agent
 from mailticket.rules.followup import apply_followup_rules
-from mailticket.sla import due_times
 from mailticket.storage import repository
 from mailticket.storage.tables import Attachment, Entry, IntakeRecord, Ticket
 
@@ -127,8 +126,9 @@ class Pipeline:
             ticket, entry = self._open_ticket(session, raw, parsed, cls, decision)
             outcome = Outcome("stored", ticket.ref, entry.id, new_ticket=True)
         else:
-            ticket = session.get(Ticket, match.ticket.id)
-            assert ticket is not None
+            found = session.get(Ticket, match.ticket.id)
+            assert found is not None
+            ticket = found
             entry = self._followup(session, raw, parsed, cls, match, ticket)
             if entry.ticket_id != ticket.id:  # a reply to a closed ticket opened a linked one
                 linked = session.get(Ticket, entry.ticket_id)
@@ -180,28 +180,20 @@ class Pipeline:
         decision: Decision,
     ) -> tuple[Ticket, Entry]:
         ctx = self.ctx
-        now = ctx.clock()
-        dept = ctx.config.department(decision.department)
-        plan = ctx.config.sla_plan(decision.sla or dept.sla)
-        first_due, resolution_due = due_times(plan, now)
+        plan = ctx.config.sla_plan(decision.sla or ctx.config.department(decision.department).sla)
         requester = parsed.sender or "unknown@invalid"
-        ticket = Ticket(
-            ref=repository.unique_ref(session),
+        ticket = actions.new_ticket(
+            session,
+            ctx,
+            sla=plan.name if plan else None,
             subject=clean_subject(parsed.subject),
             status=decision.status or "open",
             priority=decision.priority,
             department=decision.department,
             requester=requester,
             requester_name=parsed.from_.name if parsed.from_ else "",
-            sla=plan.name if plan else None,
             tags=list(decision.tags),
-            created_at=now,
-            updated_at=now,
-            first_response_due=first_due,
-            resolution_due=resolution_due,
         )
-        session.add(ticket)
-        session.flush()
         repository.add_participant(session, ticket, requester, "requester", fresh=True)
         own = ctx.config.own_addresses
         for cc in {a.email for a in (*parsed.to, *parsed.cc)} - own - {requester}:
@@ -334,6 +326,7 @@ class Pipeline:
             flags=flags + (["defects"] if parsed.defects else []),
         )
         repository.remember_message_id(session, ticket, parsed.message_id, "in")
+        assert entry.id is not None  # flushed by add_entry
         limit = int(self.ctx.config.tickets.max_attachment_mb * 1024 * 1024)
         for part in parsed.attachments:
             too_big = len(part.data) > limit
