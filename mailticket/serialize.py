@@ -21,13 +21,9 @@ def ticket_dict(session: Session, ticket: Ticket, *, with_entries: bool = False)
     ).all()
     linked = session.get(Ticket, ticket.linked_ticket_id) if ticket.linked_ticket_id else None
     out: dict[str, Any] = {
-        "ref": ticket.ref,
-        "subject": ticket.subject,
-        "status": ticket.status,
-        "priority": ticket.priority,
-        "department": ticket.department,
-        "assignee": ticket.assignee,
-        "requester": ticket.requester,
+        **ticket.model_dump(
+            include={"ref", "subject", "status", "priority", "department", "assignee", "requester"}
+        ),
         "cc": sorted(cc),
         "tags": list(ticket.tags),
         "created_at": iso(ticket.created_at),

@@ -97,17 +97,14 @@ def _deliverable(email: str) -> HeaderAddress | None:
         return None
 
 
+TEMPLATE_TICKET_FIELDS = frozenset(
+    {"ref", "subject", "status", "priority", "department", "assignee", "requester", "requester_name"}
+)
+
+
 def ticket_context(ticket: Ticket) -> dict[str, Any]:
-    return {
-        "ref": ticket.ref,
-        "subject": ticket.subject,
-        "status": ticket.status,
-        "priority": ticket.priority,
-        "department": ticket.department,
-        "assignee": ticket.assignee,
-        "requester": ticket.requester,
-        "requester_name": ticket.requester_name,
-    }
+    """The ticket as templates see it: plain values, frozen at the moment of the event."""
+    return ticket.model_dump(include=set(TEMPLATE_TICKET_FIELDS))
 
 
 def _recent_counts(
