@@ -605,11 +605,11 @@ def _problems_from(errors: list[Any], raw: dict[str, Any]) -> list[str]:
     return problems
 
 
-def load_config(path: str | Path | None = None) -> Config:
-    """Read, expand and validate; raise ConfigError listing every problem."""
+def load_config(path: str | Path | None = None, *, text: str | None = None) -> Config:
+    """Read (or take `text` as the file's content), expand, validate; ConfigError lists every problem."""
     location = Path(path or os.environ.get(CONFIG_ENV) or "mailticket.toml")
     try:
-        raw = tomllib.loads(location.read_text(encoding="utf-8"))
+        raw = tomllib.loads(text if text is not None else location.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(
             str(location), ["file not found (pass --config or set MAILTICKET_CONFIG)"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,14 +56,29 @@ class ConfigWatcher:
         except OSError:
             return None
 
+    def _settled_bytes(self, settle_seconds: float = 0.05, tries: int = 20) -> bytes | None:
+        """The file's bytes once two reads agree: an editor writing in place is never caught mid-write."""
+        try:
+            data = self.path.read_bytes()
+            for _ in range(tries):
+                time.sleep(settle_seconds)
+                again = self.path.read_bytes()
+                if again == data:
+                    return data
+                data = again
+        except OSError:
+            return None
+        return data
+
     def check(self) -> bool:
         """Reload if the file's content changed; True when a new config took effect."""
-        digest = self._read_digest()
-        if digest is None or digest == self._digest:
+        data = self._settled_bytes()
+        digest = hashlib.sha256(data).hexdigest() if data is not None else None
+        if data is None or digest == self._digest:
             return False
         self._digest = digest
         try:
-            config = load_config(self.path)
+            config = load_config(self.path, text=data.decode("utf-8", "replace"))
         except ConfigError as exc:
             self.last_error = exc
             for problem in exc.problems:
