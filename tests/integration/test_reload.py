@@ -148,3 +148,19 @@ def test_watch_reloads_on_file_change(setup: tuple[Path, ConfigWatcher, AppConte
     assert not thread.is_alive()
     assert ctx.config.rules[0].conditions[0].value in ("refund0", "refund1")
     assert department_of(ctx, "Invoice 5") == "general"
+
+
+def test_a_file_caught_mid_write_is_read_once_it_settles(
+    setup: tuple[Path, ConfigWatcher, AppContext],
+) -> None:
+    path, watcher, _ctx = setup
+    full = CONFIG.format(data=path.parent / "data", word="refund", department="billing")
+    path.write_text(full[: len(full) // 2])  # an editor part-way through an in-place write
+    finish = threading.Timer(0.02, path.write_text, args=(full,))
+    finish.start()
+    try:
+        assert watcher.check()
+    finally:
+        finish.join()
+    assert watcher.current().rules[0].conditions[0].value == "refund"
+    assert watcher.last_error is None
