@@ -6,7 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
+from mailticket.storage.db import make_engine, migrate
 from tests.servers import Dovecot, SmtpSink, postgres_database
 
 DOVECOT_FIXTURES = frozenset({"dovecot", "dovecot_session"})
@@ -62,3 +64,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     else:
         with postgres_database() as url:
             yield url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """An engine on `db_url` with the schema at head."""
+    found = make_engine(db_url)
+    migrate(found)
+    yield found
+    found.dispose()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import signal
 import time
-from collections.abc import Iterator
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -21,7 +20,6 @@ from sqlmodel import Session, select
 from mailticket.config import load_config
 from mailticket.daemon import Daemon
 from mailticket.storage import repository
-from mailticket.storage.db import make_engine
 from mailticket.storage.tables import Entry, IntakeRecord, OutboxMessage, Ticket
 from tests.daemonproc import DaemonProcess, counts, wait_until, write_config
 from tests.factories import mail
@@ -31,12 +29,6 @@ CAROL = "carol@customer.example"
 ALICE = "alice@example.com"
 DKIM_PASS = "mx.example.com; dkim=pass header.d=example.com; dmarc=pass header.from=example.com"
 
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    found = make_engine(db_url)
-    yield found
-    found.dispose()
 
 
 def ticket_state(engine: Engine, ref: str) -> tuple[Ticket, list[Entry]]:

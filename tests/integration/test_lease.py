@@ -5,23 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import Engine
 
 from mailticket.storage import lease
-from mailticket.storage.db import make_engine, migrate
 from mailticket.storage.tables import utcnow
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    migrate(eng)
-    yield eng
-    eng.dispose()
 
 
 def test_one_holder_renew_release(engine: Engine) -> None:

@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy import Engine
 
 from mailticket.scheduler import Scheduler
-from mailticket.storage.db import make_engine, migrate
 from tests.daemonproc import wait_until
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    found = make_engine(db_url)
-    migrate(found)
-    yield found
-    found.dispose()
 
 
 def test_leased_job_runs_in_one_scheduler_and_moves_on_when_it_stops(engine: Engine) -> None:
