@@ -24,11 +24,12 @@ group the conversation the way References do for Gmail and Thunderbird.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address as HeaderAddress
 from email.utils import format_datetime
@@ -61,6 +62,7 @@ class UndeliverableAddress(ValueError):
     """An address we cannot put in an SMTP envelope (no domain, non-ASCII local part...)."""
 
 
+@functools.lru_cache(maxsize=4096)  # the support sender, agents and busy customers recur in a batch
 def mailbox(name: str, email: str) -> Mailbox:
     """An address with a one-line display name and an IDNA domain; refuses what SMTP cannot carry."""
     local, at, domain = email.strip().rpartition("@")
@@ -290,7 +292,7 @@ def render_pending(ctx: AppContext, ids: Sequence[int]) -> dict[int, Built]:
             known.append((done.message_id, "out", not for_agent))  # later notices of the batch name it
         by_id = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))  # SET: the other keys given
         if built:
-            conn.execute(by_id, [{"row_id": row_id, **asdict(done)} for row_id, done in built.items()])
+            conn.execute(by_id, [{"row_id": row_id, **vars(done)} for row_id, done in built.items()])
             conn.execute(
                 insert(_REFS),
                 [

@@ -95,6 +95,9 @@ class Renderer:
             autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
+            # Templates are checked once at start (`check`); an edit takes effect on the next start,
+            # never half-checked in a running sender (and no stat() per notice).
+            auto_reload=False,
         )
 
     def check(self) -> None:
