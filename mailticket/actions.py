@@ -13,6 +13,7 @@ from sqlmodel import Session, select
 from mailticket.config import PRIORITIES
 from mailticket.context import AppContext
 from mailticket.outbound.outbox import enqueue
+from mailticket.refs import new_ref
 from mailticket.sla import due_times
 from mailticket.storage import repository
 from mailticket.storage.tables import Entry, Participant, Ticket
@@ -51,11 +52,15 @@ def agents_to_alert(ctx: AppContext, ticket: Ticket, exclude: str | None = None)
 
 
 def new_ticket(session: Session, ctx: AppContext, *, sla: str | None, **fields: Any) -> Ticket:
-    """A fresh ticket with a unique ref, its clock times and SLA due times, flushed to get an id."""
+    """A fresh ticket with a random ref, its clock times and SLA due times, flushed to get an id.
+
+    The ref is not looked up first: refs are unique in the schema, and the one-in-a-trillion
+    collision fails the transaction, which the caller runs again (`Pipeline.process` does).
+    """
     now = ctx.clock()
     first_due, resolution_due = due_times(ctx.config.sla_plan(sla), now)
     ticket = Ticket(
-        ref=repository.unique_ref(session),
+        ref=new_ref(),
         sla=sla,
         created_at=now,
         updated_at=now,

@@ -4,7 +4,8 @@ What makes "every message exactly once" survive a crash at any point is the orde
 four steps per message, each of the database ones in its own committed transaction:
 
   1. count the attempt (UidAttempt)   a message that kills the worker three times is
-                                      quarantined unparsed on its fourth turn
+                                      quarantined unparsed on its fourth turn (fresh mail
+                                      is counted one fetch group at a time)
   2. Pipeline.process / quarantine    idempotent: keyed on Message-ID (else sha256), so
                                       doing it again yields "duplicate"
   3. acknowledge at the source        \\Seen or MOVE to processed_folder; MOVE to
@@ -42,10 +43,11 @@ from typing import Any
 
 from imapclient import IMAPClient  # type: ignore[import-untyped]
 from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
-from sqlalchemy import delete, or_
+from sqlalchemy import Table, delete, insert, or_
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 from tenacity import (
     RetryCallState,
@@ -269,6 +271,7 @@ class _Poller:
         fits = [u for u in batch if u in sizes and sizes[u] <= limit]
         for group in _groups(fits, sizes, FETCH_BYTES):
             bodies = client.fetch(group, ["BODY.PEEK[]"])
+            counted = self._count_first_attempts(uidvalidity, group)
             for uid in group:
                 if self.stop is not None and self.stop.is_set():
                     return acks, left
@@ -276,7 +279,7 @@ class _Poller:
                 if body is None:
                     left.discard(uid)  # expunged between the two fetches
                     continue
-                if self._one(uidvalidity, uid, bytes(body), acks):
+                if self._one(uidvalidity, uid, bytes(body), acks, counted=counted):
                     left.discard(uid)
         for uid in (u for u in batch if u in sizes and sizes[u] > limit):
             if self.stop is not None and self.stop.is_set():
@@ -292,10 +295,15 @@ class _Poller:
         data: bytes,
         acks: dict[str | None, list[int]],
         oversized: int | None = None,
+        *,
+        counted: bool = False,
     ) -> bool:
-        """Count the attempt, process (or quarantine), file the ack; False if the pipeline raised."""
+        """Count the attempt (unless its group was `counted`), process (or quarantine), file the ack.
+
+        False if the pipeline raised.
+        """
         self.current_uid = uid
-        attempts = self._count_attempt(uidvalidity, uid)
+        attempts = 1 if counted else self._count_attempt(uidvalidity, uid)
         raw = RawMail(
             data=data,
             source=self.source,
@@ -405,6 +413,42 @@ class _Poller:
                 .where(col(UidAttempt.folder) == self.mailbox.folder)
                 .where(or_(col(UidAttempt.uidvalidity) != uidvalidity, col(UidAttempt.uid) <= last_uid))
             )
+
+    def _count_first_attempts(self, uidvalidity: int, uids: list[int]) -> bool:
+        """Count a first attempt for a whole fetch group in one commit; False if any was tried before.
+
+        The common case (fresh mail) then costs one commit per group instead of one per message.
+        A group with an earlier attempt, i.e. a worker that died in it, is counted message by
+        message (`_count_attempt`), so a poison message is still quarantined after at most
+        MAX_ATTEMPTS tries. The messages after it were counted once without being tried: that
+        can only bring a later crash of their own to quarantine one attempt sooner.
+        """
+        table: Table = UidAttempt.__table__  # type: ignore[attr-defined]
+        mine = (
+            (table.c.mailbox == self.mailbox.name)
+            & (table.c.folder == self.mailbox.folder)
+            & (table.c.uidvalidity == uidvalidity)
+        )
+        try:
+            with self.ctx.engine.begin() as conn:
+                if conn.execute(sa_select(table.c.id).where(mine, table.c.uid.in_(uids)).limit(1)).first():
+                    return False
+                conn.execute(
+                    insert(table),
+                    [
+                        {
+                            "mailbox": self.mailbox.name,
+                            "folder": self.mailbox.folder,
+                            "uidvalidity": uidvalidity,
+                            "uid": uid,
+                            "attempts": 1,
+                        }
+                        for uid in uids
+                    ],
+                )
+        except IntegrityError:  # counted meanwhile by another poller: count one by one
+            return False
+        return True
 
     def _count_attempt(self, uidvalidity: int, uid: int) -> int:
         """+1 in its own committed transaction, before the message is touched.

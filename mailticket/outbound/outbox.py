@@ -198,16 +198,17 @@ def enqueue(
     *,
     cc: list[str] | None = None,
     automatic: bool = True,
-) -> list[OutboxMessage]:
+) -> int:
     """One outbox row per `to` address (each later gets its own signed Message-ID); Cc rides on the first.
 
     `context` must be JSON-serialisable: it is stored with the ticket's fields of this moment and
     rendered by the sender. Our own addresses are never mailed or copied. A notice that must not
     go out (loop safety, caps, an address SMTP cannot carry) is recorded as a `notice_suppressed`
     event on the ticket instead: the ticket change itself always commits.
+    Returns how many rows were queued.
     """
     own = ctx.config.own_addresses
-    queued: list[OutboxMessage] = []
+    queued: list[dict[str, Any]] = []
     cc_list = list(dict.fromkeys(c.lower() for c in (cc or []) if c and c.lower() not in own))
     snapshot = {"ticket": ticket_context(ticket), **context}
     now = ctx.clock()
@@ -226,19 +227,23 @@ def enqueue(
             )
             continue
         copies = [c for c in cc_list if c != recipient] if not queued else []
-        row = OutboxMessage(
-            ticket_id=ticket.id,
-            kind=kind,
-            to_addr=recipient,
-            recipients=[recipient, *copies],
-            context=snapshot,
-            automatic=automatic,
-            created_at=now,
-            next_attempt_at=now,
+        queued.append(
+            {
+                "ticket_id": ticket.id,
+                "kind": kind,
+                "to_addr": recipient,
+                "recipients": [recipient, *copies],
+                "context": snapshot,
+                "automatic": automatic,
+                "created_at": now,
+                "next_attempt_at": now,
+                "status": "queued",
+                "attempts": 0,
+            }
         )
-        session.add(row)
-        queued.append(row)
-    return queued
+        # Inserted one by one: the caps of the next recipient count this row.
+        repository.add_row(session, OutboxMessage, **queued[-1])
+    return len(queued)
 
 
 @dataclass(frozen=True)

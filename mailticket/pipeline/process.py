@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import re
 
+from sqlalchemy import Table, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from mailticket import actions
 from mailticket.context import AppContext
@@ -41,6 +43,8 @@ from mailticket.storage import repository
 from mailticket.storage.tables import Attachment, Entry, IntakeRecord, Ticket
 
 log = logging.getLogger("mailticket.pipeline")
+_INTAKE: Table = IntakeRecord.__table__  # type: ignore[attr-defined]
+_TICKETS: Table = Ticket.__table__  # type: ignore[attr-defined]
 
 _PREFIX = re.compile(r"^\s*((re|aw|sv|vs|wg|tr|rv|fwd?|antw|odp|r)\s*(\[\d+\])?\s*:\s*)+", re.I)
 _TOKEN_TEXT = re.compile(r"\s*\[\s*#\s*[0-9A-Za-z]{4}\s*-\s*[0-9A-Za-z]{4}\s*\]\s*")
@@ -88,25 +92,22 @@ class Pipeline:
 
     def _store(self, session: Session, raw: RawMail, parsed: ParsedMessage) -> Outcome:
         key = dedup_key(parsed)
-        seen = session.exec(select(IntakeRecord).where(IntakeRecord.dedup_key == key)).first()
+        seen = self._seen(session, key)
         if seen is not None:
-            seen.duplicates += 1
-            ref = session.get(Ticket, seen.ticket_id).ref if seen.ticket_id else None  # type: ignore[union-attr]
-            return Outcome("duplicate", ticket_ref=ref, entry_id=seen.entry_id, reason=seen.status)
+            return seen
         cls = classify(parsed, self.ctx.config, self.ctx.secret)
         match = self._thread(session, parsed, cls)
-        record = IntakeRecord(
-            dedup_key=key,
-            raw_sha256=parsed.raw_sha256,
-            source=f"{raw.source} {raw.position}".strip(),
-            status="stored",
-            created_at=self.ctx.clock(),
-        )
+        record = {
+            "dedup_key": key,
+            "raw_sha256": parsed.raw_sha256,
+            "source": f"{raw.source} {raw.position}".strip(),
+            "created_at": self.ctx.clock(),
+        }
         if match.ticket is None:
             if cls.kind in (MailKind.BOUNCE, MailKind.LOOP):
-                record.status, record.reason = "quarantined", f"{cls.reason} for no known ticket"
-                session.add(record)
-                return Outcome("quarantined", reason=record.reason)
+                reason = f"{cls.reason} for no known ticket"
+                repository.add_row(session, IntakeRecord, **record, status="quarantined", reason=reason)
+                return Outcome("quarantined", reason=reason)
             decision = route(
                 parsed,
                 self.ctx.config,
@@ -116,13 +117,10 @@ class Pipeline:
             )
             if decision.drop:
                 rules = [h.rule for h in decision.hits]
-                record.status, record.reason = (
-                    "dropped",
-                    f"dropped by rule {rules[-1] if rules else '?'}",
-                )
-                session.add(record)
+                reason = f"dropped by rule {rules[-1] if rules else '?'}"
+                repository.add_row(session, IntakeRecord, **record, status="dropped", reason=reason)
                 repository.record_event(session, None, "dropped", None, rules=rules, dedup_key=key)
-                return Outcome("dropped", reason=record.reason)
+                return Outcome("dropped", reason=reason)
             ticket, entry = self._open_ticket(session, raw, parsed, cls, decision)
             outcome = Outcome("stored", ticket.ref, entry.id, new_ticket=True)
         else:
@@ -135,9 +133,30 @@ class Pipeline:
                 assert linked is not None
                 ticket = linked
             outcome = Outcome("stored", ticket.ref, entry.id, reason=match.how.value)
-        record.ticket_id, record.entry_id = ticket.id, entry.id
-        session.add(record)
+        repository.add_row(
+            session,
+            IntakeRecord,
+            **record,
+            status="stored",
+            reason="",
+            ticket_id=ticket.id,
+            entry_id=entry.id,
+        )
         return outcome
+
+    def _seen(self, session: Session, key: str) -> Outcome | None:
+        """A duplicate's outcome (its count raised), or None for a key never stored before."""
+        conn = session.connection()
+        row = conn.execute(
+            sa_select(_INTAKE.c.id, _INTAKE.c.status, _INTAKE.c.entry_id, _TICKETS.c.ref)
+            .select_from(_INTAKE.outerjoin(_TICKETS, _TICKETS.c.id == _INTAKE.c.ticket_id))
+            .where(_INTAKE.c.dedup_key == key)
+        ).first()
+        if row is None:
+            return None
+        bump = update(_INTAKE).where(_INTAKE.c.id == row.id).values(duplicates=_INTAKE.c.duplicates + 1)
+        conn.execute(bump)
+        return Outcome("duplicate", ticket_ref=row.ref, entry_id=row.entry_id, reason=row.status)
 
     # -- stages with database lookups -----------------------------------------
     def _thread(self, session: Session, parsed: ParsedMessage, cls: Classification) -> ThreadMatch:
@@ -328,40 +347,39 @@ class Pipeline:
         repository.remember_message_id(session, ticket, parsed.message_id, "in")
         assert entry.id is not None  # flushed by add_entry
         limit = int(self.ctx.config.tickets.max_attachment_mb * 1024 * 1024)
-        for part in parsed.attachments:
-            too_big = len(part.data) > limit
-            session.add(
-                Attachment(
-                    entry_id=entry.id,
-                    filename=(part.filename or None) and part.filename[:500],
-                    content_type=part.content_type[:200],
-                    size=len(part.data),
-                    sha256=None if too_big else self.ctx.blobs.put(part.data),
-                    inline=part.inline,
-                    content_id=(part.content_id or None) and part.content_id[:500],
-                    dropped=f"larger than max_attachment_mb ({self.ctx.config.tickets.max_attachment_mb})"
-                    if too_big
-                    else None,
-                )
-            )
+        mb = self.ctx.config.tickets.max_attachment_mb
+        repository.add_rows(
+            session,
+            Attachment,
+            [
+                {
+                    "entry_id": entry.id,
+                    "filename": (part.filename or None) and part.filename[:500],
+                    "content_type": part.content_type[:200],
+                    "size": len(part.data),
+                    "sha256": None if len(part.data) > limit else self.ctx.blobs.put(part.data),
+                    "inline": part.inline,
+                    "content_id": (part.content_id or None) and part.content_id[:500],
+                    "dropped": f"larger than max_attachment_mb ({mb})" if len(part.data) > limit else None,
+                }
+                for part in parsed.attachments
+            ],
+        )
         return entry
 
     def _quarantine(self, raw: RawMail, key: str, raw_sha: str, reason: str) -> Outcome:
         with Session(self.ctx.engine) as session, session.begin():
-            seen = session.exec(select(IntakeRecord).where(IntakeRecord.dedup_key == key)).first()
-            if seen is not None:
-                seen.duplicates += 1
-                outcome = Outcome("duplicate", reason=seen.status)
-            else:
-                session.add(
-                    IntakeRecord(
-                        dedup_key=key,
-                        raw_sha256=raw_sha,
-                        source=f"{raw.source} {raw.position}".strip(),
-                        status="quarantined",
-                        reason=reason,
-                        created_at=self.ctx.clock(),
-                    )
+            outcome = self._seen(session, key)
+            if outcome is None:
+                repository.add_row(
+                    session,
+                    IntakeRecord,
+                    dedup_key=key,
+                    raw_sha256=raw_sha,
+                    source=f"{raw.source} {raw.position}".strip(),
+                    status="quarantined",
+                    reason=reason,
+                    created_at=self.ctx.clock(),
                 )
                 outcome = Outcome("quarantined", reason=reason)
         self._log(raw, None, outcome)

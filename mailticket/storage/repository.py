@@ -1,14 +1,20 @@
-"""Queries the pipeline and the CLI share. Each takes an open Session."""
+"""Queries the pipeline and the CLI share. Each takes an open Session.
+
+Rows that are only ever inserted on the intake path (participants, Message-IDs, events,
+attachments, intake records, notices) are written with Core `INSERT`s on the session's
+connection: same transaction, none of the ORM's per-object bookkeeping, which was most of
+the cost of storing a message.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlalchemy import Table, insert
+from sqlmodel import Session, SQLModel, col, select
 
 from mailticket.models import TicketView
-from mailticket.refs import new_ref
 from mailticket.storage.tables import (
     Entry,
     Event,
@@ -51,13 +57,6 @@ def ticket_by_message_ids(session: Session, ids: Iterable[str]) -> Ticket | None
     return session.get(Ticket, ticket_id)
 
 
-def unique_ref(session: Session) -> str:
-    while True:
-        ref = new_ref()
-        if ticket_by_ref(session, ref) is None:
-            return ref
-
-
 def add_participant(session: Session, ticket: Ticket, email: str, role: str, *, fresh: bool = False) -> None:
     """Add a participant once; `fresh` (a ticket opened in this transaction) skips the look-up."""
     assert ticket.id is not None
@@ -69,7 +68,7 @@ def add_participant(session: Session, ticket: Ticket, email: str, role: str, *, 
         ).first()
     )
     if exists is None:
-        session.add(Participant(ticket_id=ticket.id, email=email, role=role))
+        add_row(session, Participant, ticket_id=ticket.id, email=email, role=role)
 
 
 def remember_message_id(
@@ -81,13 +80,24 @@ def remember_message_id(
         fresh
         or session.exec(select(MessageRef.id).where(MessageRef.message_id == message_id)).first() is None
     ):
-        session.add(MessageRef(message_id=message_id, ticket_id=ticket.id, direction=direction))
+        add_row(session, MessageRef, message_id=message_id, ticket_id=ticket.id, direction=direction)
 
 
 def record_event(session: Session, ticket: Ticket | None, kind: str, actor: str | None, **data: Any) -> None:
-    session.add(
-        Event(ticket_id=ticket.id if ticket else None, kind=kind, actor=actor, data=data, at=utcnow())
-    )
+    ticket_id = ticket.id if ticket else None
+    add_row(session, Event, ticket_id=ticket_id, kind=kind, actor=actor, data=data, at=utcnow())
+
+
+def add_row(session: Session, model: type[SQLModel], **values: Any) -> None:
+    """INSERT one row now, in the session's transaction (the statement is compiled once per column set)."""
+    add_rows(session, model, [values])
+
+
+def add_rows(session: Session, model: type[SQLModel], rows: list[dict[str, Any]]) -> None:
+    """INSERT rows of one table with the same columns as one executemany."""
+    if rows:
+        table: Table = model.__table__  # type: ignore[attr-defined]
+        session.connection().execute(insert(table), rows)
 
 
 def entries(session: Session, ticket: Ticket) -> list[Entry]:
