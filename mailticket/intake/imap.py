@@ -45,8 +45,6 @@ from imapclient import IMAPClient  # type: ignore[import-untyped]
 from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
 from sqlalchemy import Table, delete, insert, or_
 from sqlalchemy import select as sa_select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 from tenacity import (
@@ -65,6 +63,7 @@ from mailticket.errors import IntakeError, OperationError, StoreError
 from mailticket.models import Outcome, RawMail
 from mailticket.pipeline.process import Pipeline
 from mailticket.storage import lease
+from mailticket.storage.db import upsert
 from mailticket.storage.tables import IntakeRecord, MailboxState, UidAttempt
 
 log = logging.getLogger("mailticket.intake.imap")
@@ -457,9 +456,8 @@ class _Poller:
         runs once per message, so it is kept to one statement.
         """
         table = UidAttempt.__table__  # type: ignore[attr-defined]
-        dialect_insert = sqlite_insert if self.ctx.engine.dialect.name == "sqlite" else postgresql_insert
         stmt = (
-            dialect_insert(table)
+            upsert(self.ctx.engine.dialect.name, table)
             .values(mailbox=self.mailbox.name, folder=self.mailbox.folder, uidvalidity=uidvalidity, uid=uid,
                     attempts=1)
             .on_conflict_do_update(

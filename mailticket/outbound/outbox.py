@@ -36,7 +36,7 @@ from email.utils import format_datetime
 from typing import Any
 
 import jinja2
-from sqlalchemy import Row, Table, bindparam, insert, update
+from sqlalchemy import Row, Select, Table, bindparam, insert, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, and_, col, func, or_, select
 
@@ -93,6 +93,22 @@ def ticket_context(ticket: Ticket) -> dict[str, Any]:
     return ticket.model_dump(include=set(TEMPLATE_TICKET_FIELDS))
 
 
+def _recent_counts_query() -> Select[int, int, int]:
+    o = _OUTBOX.c
+    to_them = o.to_addr == bindparam("to")
+    about_ticket = o.ticket_id == bindparam("ticket_id")
+    last_hour = o.created_at >= bindparam("hour")
+    to_customers = o.to_addr.not_in(bindparam("agents", expanding=True))
+    return sa_select(
+        func.count().filter(to_them, last_hour, o.kind == "ack"),
+        func.count().filter(to_them),
+        func.count().filter(about_ticket, last_hour, to_customers),
+    ).where(o.automatic == True, o.created_at >= bindparam("day"), or_(to_them, about_ticket))  # noqa: E712
+
+
+_RECENT_COUNTS = _recent_counts_query()  # built once: every notice runs it
+
+
 def _recent_counts(
     session: Session, ctx: AppContext, to: str, ticket_id: int | None
 ) -> tuple[int, int, int]:
@@ -102,20 +118,15 @@ def _recent_counts(
     ticket to customers in the last hour: agents' alerts do not count against the ticket).
     """
     now = ctx.clock()
-    hour, day = now - timedelta(hours=1), now - timedelta(days=1)
-    created = col(OutboxMessage.created_at)
-    to_them = col(OutboxMessage.to_addr) == to
-    to_customers = col(OutboxMessage.to_addr).not_in([a.email for a in ctx.config.agents])
-    row = session.exec(
-        select(
-            func.count().filter(to_them, created >= hour, col(OutboxMessage.kind) == "ack"),
-            func.count().filter(to_them),
-            func.count().filter(col(OutboxMessage.ticket_id) == ticket_id, created >= hour, to_customers),
-        ).where(
-            OutboxMessage.automatic == True,  # noqa: E712
-            created >= day,
-            or_(to_them, col(OutboxMessage.ticket_id) == ticket_id),
-        )
+    row = session.connection().execute(
+        _RECENT_COUNTS,
+        {
+            "to": to,
+            "ticket_id": ticket_id,
+            "hour": now - timedelta(hours=1),
+            "day": now - timedelta(days=1),
+            "agents": [a.email for a in ctx.config.agents],
+        },
     ).one()
     return int(row[0]), int(row[1]), int(row[2])
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 
-from sqlalchemy import Table, update
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -45,6 +46,15 @@ from mailticket.storage.tables import Attachment, Entry, IntakeRecord, Ticket
 log = logging.getLogger("mailticket.pipeline")
 _INTAKE: Table = IntakeRecord.__table__  # type: ignore[attr-defined]
 _TICKETS: Table = Ticket.__table__  # type: ignore[attr-defined]
+# Every message runs these: built once.
+_SEEN = (
+    sa_select(_INTAKE.c.id, _INTAKE.c.status, _INTAKE.c.entry_id, _TICKETS.c.ref)
+    .select_from(_INTAKE.outerjoin(_TICKETS, _TICKETS.c.id == _INTAKE.c.ticket_id))
+    .where(_INTAKE.c.dedup_key == bindparam("key"))
+)
+_COUNT_DUPLICATE = (
+    update(_INTAKE).where(_INTAKE.c.id == bindparam("row_id")).values(duplicates=_INTAKE.c.duplicates + 1)
+)
 
 _PREFIX = re.compile(r"^\s*((re|aw|sv|vs|wg|tr|rv|fwd?|antw|odp|r)\s*(\[\d+\])?\s*:\s*)+", re.I)
 _TOKEN_TEXT = re.compile(r"\s*\[\s*#\s*[0-9A-Za-z]{4}\s*-\s*[0-9A-Za-z]{4}\s*\]\s*")
@@ -66,7 +76,15 @@ class Pipeline:
 
     # -- the stage order -------------------------------------------------------
     def process(self, raw: RawMail) -> Outcome:
-        """Never raises for bad mail: every message ends stored, duplicate or quarantined."""
+        """Never raises for bad mail: every message ends stored, duplicate or quarantined.
+
+        Everything one message does happens at one instant of the context's clock, as in one
+        SQL transaction: its ticket, entry, notices and due times all carry the same time.
+        """
+        now = self.ctx.clock()
+        return Pipeline(replace(self.ctx, clock=lambda: now))._process(raw)
+
+    def _process(self, raw: RawMail) -> Outcome:
         raw_sha = self.ctx.blobs.put(raw.data)
         try:
             parsed = parse(raw.data, max_bytes=self.max_bytes)
@@ -147,15 +165,10 @@ class Pipeline:
     def _seen(self, session: Session, key: str) -> Outcome | None:
         """A duplicate's outcome (its count raised), or None for a key never stored before."""
         conn = session.connection()
-        row = conn.execute(
-            sa_select(_INTAKE.c.id, _INTAKE.c.status, _INTAKE.c.entry_id, _TICKETS.c.ref)
-            .select_from(_INTAKE.outerjoin(_TICKETS, _TICKETS.c.id == _INTAKE.c.ticket_id))
-            .where(_INTAKE.c.dedup_key == key)
-        ).first()
+        row = conn.execute(_SEEN, {"key": key}).first()
         if row is None:
             return None
-        bump = update(_INTAKE).where(_INTAKE.c.id == row.id).values(duplicates=_INTAKE.c.duplicates + 1)
-        conn.execute(bump)
+        conn.execute(_COUNT_DUPLICATE, {"row_id": row.id})
         return Outcome("duplicate", ticket_ref=row.ref, entry_id=row.entry_id, reason=row.status)
 
     # -- stages with database lookups -----------------------------------------

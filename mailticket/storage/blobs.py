@@ -2,6 +2,10 @@
 
 The name is the sha256 of the bytes: writing the same bytes twice is free,
 and no sender-supplied filename ever becomes a path component.
+
+Layout: `<root>/ab/<sha256>`, 256 folders made once each (a folder made per blob cost more
+than writing the blob). Blobs written by earlier builds sit one level deeper,
+`<root>/ab/cd/<sha256>`, and are still found there.
 """
 
 from __future__ import annotations
@@ -15,19 +19,32 @@ from pathlib import Path
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._folders: set[str] = set()  # folders known to exist: no mkdir call per blob
 
     def path(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / sha256[2:4] / sha256
+        """Where the blob is (or, for a blob not stored yet, where it goes)."""
+        path = self.root / sha256[:2] / sha256
+        if not path.exists():
+            legacy = self.root / sha256[:2] / sha256[2:4] / sha256
+            if legacy.exists():
+                return legacy
+        return path
 
     def put(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
         target = self.path(digest)
         if target.exists():
             return digest
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if digest[:2] not in self._folders:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(digest[:2])
         # Write beside the target and rename, so a crash never leaves a torn blob
         # under a valid name.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        except FileNotFoundError:  # the folder was removed behind our back: make it again
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)

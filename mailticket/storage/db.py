@@ -11,7 +11,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Table, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -37,6 +38,11 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def upsert(dialect: str, table: Table) -> sqlite.Insert | postgresql.Insert:
+    """An INSERT with `.on_conflict_do_nothing()` / `.on_conflict_do_update()`, which both databases have."""
+    return (sqlite if dialect == "sqlite" else postgresql).insert(table)
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:

@@ -8,13 +8,15 @@ the cost of storing a message.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Executable, Table, bindparam, insert
 from sqlmodel import Session, SQLModel, col, select
 
 from mailticket.models import TicketView
+from mailticket.storage.db import upsert
 from mailticket.storage.tables import (
     Entry,
     Event,
@@ -24,10 +26,16 @@ from mailticket.storage.tables import (
     utcnow,
 )
 
+# Run for most messages: built once.
+_PARTICIPANTS = select(Participant.email).where(Participant.ticket_id == bindparam("ticket_id"))
+_TICKETS_OF_MESSAGE_IDS = select(MessageRef.message_id, MessageRef.ticket_id).where(
+    col(MessageRef.message_id).in_(bindparam("ids", expanding=True))
+)
+
 
 def view(session: Session, ticket: Ticket) -> TicketView:
     assert ticket.id is not None
-    emails = session.exec(select(Participant.email).where(Participant.ticket_id == ticket.id)).all()
+    emails = session.connection().execute(_PARTICIPANTS, {"ticket_id": ticket.id}).scalars()
     return TicketView(
         id=ticket.id,
         ref=ticket.ref,
@@ -47,9 +55,7 @@ def ticket_by_message_ids(session: Session, ids: Iterable[str]) -> Ticket | None
     wanted = [i for i in ids if i][-50:]
     if not wanted:
         return None
-    rows = session.exec(
-        select(MessageRef.message_id, MessageRef.ticket_id).where(col(MessageRef.message_id).in_(wanted))
-    ).all()
+    rows = session.connection().execute(_TICKETS_OF_MESSAGE_IDS, {"ids": wanted}).all()
     if not rows:
         return None
     position = {mid: i for i, mid in enumerate(wanted)}
@@ -58,29 +64,20 @@ def ticket_by_message_ids(session: Session, ids: Iterable[str]) -> Ticket | None
 
 
 def add_participant(session: Session, ticket: Ticket, email: str, role: str, *, fresh: bool = False) -> None:
-    """Add a participant once; `fresh` (a ticket opened in this transaction) skips the look-up."""
+    """Add a participant once; `fresh` (a ticket opened in this transaction) needs no conflict check."""
     assert ticket.id is not None
-    exists = (
-        None
-        if fresh
-        else session.exec(
-            select(Participant.id).where(Participant.ticket_id == ticket.id, Participant.email == email)
-        ).first()
-    )
-    if exists is None:
-        add_row(session, Participant, ticket_id=ticket.id, email=email, role=role)
+    row = {"ticket_id": ticket.id, "email": email, "role": role}
+    if fresh:
+        add_row(session, Participant, **row)
+    else:
+        add_row_once(session, Participant, **row)
 
 
-def remember_message_id(
-    session: Session, ticket: Ticket, message_id: str | None, direction: str, *, fresh: bool = False
-) -> None:
-    """Record a Message-ID of the ticket; `fresh` (one we just generated) skips the look-up."""
+def remember_message_id(session: Session, ticket: Ticket, message_id: str | None, direction: str) -> None:
+    """Record a Message-ID of the ticket, unless some ticket already has it (the first one keeps it)."""
     assert ticket.id is not None
-    if message_id and (
-        fresh
-        or session.exec(select(MessageRef.id).where(MessageRef.message_id == message_id)).first() is None
-    ):
-        add_row(session, MessageRef, message_id=message_id, ticket_id=ticket.id, direction=direction)
+    if message_id:
+        add_row_once(session, MessageRef, message_id=message_id, ticket_id=ticket.id, direction=direction)
 
 
 def record_event(session: Session, ticket: Ticket | None, kind: str, actor: str | None, **data: Any) -> None:
@@ -91,6 +88,18 @@ def record_event(session: Session, ticket: Ticket | None, kind: str, actor: str 
 def add_row(session: Session, model: type[SQLModel], **values: Any) -> None:
     """INSERT one row now, in the session's transaction (the statement is compiled once per column set)."""
     add_rows(session, model, [values])
+
+
+def add_row_once(session: Session, model: type[SQLModel], **values: Any) -> None:
+    """INSERT one row unless it would break a unique constraint (then the existing row stays)."""
+    conn = session.connection()
+    conn.execute(_insert_once(conn.dialect.name, model), values)
+
+
+@functools.cache
+def _insert_once(dialect: str, model: type[SQLModel]) -> Executable:
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    return upsert(dialect, table).on_conflict_do_nothing()
 
 
 def add_rows(session: Session, model: type[SQLModel], rows: list[dict[str, Any]]) -> None:

@@ -207,7 +207,7 @@ def test_attachments_are_content_addressed_never_named_by_the_sender(
     (row,) = attachments(ctx)
     digest = hashlib.sha256(data).hexdigest()
     assert (row.filename, row.sha256, row.size) == (filename, digest, len(data))
-    blob = ctx.data_dir / "blobs" / digest[:2] / digest[2:4] / digest
+    blob = ctx.data_dir / "blobs" / digest[:2] / digest
     assert blob.read_bytes() == data and ctx.blobs.get(digest) == data
     # The name was metadata only: nothing was written where it points, and every file in
     # the blob store is named by its digest.
