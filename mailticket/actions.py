@@ -52,7 +52,7 @@ def agents_to_alert(ctx: AppContext, ticket: Ticket, exclude: str | None = None)
 
 
 def new_ticket(session: Session, ctx: AppContext, *, sla: str | None, **fields: Any) -> Ticket:
-    """A fresh ticket with a random ref, its clock times and SLA due times, flushed to get an id.
+    """A fresh ticket with a random ref, its clock times and SLA due times, inserted to get an id.
 
     The ref is not looked up first: refs are unique in the schema, and the one-in-a-trillion
     collision fails the transaction, which the caller runs again (`Pipeline.process` does).
@@ -68,8 +68,7 @@ def new_ticket(session: Session, ctx: AppContext, *, sla: str | None, **fields: 
         resolution_due=resolution_due,
         **fields,
     )
-    session.add(ticket)
-    session.flush()
+    repository.insert_new(session, ticket)
     return ticket
 
 
@@ -116,8 +115,7 @@ def add_entry(
         created_at=ctx.clock(),
         **fields,
     )
-    session.add(entry)
-    session.flush()
+    repository.insert_new(session, entry)
     touch(ctx, ticket)
     return entry
 

@@ -21,7 +21,8 @@ _TOKEN = re.compile(
 
 
 def new_ref() -> str:
-    chars = "".join(secrets.choice(ALPHABET) for _ in range(8))
+    bits = secrets.randbits(40)  # 8 symbols of 5 bits, from one call to the OS's random source
+    chars = "".join(ALPHABET[(bits >> shift) & 31] for shift in range(35, -1, -5))
     return f"{chars[:4]}-{chars[4:]}"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from concurrent.futures import Future
 from dataclasses import replace
 
 from sqlalchemy import Table, bindparam, update
@@ -70,9 +71,13 @@ def dedup_key(parsed: ParsedMessage) -> str:
 
 
 class Pipeline:
+    """Built once per source; `process` runs each message on its own copy, which holds that
+    message's instant (the context's clock, frozen) and its pending blob writes."""
+
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.max_bytes = int(ctx.config.service.max_message_mb * 1024 * 1024)
+        self._writes: list[Future[str]] = []  # blob writes of the message in hand
 
     # -- the stage order -------------------------------------------------------
     def process(self, raw: RawMail) -> Outcome:
@@ -85,7 +90,9 @@ class Pipeline:
         return Pipeline(replace(self.ctx, clock=lambda: now))._process(raw)
 
     def _process(self, raw: RawMail) -> Outcome:
-        raw_sha = self.ctx.blobs.put(raw.data)
+        # The raw bytes (and attachments, in _entry) are written while the message is parsed
+        # and stored; the transaction waits for them before it commits rows naming them.
+        raw_sha = self._put(raw.data)
         try:
             parsed = parse(raw.data, max_bytes=self.max_bytes)
         except ParseError as exc:
@@ -94,6 +101,7 @@ class Pipeline:
             try:
                 with Session(self.ctx.engine) as session, session.begin():
                     outcome = self._store(session, raw, parsed)
+                    self._blobs_written()
                 break
             except IntegrityError:
                 # Another process stored the same key (or took the same ref) between our
@@ -107,6 +115,16 @@ class Pipeline:
         """Keep a message we will not process (a worker that keeps crashing on it, a drop rule)."""
         raw_sha = self.ctx.blobs.put(raw.data)
         return self._quarantine(raw, f"sha256:{raw_sha}", raw_sha, reason)
+
+    def _put(self, data: bytes) -> str:
+        digest, written = self.ctx.blobs.put_async(data)
+        self._writes.append(written)
+        return digest
+
+    def _blobs_written(self) -> None:
+        """Wait for this message's blob writes; a failed one (disk full...) fails the transaction."""
+        for written in self._writes:
+            written.result()
 
     def _store(self, session: Session, raw: RawMail, parsed: ParsedMessage) -> Outcome:
         key = dedup_key(parsed)
@@ -370,7 +388,7 @@ class Pipeline:
                     "filename": (part.filename or None) and part.filename[:500],
                     "content_type": part.content_type[:200],
                     "size": len(part.data),
-                    "sha256": None if len(part.data) > limit else self.ctx.blobs.put(part.data),
+                    "sha256": None if len(part.data) > limit else self._put(part.data),
                     "inline": part.inline,
                     "content_id": (part.content_id or None) and part.content_id[:500],
                     "dropped": f"larger than max_attachment_mb ({mb})" if len(part.data) > limit else None,
@@ -382,6 +400,7 @@ class Pipeline:
 
     def _quarantine(self, raw: RawMail, key: str, raw_sha: str, reason: str) -> Outcome:
         with Session(self.ctx.engine) as session, session.begin():
+            self._blobs_written()
             outcome = self._seen(session, key)
             if outcome is None:
                 repository.add_row(

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -20,6 +22,8 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._folders: set[str] = set()  # folders known to exist: no mkdir call per blob
+        self._writer: ThreadPoolExecutor | None = None
+        self._writer_lock = threading.Lock()
 
     def path(self, sha256: str) -> Path:
         """Where the blob is (or, for a blob not stored yet, where it goes)."""
@@ -32,6 +36,23 @@ class BlobStore:
 
     def put(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
+        self._write(digest, data)
+        return digest
+
+    def put_async(self, data: bytes) -> tuple[str, Future[str]]:
+        """Name the bytes now and write them on a helper thread.
+
+        Creating a file is a journal operation that can block for a millisecond while the
+        database syncs; meanwhile the caller parses and stores. It must wait for the future
+        (which raises what the write raised) before committing a row that names the blob.
+        """
+        digest = hashlib.sha256(data).hexdigest()
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blob-writer")
+        return digest, self._writer.submit(self._write, digest, data)
+
+    def _write(self, digest: str, data: bytes) -> str:
         target = self.path(digest)
         if target.exists():
             return digest

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Executable, Table, bindparam, insert
+from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, SQLModel, col, select
 
 from mailticket.models import TicketView
@@ -83,6 +84,21 @@ def remember_message_id(session: Session, ticket: Ticket, message_id: str | None
 def record_event(session: Session, ticket: Ticket | None, kind: str, actor: str | None, **data: Any) -> None:
     ticket_id = ticket.id if ticket else None
     add_row(session, Event, ticket_id=ticket_id, kind=kind, actor=actor, data=data, at=utcnow())
+
+
+def insert_new(session: Session, obj: SQLModel) -> None:
+    """INSERT a new model object with Core and set its id, without the ORM's unit-of-work flush.
+
+    The object then joins the session as if loaded from the database: later changes to it are
+    written at the next flush, as for any other.
+    """
+    table: Table = type(obj).__table__  # type: ignore[attr-defined]
+    result = session.connection().execute(insert(table), obj.model_dump(exclude={"id"}))
+    key = result.inserted_primary_key
+    assert key is not None, "a single-row INSERT reports its key"
+    obj.id = key[0]  # type: ignore[attr-defined]
+    make_transient_to_detached(obj)
+    session.add(obj)
 
 
 def add_row(session: Session, model: type[SQLModel], **values: Any) -> None:

@@ -19,8 +19,9 @@ from sqlmodel import Session, SQLModel, col, select
 
 from mailticket.cli import main
 from mailticket.context import AppContext
+from mailticket.storage.blobs import BlobStore
 from mailticket.storage.db import alembic_config, make_engine, migrate
-from mailticket.storage.tables import Attachment, Entry, Ticket
+from mailticket.storage.tables import Attachment, Entry, IntakeRecord, Ticket
 from tests import factories
 from tests.factories import CORPUS, ingest, mail, make_ctx
 
@@ -193,6 +194,31 @@ def test_tickets_show_json_has_the_contract_fields(tmp_path: Path, db_url: str) 
 def attachments(ctx: AppContext) -> list[Attachment]:
     with Session(ctx.engine) as s:
         return list(s.exec(select(Attachment).order_by(col(Attachment.id))).all())
+
+
+def test_a_blob_that_cannot_be_written_fails_the_message_and_stores_nothing(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blobs are written beside the parse; the commit waits for them, so a full disk stores no row."""
+    ctx = make_ctx(tmp_path, db_url)
+    message = mail(sender=CAROL, attachments=[("log.txt", "text/plain", b"attachment bytes")])
+    original = BlobStore._write
+
+    def disk_full(self: BlobStore, digest: str, data: bytes) -> str:
+        if data == b"attachment bytes":
+            raise OSError(28, "No space left on device")
+        return original(self, digest, data)
+
+    monkeypatch.setattr(BlobStore, "_write", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        ingest(ctx, message)
+    with Session(ctx.engine) as s:
+        assert s.exec(select(Ticket)).all() == [] and s.exec(select(IntakeRecord)).all() == []
+    monkeypatch.setattr(BlobStore, "_write", original)
+    outcome = ingest(ctx, message)  # the source keeps it; the next attempt stores it whole
+    assert outcome.status == "stored" and outcome.new_ticket
+    (row,) = attachments(ctx)
+    assert row.sha256 is not None and ctx.blobs.get(row.sha256) == b"attachment bytes"
 
 
 @pytest.mark.parametrize("filename", ["../../../evil.txt", "/tmp/evil.txt", "..\\..\\evil.txt", "blobs"])
