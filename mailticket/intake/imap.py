@@ -43,7 +43,7 @@ from typing import Any
 
 from imapclient import IMAPClient  # type: ignore[import-untyped]
 from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
-from sqlalchemy import Table, delete, insert, or_
+from sqlalchemy import Table, bindparam, delete, insert, or_
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
@@ -422,18 +422,13 @@ class _Poller:
         MAX_ATTEMPTS tries. The messages after it were counted once without being tried: that
         can only bring a later crash of their own to quarantine one attempt sooner.
         """
-        table: Table = UidAttempt.__table__  # type: ignore[attr-defined]
-        mine = (
-            (table.c.mailbox == self.mailbox.name)
-            & (table.c.folder == self.mailbox.folder)
-            & (table.c.uidvalidity == uidvalidity)
-        )
+        where = {"mailbox": self.mailbox.name, "folder": self.mailbox.folder, "uidvalidity": uidvalidity}
         try:
             with self.ctx.engine.begin() as conn:
-                if conn.execute(sa_select(table.c.id).where(mine, table.c.uid.in_(uids)).limit(1)).first():
+                if conn.execute(_TRIED_BEFORE, {**where, "uids": uids}).first():
                     return False
                 conn.execute(
-                    insert(table),
+                    insert(_ATTEMPTS),
                     [
                         {
                             "mailbox": self.mailbox.name,
@@ -554,6 +549,19 @@ def _renewer(ctx: AppContext, mailbox: MailboxConfig, owner: str) -> Callable[[]
             raise IntakeError("lost the mailbox lease to another process", mailbox=mailbox.name)
 
     return renew
+
+
+_ATTEMPTS: Table = UidAttempt.__table__  # type: ignore[attr-defined]
+_TRIED_BEFORE = (
+    sa_select(_ATTEMPTS.c.id)
+    .where(
+        _ATTEMPTS.c.mailbox == bindparam("mailbox"),
+        _ATTEMPTS.c.folder == bindparam("folder"),
+        _ATTEMPTS.c.uidvalidity == bindparam("uidvalidity"),
+        _ATTEMPTS.c.uid.in_(bindparam("uids", expanding=True)),
+    )
+    .limit(1)
+)
 
 
 class _StopEvent(stop_base):

@@ -79,6 +79,13 @@ _DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
 # qmail/exim-style bounce pastes it into its text; folded or not, any line ending.
 _RETURNED_MSGID = re.compile(rb"(?:\A|[\r\n])Message-ID[ \t]*:\s*<([^<>\s]{1,900})>", re.I)
 _EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+\Z")
+# One plain mailbox -- `a@b`, `<a@b>`, `Name <a@b>`, `"Name" <a@b>` -- with a name of ordinary
+# characters (no quotes, commas, @ or encoded words inside), as most mail has. It is read
+# directly; anything else goes to mail-parser. tests/unit/test_parse.py checks both agree.
+_PLAIN_MAILBOX = re.compile(
+    r"""(?:(?P<name>[A-Za-z0-9 .'_-]*?)|"(?P<quoted>[A-Za-z0-9 .'_,-]*)")[ \t]*"""
+    r"<(?P<addr>[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+)>|(?P<bare>[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+)"
+)
 # RFC 5322 obs-optional: "Subject  : text" is a header; the stdlib takes it for body text.
 _OBS_HEADER_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]+:", re.M)
 _LEADING_BLANK_LINES = re.compile(rb"\A(?:[ \t]*(?:\r\n|\n|\r))+")
@@ -157,11 +164,10 @@ def _addresses(values: list[str], defects: list[str]) -> tuple[Address, ...]:
         comma = raw.rfind(",", 0, MAX_ADDRESS_CHARS)
         raw = raw[: comma if comma > 0 else MAX_ADDRESS_CHARS]
     diagnostics: list[dict[str, object]] = []
-    try:
-        pairs = get_addresses(raw, defects=diagnostics, decode_names=True)
-    except Exception:  # mail-parser must never take the daemon down
-        diagnostics.append({"reason": "unparseable"})
-        pairs = []
+    if plain := _PLAIN_MAILBOX.fullmatch(raw.strip()):
+        pairs = [(plain["name"] or plain["quoted"] or "", plain["addr"] or plain["bare"])]
+    else:
+        pairs = _mail_parser_addresses(raw, diagnostics)
     defects.extend(f"AddressHeaderDefect: {d.get('reason')}" for d in diagnostics)
     found: dict[str, Address] = {}
     for name, email in pairs:
@@ -170,6 +176,14 @@ def _addresses(values: list[str], defects: list[str]) -> tuple[Address, ...]:
             display = _text(name)[:MAX_NAME_CHARS]  # also decodes "=?utf-8?b?...?=" quoted by mistake
             found[email] = Address(name="" if display.lower() == email else display, email=email)
     return tuple(found.values())
+
+
+def _mail_parser_addresses(raw: str, diagnostics: list[dict[str, object]]) -> list[tuple[str, str]]:
+    try:
+        return list(get_addresses(raw, defects=diagnostics, decode_names=True))
+    except Exception:  # mail-parser must never take the daemon down
+        diagnostics.append({"reason": "unparseable"})
+        return []
 
 
 def message_ids(value: str | None) -> tuple[str, ...]:

@@ -42,7 +42,7 @@ from mailticket.refs import find_token
 from mailticket.rules.assign import pick_agent
 from mailticket.rules.followup import apply_followup_rules
 from mailticket.storage import repository
-from mailticket.storage.tables import Attachment, Entry, IntakeRecord, Ticket
+from mailticket.storage.tables import Attachment, Entry, Event, IntakeRecord, Participant, Ticket
 
 log = logging.getLogger("mailticket.pipeline")
 _INTAKE: Table = IntakeRecord.__table__  # type: ignore[attr-defined]
@@ -244,22 +244,21 @@ class Pipeline:
             requester_name=parsed.from_.name if parsed.from_ else "",
             tags=list(decision.tags),
         )
-        repository.add_participant(session, ticket, requester, "requester", fresh=True)
-        own = ctx.config.own_addresses
-        for cc in {a.email for a in (*parsed.to, *parsed.cc)} - own - {requester}:
-            repository.add_participant(session, ticket, cc, "cc", fresh=True)
+        copied = {a.email for a in (*parsed.to, *parsed.cc)} - ctx.config.own_addresses - {requester}
+        repository.add_rows(
+            session,
+            Participant,
+            [
+                {"ticket_id": ticket.id, "email": email, "role": role}
+                for email, role in [(requester, "requester"), *((cc, "cc") for cc in sorted(copied))]
+            ],
+        )
         flags = ["auto-reply"] if cls.kind is MailKind.AUTO_REPLY else []
         entry = self._entry(session, ticket, parsed, "customer", flags)
-        repository.record_event(
-            session,
-            ticket,
-            "created",
-            requester,
-            source=raw.source,
-            classification=cls.kind.value,
+        created = repository.event(
+            ticket, "created", requester, source=raw.source, classification=cls.kind.value
         )
-        repository.record_event(
-            session,
+        routed = repository.event(
             ticket,
             "routed",
             None,
@@ -270,6 +269,7 @@ class Pipeline:
             assign=decision.assign,
             acknowledge=decision.acknowledge,
         )
+        repository.add_rows(session, Event, [created, routed])
         if decision.assign:
             actions.assign(session, ctx, ticket, self._assignee(session, decision), None)
         context = actions.entry_context(entry)

@@ -82,8 +82,13 @@ def remember_message_id(session: Session, ticket: Ticket, message_id: str | None
 
 
 def record_event(session: Session, ticket: Ticket | None, kind: str, actor: str | None, **data: Any) -> None:
+    add_row(session, Event, **event(ticket, kind, actor, **data))
+
+
+def event(ticket: Ticket | None, kind: str, actor: str | None, **data: Any) -> dict[str, Any]:
+    """An events row, for `add_rows` when several are written at once."""
     ticket_id = ticket.id if ticket else None
-    add_row(session, Event, ticket_id=ticket_id, kind=kind, actor=actor, data=data, at=utcnow())
+    return {"ticket_id": ticket_id, "kind": kind, "actor": actor, "data": data, "at": utcnow()}
 
 
 def insert_new(session: Session, obj: SQLModel) -> None:

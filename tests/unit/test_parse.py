@@ -19,6 +19,8 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from email import message_from_bytes
+from email.policy import compat32
 from pathlib import Path
 from typing import Any
 
@@ -496,12 +498,56 @@ def test_size_limit() -> None:
 
 @pytest.mark.parametrize("target", ["decode_header_part", "convert_mail_date", "get_addresses"])
 def test_mail_parser_exceptions_never_escape(monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    calls: list[str] = []
+
     def broken(*_args: Any, **_kwargs: Any) -> Any:
+        calls.append(target)
         raise RuntimeError("mail-parser bug")
 
     monkeypatch.setattr(parse_module, target, broken)
-    parsed = parse(mail(subject="=?utf-8?q?caf=C3=A9?="))
+    # An encoded display name: not a plain mailbox, so mail-parser reads the address header.
+    zoe = "=?utf-8?q?Zo=C3=AB?= <zoe@customer.example>"
+    parsed = parse(mail(sender=zoe, subject="=?utf-8?q?caf=C3=A9?="))
     assert parsed.text.startswith("Hello")
+    assert calls, f"{target} was not reached"
+
+
+def _address_headers() -> list[str]:
+    """Every From/To/Cc/Reply-To value of the corpus, plus the shapes the fast path aims at."""
+    values = [
+        "carol@customer.example",
+        "<carol@customer.example>",
+        "Carol Customer <carol@customer.example>",
+        '"Carol Customer" <carol@customer.example>',
+        '"Customer, Carol" <carol@customer.example>',
+        "O'Brien-Smith Jr. <o.brien+help@mail.customer.example>",
+        "  Carol   Customer   <carol@customer.example>  ",
+        '"" <carol@customer.example>',
+        "carol@customer.example <mallory@attacker.example>",
+        "Carol <carol@customer.example>, Dave <dave@customer.example>",
+        "=?utf-8?q?Zo=C3=AB?= <zoe@customer.example>",
+        '"Carol \\"C\\" Customer" <carol@customer.example>',
+        "Carol (work) <carol@customer.example>",
+    ]
+    for name in FULL:
+        head = corpus(name).split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+        msg = message_from_bytes(head, policy=compat32)
+        for field in ("From", "To", "Cc", "Reply-To"):
+            values += [str(v) for v in msg.get_all(field) or []]
+    return [parse_module._clean(v) for v in values]  # as _addresses gets them
+
+
+def test_plain_mailbox_fast_path_agrees_with_mail_parser() -> None:
+    """The regex reads only what mail-parser would read the same way; the rest goes to mail-parser."""
+    taken = 0
+    for value in _address_headers():
+        plain = parse_module._PLAIN_MAILBOX.fullmatch(value.strip())
+        if plain is None:
+            continue
+        taken += 1
+        fast = [(plain["name"] or plain["quoted"] or "", plain["addr"] or plain["bare"])]
+        assert fast == parse_module._mail_parser_addresses(value, []), value
+    assert taken >= 100  # the common shapes of the corpus do take it
 
 
 def test_random_bytes_and_mutations_only_ever_raise_parse_error() -> None:
