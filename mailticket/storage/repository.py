@@ -98,7 +98,8 @@ def insert_new(session: Session, obj: SQLModel) -> None:
     written at the next flush, as for any other.
     """
     table: Table = type(obj).__table__  # type: ignore[attr-defined]
-    result = session.connection().execute(insert(table), obj.model_dump(exclude={"id"}))
+    values = {column.key: getattr(obj, column.key) for column in table.columns if column.key != "id"}
+    result = session.connection().execute(_insert(type(obj)), values)
     key = result.inserted_primary_key
     assert key is not None, "a single-row INSERT reports its key"
     obj.id = key[0]  # type: ignore[attr-defined]
@@ -126,8 +127,14 @@ def _insert_once(dialect: str, model: type[SQLModel]) -> Executable:
 def add_rows(session: Session, model: type[SQLModel], rows: list[dict[str, Any]]) -> None:
     """INSERT rows of one table with the same columns as one executemany."""
     if rows:
-        table: Table = model.__table__  # type: ignore[attr-defined]
-        session.connection().execute(insert(table), rows)
+        session.connection().execute(_insert(model), rows)
+
+
+@functools.cache
+def _insert(model: type[SQLModel]) -> Executable:
+    """One INSERT object per table: reused, its cache key is computed once."""
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    return insert(table)
 
 
 def entries(session: Session, ticket: Ticket) -> list[Entry]:
