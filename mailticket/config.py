@@ -120,7 +120,7 @@ class SmtpConfig(_Model):
     retry_base_seconds: float = Field(default=60, gt=0)
     retry_max_seconds: float = Field(default=3600, gt=0)
     max_attempts: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=50, ge=1)
+    batch_size: int = Field(default=100, ge=1)
 
 
 class IntakeConfig(_Model):
