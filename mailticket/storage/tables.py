@@ -138,15 +138,15 @@ class OutboxMessage(SQLModel, table=True):
     context: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     mail_from: str | None = Field(default=None, max_length=320)  # None until rendered, like the next three
     subject: str | None = Field(default=None, sa_column=Column(Text))
-    message_id: str | None = Field(default=None, max_length=998, index=True)
+    message_id: str | None = Field(default=None, max_length=998)
     raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     automatic: bool = True
     status: str = Field(default="queued", max_length=16, index=True)  # queued | sent | failed
     attempts: int = 0
-    next_attempt_at: datetime = Field(default_factory=utcnow, index=True)
+    next_attempt_at: datetime = Field(default_factory=utcnow)
     last_error: str | None = Field(default=None, sa_column=Column(Text))
     claimed_until: datetime | None = None
-    created_at: datetime = Field(default_factory=utcnow, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
     sent_at: datetime | None = None
 
 
