@@ -45,8 +45,9 @@ class Participant(SQLModel, table=True):
     __tablename__ = "participants"
     __table_args__ = (UniqueConstraint("ticket_id", "email"),)
     id: int | None = Field(default=None, primary_key=True)
-    ticket_id: int = Field(foreign_key="tickets.id", index=True)
-    email: str = Field(max_length=320, index=True)
+    # Looked up by ticket: the unique (ticket_id, email) index serves that too.
+    ticket_id: int = Field(foreign_key="tickets.id")
+    email: str = Field(max_length=320)
     role: str = Field(max_length=16)  # requester | cc | agent
 
 
@@ -59,7 +60,7 @@ class Entry(SQLModel, table=True):
     kind: str = Field(max_length=16)  # customer | agent | note | system
     author: str | None = Field(default=None, max_length=320)
     author_name: str = Field(default="", max_length=200)
-    message_id: str | None = Field(default=None, max_length=998, index=True)
+    message_id: str | None = Field(default=None, max_length=998)  # threading looks in message_refs
     subject: str = Field(default="", sa_column=Column(Text, nullable=False))
     body_text: str = Field(default="", sa_column=Column(Text, nullable=False))
     body_html: str | None = Field(default=None, sa_column=Column(Text))
