@@ -427,19 +427,7 @@ class _Poller:
             with self.ctx.engine.begin() as conn:
                 if conn.execute(_TRIED_BEFORE, {**where, "uids": uids}).first():
                     return False
-                conn.execute(
-                    insert(_ATTEMPTS),
-                    [
-                        {
-                            "mailbox": self.mailbox.name,
-                            "folder": self.mailbox.folder,
-                            "uidvalidity": uidvalidity,
-                            "uid": uid,
-                            "attempts": 1,
-                        }
-                        for uid in uids
-                    ],
-                )
+                conn.execute(insert(_ATTEMPTS), [{**where, "uid": uid, "attempts": 1} for uid in uids])
         except IntegrityError:  # counted meanwhile by another poller: count one by one
             return False
         return True

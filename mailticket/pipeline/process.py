@@ -378,24 +378,24 @@ class Pipeline:
         repository.remember_message_id(session, ticket, parsed.message_id, "in")
         assert entry.id is not None  # flushed by add_entry
         limit = int(self.ctx.config.tickets.max_attachment_mb * 1024 * 1024)
-        mb = self.ctx.config.tickets.max_attachment_mb
-        repository.add_rows(
-            session,
-            Attachment,
-            [
+        rows = []
+        for part in parsed.attachments:
+            too_big = len(part.data) > limit
+            rows.append(
                 {
                     "entry_id": entry.id,
                     "filename": (part.filename or None) and part.filename[:500],
                     "content_type": part.content_type[:200],
                     "size": len(part.data),
-                    "sha256": None if len(part.data) > limit else self._put(part.data),
+                    "sha256": None if too_big else self._put(part.data),
                     "inline": part.inline,
                     "content_id": (part.content_id or None) and part.content_id[:500],
-                    "dropped": f"larger than max_attachment_mb ({mb})" if len(part.data) > limit else None,
+                    "dropped": f"larger than max_attachment_mb ({self.ctx.config.tickets.max_attachment_mb})"
+                    if too_big
+                    else None,
                 }
-                for part in parsed.attachments
-            ],
-        )
+            )
+        repository.add_rows(session, Attachment, rows)
         return entry
 
     def _quarantine(self, raw: RawMail, key: str, raw_sha: str, reason: str) -> Outcome:

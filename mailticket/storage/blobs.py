@@ -28,11 +28,11 @@ class BlobStore:
     def path(self, sha256: str) -> Path:
         """Where the blob is (or, for a blob not stored yet, where it goes)."""
         path = self.root / sha256[:2] / sha256
-        if not path.exists():
-            legacy = self.root / sha256[:2] / sha256[2:4] / sha256
-            if legacy.exists():
-                return legacy
-        return path
+        legacy = self._legacy(sha256)
+        return legacy if not path.exists() and legacy.exists() else path
+
+    def _legacy(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256[2:4] / sha256
 
     def put(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
@@ -53,8 +53,8 @@ class BlobStore:
         return digest, self._writer.submit(self._write, digest, data)
 
     def _write(self, digest: str, data: bytes) -> str:
-        target = self.path(digest)
-        if target.exists():
+        target = self.root / digest[:2] / digest
+        if target.exists() or self._legacy(digest).exists():
             return digest
         if digest[:2] not in self._folders:
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 from mailticket import actions
 from mailticket.context import AppContext
 from mailticket.outbound import send
-from mailticket.outbound.send import Claimed, SmtpTransport, flush, retry
+from mailticket.outbound.send import Claimed, SmtpTransport, Transport, flush, retry
 from mailticket.refs import verify_reply_token
 from mailticket.serialize import outbox_dict
 from mailticket.storage.tables import Entry, Event, MessageRef, OutboxMessage, Ticket
@@ -294,6 +294,20 @@ def test_message_id_is_stored_before_smtp_and_a_retry_sends_the_same_bytes(
     assert first.raw == second.raw == row.raw and mid(first.message) == row.message_id
 
 
+class Killed(BaseException):
+    """Raised by a test transport where a real sender process would be killed."""
+
+
+def flush_until_killed(ctx: AppContext, transport: Transport, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush whose process dies inside `transport`: like a killed process, it records nothing,
+    neither the answers it got nor the release of the batch it had claimed ahead."""
+    monkeypatch.setattr(send, "_record", lambda *args: None)
+    monkeypatch.setattr(send, "_release", lambda *args: None)
+    with pytest.raises(Killed):
+        flush(ctx, transport=transport)
+    monkeypatch.undo()
+
+
 def test_crash_after_rendering_resends_the_same_bytes_and_message_id(
     smtp_sink: SmtpSink, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -301,18 +315,11 @@ def test_crash_after_rendering_resends_the_same_bytes_and_message_id(
     ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port, clock=clock, tickets={"acknowledge": False})
     ingest(ctx, mail())
 
-    class Crash(BaseException):
-        pass
-
     class DiesBeforeSending(SmtpTransport):
         def send(self, item: Claimed) -> str | None:
-            raise Crash
+            raise Killed
 
-    monkeypatch.setattr(send, "_record", lambda *args: None)
-    monkeypatch.setattr(send, "_release", lambda *args: None)
-    with pytest.raises(Crash):
-        flush(ctx, transport=DiesBeforeSending(ctx.config.smtp))
-    monkeypatch.undo()
+    flush_until_killed(ctx, DiesBeforeSending(ctx.config.smtp), monkeypatch)
     (rendered,) = rows(ctx)
     assert rendered.raw is not None and rendered.message_id and rendered.status == "queued"
     clock.advance(seconds=send.CLAIM_SECONDS + 1)
@@ -497,9 +504,6 @@ def test_crash_between_answer_and_status_resends_only_messages_in_flight(
     for n in range(15, 30):
         ingest(ctx, mail(sender=f"c{n}@customer.example"))  # 30 more
 
-    class Crash(BaseException):
-        pass
-
     class CrashingTransport(SmtpTransport):
         """Dies (like a killed process) after the server accepted the 4th message of a batch."""
 
@@ -509,16 +513,10 @@ def test_crash_between_answer_and_status_resends_only_messages_in_flight(
             note = super().send(item)
             self.count += 1
             if self.count == 4:
-                raise Crash
+                raise Killed
             return note
 
-    # A killed process records nothing: neither the answers nor the release of the batch it
-    # had claimed ahead.
-    monkeypatch.setattr(send, "_record", lambda *args: None)
-    monkeypatch.setattr(send, "_release", lambda *args: None)
-    with pytest.raises(Crash):
-        flush(ctx, transport=CrashingTransport(ctx.config.smtp))
-    monkeypatch.undo()
+    flush_until_killed(ctx, CrashingTransport(ctx.config.smtp), monkeypatch)
     assert len(smtp_sink.received) == 34
     assert flush(ctx).sent == 10  # two claimed batches of 10 wait for their claims to expire
     clock.advance(seconds=send.CLAIM_SECONDS + 1)
