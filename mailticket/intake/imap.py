@@ -1,13 +1,15 @@
 """IMAP intake: poll a folder (or IDLE on it), run each message through the pipeline, then acknowledge.
 
 What makes "every message exactly once" survive a crash at any point is the order of
-four steps per message, each of the database ones in its own committed transaction:
+four steps per message, each of the database ones committed before the next begins:
 
   1. count the attempt (UidAttempt)   a message that kills the worker three times is
                                       quarantined unparsed on its fourth turn (fresh mail
                                       is counted one fetch group at a time)
-  2. Pipeline.process / quarantine    idempotent: keyed on Message-ID (else sha256), so
-                                      doing it again yields "duplicate"
+  2. process or quarantine           idempotent: keyed on Message-ID (else sha256), so
+     (Pipeline.in_transaction)        doing it again yields "duplicate"; fresh mail shares
+                                      one transaction per fetch group, a group that failed
+                                      or that a worker died in goes one message at a time
   3. acknowledge at the source        \\Seen or MOVE to processed_folder; MOVE to
                                       quarantine_folder for quarantined or dropped mail
   4. advance the cursor (MailboxState) only over a gap-free run of acknowledged UIDs
@@ -39,6 +41,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from imapclient import IMAPClient  # type: ignore[import-untyped]
@@ -61,7 +64,7 @@ from mailticket.config import MailboxConfig
 from mailticket.context import AppContext
 from mailticket.errors import IntakeError, OperationError, StoreError
 from mailticket.models import Outcome, RawMail
-from mailticket.pipeline.process import Pipeline
+from mailticket.pipeline.process import Batch, Pipeline
 from mailticket.storage import lease
 from mailticket.storage.db import upsert
 from mailticket.storage.tables import IntakeRecord, MailboxState, UidAttempt
@@ -78,6 +81,15 @@ SOCKET_TIMEOUT = 60.0
 SEEN, DELETED = b"\\Seen", b"\\Deleted"
 
 Progress = Callable[[int, int], None]  # (messages done, messages to do) during one pass
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    """One message as fetched: its bytes, or only its header block when it is `oversized`."""
+
+    uid: int
+    data: bytes
+    oversized: int | None = None  # the message's size, when over service.max_message_mb
 
 
 @dataclass(frozen=True)
@@ -270,78 +282,103 @@ class _Poller:
         fits = [u for u in batch if u in sizes and sizes[u] <= limit]
         for group in _groups(fits, sizes, FETCH_BYTES):
             bodies = client.fetch(group, ["BODY.PEEK[]"])
-            counted = self._count_first_attempts(uidvalidity, group)
-            for uid in group:
-                if self.stop is not None and self.stop.is_set():
-                    return acks, left
-                body = bodies.get(uid, {}).get(b"BODY[]")
-                if body is None:
-                    left.discard(uid)  # expunged between the two fetches
-                    continue
-                if self._one(uidvalidity, uid, bytes(body), acks, counted=counted):
-                    left.discard(uid)
-        for uid in (u for u in batch if u in sizes and sizes[u] > limit):
-            if self.stop is not None and self.stop.is_set():
+            mails = [
+                _Fetched(uid, bytes(body))
+                for uid in group
+                if (body := bodies.get(uid, {}).get(b"BODY[]")) is not None
+            ]
+            left -= set(group) - {mail.uid for mail in mails}  # expunged between the two fetches
+            if self._count_first_attempts(uidvalidity, group):
+                left -= self._store(uidvalidity, mails, acks)
+            else:
+                for mail in mails:
+                    if self._stopped():
+                        break
+                    left -= self._store(uidvalidity, [mail], acks, self._count_attempt(uidvalidity, mail.uid))
+            if self._stopped():
                 return acks, left
-            if self._one(uidvalidity, uid, self._header(client, uid), acks, oversized=sizes[uid]):
-                left.discard(uid)
+        for uid in (u for u in batch if u in sizes and sizes[u] > limit):
+            if self._stopped():
+                break
+            mail = _Fetched(uid, self._header(client, uid), oversized=sizes[uid])
+            left -= self._store(uidvalidity, [mail], acks, self._count_attempt(uidvalidity, uid))
         return acks, left
 
-    def _one(
-        self,
-        uidvalidity: int,
-        uid: int,
-        data: bytes,
-        acks: dict[str | None, list[int]],
-        oversized: int | None = None,
-        *,
-        counted: bool = False,
-    ) -> bool:
-        """Count the attempt (unless its group was `counted`), process (or quarantine), file the ack.
+    def _store(
+        self, uidvalidity: int, mails: list[_Fetched], acks: dict[str | None, list[int]], attempts: int = 1
+    ) -> set[int]:
+        """Run `mails` through the pipeline; once committed, file their acks. Returns the UIDs done.
 
-        False if the pipeline raised.
+        Fresh mail goes a whole fetch group per transaction: one commit instead of one per
+        message. A group that fails anywhere is rolled back whole and done again one message
+        per transaction, so a failure costs only the message that causes it; that message
+        stays above the cursor and unacknowledged, and its attempts count towards quarantine.
         """
-        self.current_uid = uid
-        attempts = 1 if counted else self._count_attempt(uidvalidity, uid)
-        raw = RawMail(
-            data=data,
-            source=self.source,
-            position=f"uidvalidity={uidvalidity} uid={uid}",
-            mailbox=self.mailbox.name,
-        )
-        try:
-            if oversized is not None:
+        done: dict[int, Outcome] = {}
+        if len(mails) > 1:
+            try:
+                done = self.pipeline.in_transaction(partial(self._run, uidvalidity, mails, attempts))
+                mails = []
+            except Exception:
+                log.warning(
+                    "fetch group failed; storing its messages one transaction each",
+                    exc_info=True,
+                    extra={"fields": {"mailbox": self.mailbox.name, "uids": [m.uid for m in mails]}},
+                )
+        for mail in mails:
+            if self._stopped():
+                break
+            try:
+                done |= self.pipeline.in_transaction(partial(self._run, uidvalidity, [mail], attempts))
+            except Exception:
+                log.exception(
+                    "message failed; left for the next poll",
+                    extra={"fields": {"mailbox": self.mailbox.name, "uid": mail.uid, "attempt": attempts}},
+                )
+                self.result.failed += 1
+        for uid, outcome in done.items():
+            self.result.count(outcome)
+            acks.setdefault(self._destination(outcome), []).append(uid)
+        return set(done)
+
+    def _run(
+        self, uidvalidity: int, mails: list[_Fetched], attempts: int, batch: Batch
+    ) -> dict[int, Outcome]:
+        """Process (or quarantine) each message in `batch`, until the stop event is set."""
+        done: dict[int, Outcome] = {}
+        for mail in mails:
+            if self._stopped():
+                break
+            self.current_uid = mail.uid
+            raw = RawMail(
+                data=mail.data,
+                source=self.source,
+                position=f"uidvalidity={uidvalidity} uid={mail.uid}",
+                mailbox=self.mailbox.name,
+            )
+            if mail.oversized is not None:
                 mb = self.ctx.config.service.max_message_mb
-                outcome = self.pipeline.quarantine(
+                done[mail.uid] = batch.quarantine(
                     raw,
-                    f"message of {oversized} bytes exceeds max_message_mb ({mb:g}); only its header "
+                    f"message of {mail.oversized} bytes exceeds max_message_mb ({mb:g}); only its header "
                     f"is kept here, the whole message is in IMAP folder {self.mailbox.quarantine_folder!r}",
                 )
             elif attempts > MAX_ATTEMPTS:
-                outcome = self._poison(raw, attempts)
+                done[mail.uid] = self._poison(batch, raw, attempts)
             else:
-                outcome = self.pipeline.process(raw)
-        except Exception:
-            # A pipeline bug must cost this one message, not the mailbox: it stays above the
-            # cursor and unacknowledged, and its attempts count towards quarantine.
-            log.exception(
-                "message failed; left for the next poll",
-                extra={"fields": {"mailbox": self.mailbox.name, "uid": uid, "attempt": attempts}},
-            )
-            self.result.failed += 1
-            return False
-        self.result.count(outcome)
-        acks.setdefault(self._destination(outcome), []).append(uid)
-        return True
+                done[mail.uid] = batch.process(raw)
+        return done
 
-    def _poison(self, raw: RawMail, attempts: int) -> Outcome:
+    def _stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def _poison(self, batch: Batch, raw: RawMail, attempts: int) -> Outcome:
         """Quarantine unparsed a message that never finished; unless its exact bytes are already kept."""
         sha = hashlib.sha256(raw.data).hexdigest()
-        with Session(self.ctx.engine) as session:
-            seen = session.exec(select(IntakeRecord).where(IntakeRecord.raw_sha256 == sha)).first()
-            if seen is not None:  # stored by an attempt that crashed after its commit
-                return Outcome("duplicate", reason=seen.status)
-        return self.pipeline.quarantine(
+        seen = batch.session.exec(select(IntakeRecord).where(IntakeRecord.raw_sha256 == sha)).first()
+        if seen is not None:  # stored by an attempt that crashed after its commit
+            return Outcome("duplicate", reason=seen.status)
+        return batch.quarantine(
             raw, f"processing did not finish in {attempts - 1} attempts (worker crash?); kept unparsed"
         )
 

@@ -1,17 +1,21 @@
 """One message, one pass: parse -> classify -> thread -> route -> store -> notify.
 
-`Pipeline.process` is the only function that knows the stage order. All
-database work for a message happens in one transaction, keyed by the
-message's de-duplication key, so a message processed twice (reconnect, crash,
-a copy to a second support address) is stored once.
+`Pipeline` is the only class that knows the stage order. All database work
+for a message happens in one transaction (its own, or one shared by an IMAP
+fetch group: `Pipeline.in_transaction`), keyed by the message's
+de-duplication key, so a message processed twice (reconnect, crash, a copy to
+a second support address) is stored once.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import replace
+from typing import TypeVar
 
 from sqlalchemy import Table, bindparam, update
 from sqlalchemy import select as sa_select
@@ -45,6 +49,7 @@ from mailticket.storage import repository
 from mailticket.storage.tables import Attachment, Entry, Event, IntakeRecord, Participant, Ticket
 
 log = logging.getLogger("mailticket.pipeline")
+T = TypeVar("T")
 _INTAKE: Table = IntakeRecord.__table__  # type: ignore[attr-defined]
 _TICKETS: Table = Ticket.__table__  # type: ignore[attr-defined]
 # Every message runs these: built once.
@@ -71,60 +76,74 @@ def dedup_key(parsed: ParsedMessage) -> str:
 
 
 class Pipeline:
-    """Built once per source; `process` runs each message on its own copy, which holds that
-    message's instant (the context's clock, frozen) and its pending blob writes."""
+    """Built once per source; each message runs on its own copy (`_at_one_instant`), which holds
+    that message's instant (the context's clock, frozen) and its transaction's pending blob writes."""
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.max_bytes = int(ctx.config.service.max_message_mb * 1024 * 1024)
-        self._writes: list[Future[str]] = []  # blob writes of the message in hand
+        self._writes: list[Future[str]] = []  # blob writes the transaction in hand waits for
+
+    # -- transactions ------------------------------------------------------------
+    def process(self, raw: RawMail) -> Outcome:
+        """Never raises for bad mail: every message ends stored, duplicate or quarantined."""
+        return self.in_transaction(lambda batch: batch.process(raw))
+
+    def quarantine(self, raw: RawMail, reason: str) -> Outcome:
+        """Keep a message we will not process (a worker that keeps crashing on it, a drop rule)."""
+        return self.in_transaction(lambda batch: batch.quarantine(raw, reason))
+
+    def in_transaction(self, work: Callable[[Batch], T]) -> T:
+        """Run `work` (one message or a whole fetch group) in one transaction, and log each
+        message's outcome once it has committed, never before.
+
+        `work` runs a second time when it hit a concurrent insert: another process stored the
+        same key (or took the same ref) between our check and our insert, and the second pass
+        sees it as a duplicate. Any other exception rolls everything back and propagates.
+        On SQLite the write lock is taken at BEGIN: a transaction that only upgraded from
+        reading later could fail on a concurrent writer's commit.
+        """
+        for attempt in range(2):
+            try:
+                with Session(self.ctx.engine) as session, session.begin():
+                    if self.ctx.engine.dialect.name == "sqlite":
+                        session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+                    batch = Batch(self, session)
+                    result = work(batch)
+                    batch.wait_for_blobs()
+                break
+            except IntegrityError:
+                if attempt:
+                    raise
+        for raw, message_id, outcome in batch.done:
+            _log(raw, message_id, outcome)
+        return result
+
+    def _at_one_instant(self, writes: list[Future[str]]) -> Pipeline:
+        """A copy for one message: everything it does (ticket, entry, notices, due times) carries
+        one instant of the context's clock, as the rows of one SQL transaction would; its blob
+        writes join the transaction's `writes`."""
+        now = self.ctx.clock()
+        message = Pipeline(replace(self.ctx, clock=lambda: now))
+        message._writes = writes
+        return message
 
     # -- the stage order -------------------------------------------------------
-    def process(self, raw: RawMail) -> Outcome:
-        """Never raises for bad mail: every message ends stored, duplicate or quarantined.
-
-        Everything one message does happens at one instant of the context's clock, as in one
-        SQL transaction: its ticket, entry, notices and due times all carry the same time.
-        """
-        now = self.ctx.clock()
-        return Pipeline(replace(self.ctx, clock=lambda: now))._process(raw)
-
-    def _process(self, raw: RawMail) -> Outcome:
-        # The raw bytes (and attachments, in _entry) are written while the message is parsed
-        # and stored; the transaction waits for them before it commits rows naming them.
+    def _process(self, session: Session, raw: RawMail) -> tuple[Outcome, str | None]:
+        """The message's outcome and Message-ID; run inside the caller's transaction."""
+        # The raw bytes (and attachments, in _entry) are written while this message and the
+        # rest of its transaction are parsed and stored (`Batch.wait_for_blobs`).
         raw_sha = self._put(raw.data)
         try:
             parsed = parse(raw.data, max_bytes=self.max_bytes)
         except ParseError as exc:
-            return self._quarantine(raw, f"sha256:{raw_sha}", raw_sha, str(exc))
-        for attempt in range(2):
-            try:
-                with Session(self.ctx.engine) as session, session.begin():
-                    outcome = self._store(session, raw, parsed)
-                    self._blobs_written()
-                break
-            except IntegrityError:
-                # Another process stored the same key (or took the same ref) between our
-                # check and our commit; the second pass sees it and records a duplicate.
-                if attempt:
-                    raise
-        self._log(raw, parsed, outcome)
-        return outcome
-
-    def quarantine(self, raw: RawMail, reason: str) -> Outcome:
-        """Keep a message we will not process (a worker that keeps crashing on it, a drop rule)."""
-        raw_sha = self.ctx.blobs.put(raw.data)
-        return self._quarantine(raw, f"sha256:{raw_sha}", raw_sha, reason)
+            return self._quarantine(session, raw, f"sha256:{raw_sha}", raw_sha, str(exc)), None
+        return self._store(session, raw, parsed), parsed.message_id
 
     def _put(self, data: bytes) -> str:
         digest, written = self.ctx.blobs.put_async(data)
         self._writes.append(written)
         return digest
-
-    def _blobs_written(self) -> None:
-        """Wait for this message's blob writes; a failed one (disk full...) fails the transaction."""
-        for written in self._writes:
-            written.result()
 
     def _store(self, session: Session, raw: RawMail, parsed: ParsedMessage) -> Outcome:
         key = dedup_key(parsed)
@@ -398,38 +417,74 @@ class Pipeline:
         repository.add_rows(session, Attachment, rows)
         return entry
 
-    def _quarantine(self, raw: RawMail, key: str, raw_sha: str, reason: str) -> Outcome:
-        with Session(self.ctx.engine) as session, session.begin():
-            self._blobs_written()
-            outcome = self._seen(session, key)
-            if outcome is None:
-                repository.add_row(
-                    session,
-                    IntakeRecord,
-                    dedup_key=key,
-                    raw_sha256=raw_sha,
-                    source=f"{raw.source} {raw.position}".strip(),
-                    status="quarantined",
-                    reason=reason,
-                    created_at=self.ctx.clock(),
-                )
-                outcome = Outcome("quarantined", reason=reason)
-        self._log(raw, None, outcome)
+    def _quarantine(self, session: Session, raw: RawMail, key: str, raw_sha: str, reason: str) -> Outcome:
+        outcome = self._seen(session, key)
+        if outcome is not None:
+            return outcome
+        repository.add_row(
+            session,
+            IntakeRecord,
+            dedup_key=key,
+            raw_sha256=raw_sha,
+            source=f"{raw.source} {raw.position}".strip(),
+            status="quarantined",
+            reason=reason,
+            created_at=self.ctx.clock(),
+        )
+        return Outcome("quarantined", reason=reason)
+
+
+class Batch:
+    """The messages of one transaction (`Pipeline.in_transaction`)."""
+
+    def __init__(self, pipeline: Pipeline, session: Session) -> None:
+        self.pipeline = pipeline
+        self.session = session
+        self.done: list[tuple[RawMail, str | None, Outcome]] = []  # logged once committed
+        self.writes: list[Future[str]] = []  # raw bytes and attachments on their way to disk
+
+    def process(self, raw: RawMail) -> Outcome:
+        with self._message() as message:
+            outcome, message_id = message._process(self.session, raw)
+        self.done.append((raw, message_id, outcome))
         return outcome
 
-    def _log(self, raw: RawMail, parsed: ParsedMessage | None, outcome: Outcome) -> None:
-        log.info(
-            "message %s",
-            outcome.status,
-            extra={
-                "fields": {
-                    "source": raw.source,
-                    "position": raw.position,
-                    "message_id": parsed.message_id if parsed else None,
-                    "status": outcome.status,
-                    "ticket": outcome.ticket_ref,
-                    "new_ticket": outcome.new_ticket,
-                    "reason": outcome.reason,
-                }
-            },
-        )
+    def quarantine(self, raw: RawMail, reason: str) -> Outcome:
+        with self._message() as message:
+            raw_sha = message._put(raw.data)
+            outcome = message._quarantine(self.session, raw, f"sha256:{raw_sha}", raw_sha, reason)
+        self.done.append((raw, None, outcome))
+        return outcome
+
+    def wait_for_blobs(self) -> None:
+        """Before the commit: a failed blob write (disk full...) fails the transaction, so no
+        committed row names a blob that is not on disk."""
+        for written in self.writes:
+            written.result()
+
+    @contextmanager
+    def _message(self) -> Iterator[Pipeline]:
+        """Each message starts from an empty identity map, as in a transaction of its own: no
+        object read by an earlier message of the batch can be stale after its Core updates.
+        Its ORM changes are flushed first; after a failure the whole transaction rolls back."""
+        yield self.pipeline._at_one_instant(self.writes)
+        self.session.flush()
+        self.session.expunge_all()
+
+
+def _log(raw: RawMail, message_id: str | None, outcome: Outcome) -> None:
+    log.info(
+        "message %s",
+        outcome.status,
+        extra={
+            "fields": {
+                "source": raw.source,
+                "position": raw.position,
+                "message_id": message_id,
+                "status": outcome.status,
+                "ticket": outcome.ticket_ref,
+                "new_ticket": outcome.new_ticket,
+                "reason": outcome.reason,
+            }
+        },
+    )

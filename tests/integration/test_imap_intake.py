@@ -26,18 +26,21 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import event
 from sqlmodel import Session, col, func
 from sqlmodel import select as sql_select
 
+from mailticket import actions
 from mailticket.cli import main
 from mailticket.context import AppContext
 from mailticket.errors import IntakeError
 from mailticket.intake import imap
 from mailticket.intake.imap import PollResult, RetryPolicy, idle_mailbox, poll_mailbox
 from mailticket.models import Outcome, RawMail
-from mailticket.pipeline.process import Pipeline
+from mailticket.pipeline import process as process_module
+from mailticket.pipeline.process import Batch
 from mailticket.storage import lease
-from mailticket.storage.tables import Entry, IntakeRecord, MailboxState, Ticket, UidAttempt
+from mailticket.storage.tables import Entry, IntakeRecord, MailboxState, Participant, Ticket, UidAttempt
 from tests.factories import mail, make_ctx, write_config
 from tests.servers import Dovecot
 
@@ -278,14 +281,14 @@ def test_poison_message_is_quarantined_after_three_crashes(
     before, after = messages(["innocent-1@customer.example", "innocent-2@customer.example"])
     poison = crlf_mail(subject="POISON", message_id="poison@evil.example")
     dovecot.append_many("INBOX", [before, poison, after])
-    real = Pipeline.process
+    real = Batch.process
 
-    def crashing(self: Pipeline, raw: RawMail) -> Outcome:
+    def crashing(self: Batch, raw: RawMail) -> Outcome:
         if b"POISON" in raw.data:
             raise WorkerCrash
         return real(self, raw)
 
-    monkeypatch.setattr(Pipeline, "process", crashing)
+    monkeypatch.setattr(Batch, "process", crashing)
     for _ in range(imap.MAX_ATTEMPTS):
         with pytest.raises(WorkerCrash):
             poll(ctx)
@@ -310,14 +313,14 @@ def test_a_failing_message_does_not_block_the_others(
     ctx = make()
     first, bad, last = messages(["ok-1@customer.example", "bug@customer.example", "ok-2@customer.example"])
     dovecot.append_many("INBOX", [first, bad, last])
-    real = Pipeline.process
+    real = Batch.process
 
-    def buggy(self: Pipeline, raw: RawMail) -> Outcome:
+    def buggy(self: Batch, raw: RawMail) -> Outcome:
         if b"bug@customer.example" in raw.data:
             raise ValueError("a bug in some stage")
         return real(self, raw)
 
-    monkeypatch.setattr(Pipeline, "process", buggy)
+    monkeypatch.setattr(Batch, "process", buggy)
     result = poll(ctx)
     assert (result.stored, result.failed, result.error) == (2, 1, None)
     assert SEEN not in dovecot.flags()[2] and SEEN in dovecot.flags()[3]
@@ -332,6 +335,106 @@ def test_a_failing_message_does_not_block_the_others(
     assert cursor(ctx)[1] == 3
     assert count(ctx, Entry) == 2
     assert all(SEEN in f for f in dovecot.flags("INBOX").values())
+
+
+def test_messages_of_one_fetch_group_see_each_others_changes(make: Any, dovecot: Dovecot) -> None:
+    """One transaction per fetch group: a reply threads onto the ticket opened earlier in the
+    same group, and a reply that reopens a ticket has its change committed with the group."""
+    ctx = make()
+    dovecot.append("INBOX", crlf_mail(message_id="old@customer.example", subject="Printer"))
+    assert poll(ctx).new_tickets == 1
+    with Session(ctx.engine) as s, s.begin():
+        (old,) = s.exec(sql_select(Ticket)).all()
+        actions.set_status(s, ctx, old, "resolved", "alice@example.com")
+    dovecot.append_many("INBOX", [
+        crlf_mail(message_id="new@customer.example", subject="Scanner"),
+        crlf_mail(message_id="again@customer.example", subject="Re: Printer",
+                  in_reply_to="old@customer.example"),
+        crlf_mail(message_id="more@customer.example", subject="Re: Scanner",
+                  in_reply_to="new@customer.example"),
+    ])
+
+    result = poll(ctx)
+
+    assert (result.stored, result.new_tickets, result.failed) == (3, 1, 0)
+    with Session(ctx.engine) as s:
+        tickets = {t.subject: t for t in s.exec(sql_select(Ticket)).all()}
+        assert tickets["Printer"].status == "open" and tickets["Printer"].resolved_at is None
+        entries = s.exec(sql_select(Entry.ticket_id, Entry.message_id)).all()
+    assert sorted(mid for tid, mid in entries if tid == tickets["Scanner"].id) == [
+        "more@customer.example", "new@customer.example"]
+
+
+def test_a_message_failing_halfway_through_its_store_leaves_no_rows_and_spares_its_group(
+    make: Any, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fresh mail shares one transaction per fetch group; when one message fails after its
+    ticket, participants and entry were inserted, the group is done again one message per
+    transaction: the failing message leaves no row, the others are stored once."""
+    ctx = make()
+    dovecot.append_many("INBOX", messages(["ok-1@customer.example", "half@customer.example",
+                                           "ok-2@customer.example"]))
+    real = process_module.enqueue
+
+    def failing(session: Any, ctx: AppContext, ticket: Ticket, *args: Any) -> Any:
+        if "half@customer.example" in ticket.subject:
+            raise RuntimeError("outbox full")
+        return real(session, ctx, ticket, *args)
+
+    monkeypatch.setattr(process_module, "enqueue", failing)
+    result = poll(ctx)
+
+    assert (result.stored, result.failed) == (2, 1)
+    assert "fetch group failed; storing its messages one transaction each" in caplog.text
+    assert count(ctx, Ticket) == 2 and count(ctx, Entry) == 2
+    assert count(ctx, Participant, col(Participant.email) == "c1@customer.example") == 0
+    assert [r.status for r in records(ctx)] == ["stored", "stored"]
+    assert SEEN not in dovecot.flags()[2] and SEEN in dovecot.flags()[3]
+
+    monkeypatch.setattr(process_module, "enqueue", real)
+    assert poll(ctx).stored == 1
+    assert count(ctx, Ticket) == 3
+
+
+def test_a_commit_that_fails_leaves_the_messages_for_the_next_poll(
+    make: Any, dovecot: Dovecot, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every commit of the pipeline fails (the group's, then each message's on its own)."""
+    ctx = make()
+    ids = mids(3, "commit")
+    dovecot.append_many("INBOX", messages(ids))
+    caplog.set_level(logging.INFO)
+    real = Batch.process
+
+    def processing(self: Batch, raw: RawMail) -> Outcome:
+        self.session.info["pipeline"] = True
+        return real(self, raw)
+
+    def refuse(session: Session) -> None:
+        if session.info.get("pipeline"):
+            raise OSError("disk full at commit")
+
+    monkeypatch.setattr(Batch, "process", processing)
+    event.listen(Session, "before_commit", refuse)
+    try:
+        result = poll(ctx)
+    finally:
+        event.remove(Session, "before_commit", refuse)
+    monkeypatch.setattr(Batch, "process", real)
+
+    assert (result.stored, result.failed, result.error) == (0, 3, None)
+    assert "fetch group failed" in caplog.text and "message failed; left for the next poll" in caplog.text
+    assert "message stored" not in caplog.text  # outcomes are logged only once committed
+    assert count(ctx, Entry) == 0
+    assert not any(SEEN in f for f in dovecot.flags().values())
+    assert cursor(ctx)[1] == 0
+
+    again = poll(ctx)
+
+    assert (again.stored, again.failed) == (3, 0)
+    assert stored_message_ids(ctx) == sorted(ids)
+    assert all(SEEN in f for f in dovecot.flags().values())
+    assert cursor(ctx)[1] == 3
 
 
 def test_busy_mailbox_is_left_to_the_lease_holder(make: Any, dovecot: Dovecot) -> None:
@@ -354,10 +457,10 @@ def test_server_restart_mid_fetch_reconnects_without_loss(
     ctx = make(batch_size=2)
     ids = mids(8, "restart")
     dovecot.append_many("INBOX", messages(ids))
-    real = Pipeline.process
+    real = Batch.process
     calls = 0
 
-    def restarting(self: Pipeline, raw: RawMail) -> Outcome:
+    def restarting(self: Batch, raw: RawMail) -> Outcome:
         nonlocal calls
         calls += 1
         outcome = real(self, raw)
@@ -365,7 +468,7 @@ def test_server_restart_mid_fetch_reconnects_without_loss(
             dovecot.restart()  # same port; every connection is cut
         return outcome
 
-    monkeypatch.setattr(Pipeline, "process", restarting)
+    monkeypatch.setattr(Batch, "process", restarting)
     caplog.set_level(logging.WARNING, "mailticket.intake.imap")
 
     result = poll(ctx)
@@ -384,10 +487,10 @@ def test_server_down_fails_the_poll_and_the_next_poll_recovers(
     ctx = make(batch_size=2)
     ids = mids(8, "down")
     dovecot.append_many("INBOX", messages(ids))
-    real = Pipeline.process
+    real = Batch.process
     calls = 0
 
-    def stopping(self: Pipeline, raw: RawMail) -> Outcome:
+    def stopping(self: Batch, raw: RawMail) -> Outcome:
         nonlocal calls
         calls += 1
         outcome = real(self, raw)
@@ -395,7 +498,7 @@ def test_server_down_fails_the_poll_and_the_next_poll_recovers(
             dovecot.stop()
         return outcome
 
-    monkeypatch.setattr(Pipeline, "process", stopping)
+    monkeypatch.setattr(Batch, "process", stopping)
     started = time.monotonic()
     failed = poll(ctx)
     assert time.monotonic() - started < 5  # bounded back-off
