@@ -89,10 +89,6 @@ class Pipeline:
         """Never raises for bad mail: every message ends stored, duplicate or quarantined."""
         return self.in_transaction(lambda batch: batch.process(raw))
 
-    def quarantine(self, raw: RawMail, reason: str) -> Outcome:
-        """Keep a message we will not process (a worker that keeps crashing on it, a drop rule)."""
-        return self.in_transaction(lambda batch: batch.quarantine(raw, reason))
-
     def in_transaction(self, work: Callable[[Batch], T]) -> T:
         """Run `work` (one message or a whole fetch group) in one transaction, and log each
         message's outcome once it has committed, never before.
@@ -450,6 +446,7 @@ class Batch:
         return outcome
 
     def quarantine(self, raw: RawMail, reason: str) -> Outcome:
+        """Keep a message we will not process (too large, or a worker keeps crashing on it)."""
         with self._message() as message:
             raw_sha = message._put(raw.data)
             outcome = message._quarantine(self.session, raw, f"sha256:{raw_sha}", raw_sha, reason)
