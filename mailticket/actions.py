@@ -96,7 +96,7 @@ def set_status(
         ticket.resolved_at = None
         ticket.closed_at = None
     touch(ctx, ticket)
-    repository.record_event(session, ticket, "status", actor, old=old, new=status, **why)
+    repository.record_event(session, ctx.clock(), ticket, "status", actor, old=old, new=status, **why)
 
 
 def add_entry(
@@ -132,7 +132,7 @@ def relay_reply(session: Session, ctx: AppContext, ticket: Ticket, entry: Entry)
     _responded(ctx, ticket)
     requester, cc = customers(session, ticket)
     enqueue(session, ctx, ticket, "reply", [requester], entry_context(entry), cc=cc, automatic=False)
-    repository.record_event(session, ticket, "reply", entry.author, entry_id=entry.id)
+    repository.record_event(session, ctx.clock(), ticket, "reply", entry.author, entry_id=entry.id)
 
 
 def public_reply(
@@ -157,7 +157,9 @@ def internal_note(
 ) -> Entry:
     """A note only agents see; the department's agents (or the assignee) get a note_alert."""
     entry = add_entry(session, ctx, ticket, "note", author, body, flags=flags or [], **fields)
-    repository.record_event(session, ticket, "note", author, entry_id=entry.id, flags=flags or [])
+    repository.record_event(
+        session, ctx.clock(), ticket, "note", author, entry_id=entry.id, flags=flags or []
+    )
     if alert:
         enqueue(
             session,
@@ -198,7 +200,7 @@ def resolve(
     requester, cc = customers(session, ticket)
     enqueue(session, ctx, ticket, "resolution", [requester], entry_context(entry), cc=cc)
     repository.record_event(
-        session, ticket, "resolution_notice", actor, entry_id=entry.id if entry else None
+        session, ctx.clock(), ticket, "resolution_notice", actor, entry_id=entry.id if entry else None
     )
 
 
@@ -212,7 +214,9 @@ def set_priority(session: Session, ctx: AppContext, ticket: Ticket, priority: st
         raise ValueError(f"unknown priority {priority!r}; use one of {', '.join(PRIORITIES)}")
     if priority == ticket.priority:
         return
-    repository.record_event(session, ticket, "priority", actor, old=ticket.priority, new=priority)
+    repository.record_event(
+        session, ctx.clock(), ticket, "priority", actor, old=ticket.priority, new=priority
+    )
     ticket.priority = priority
     touch(ctx, ticket)
 
@@ -225,7 +229,9 @@ def set_department(
         raise ValueError(f"unknown department {department!r}")
     if department == ticket.department:
         return
-    repository.record_event(session, ticket, "department", actor, old=ticket.department, new=department)
+    repository.record_event(
+        session, ctx.clock(), ticket, "department", actor, old=ticket.department, new=department
+    )
     ticket.department = department
     touch(ctx, ticket)
     if ticket.assignee is None:
@@ -256,4 +262,4 @@ def assign(session: Session, ctx: AppContext, ticket: Ticket, agent: str | None,
         return
     old, ticket.assignee = ticket.assignee, agent
     touch(ctx, ticket)
-    repository.record_event(session, ticket, "assign", actor, old=old, new=agent)
+    repository.record_event(session, ctx.clock(), ticket, "assign", actor, old=old, new=agent)

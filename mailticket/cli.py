@@ -11,6 +11,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlmodel import Session, col, select
 
 from mailticket import actions, app, commands, logs
@@ -29,7 +30,8 @@ from mailticket.storage.tables import IntakeRecord, OutboxMessage, Ticket
 EX_OK, EX_CONFIG_INVALID, EX_DATAERR, EX_TEMPFAIL = 0, 2, 65, 75
 
 # Wide tables when piped into a file or pager; rich only sizes to a real terminal.
-console = Console(width=None if sys.stdout.isatty() else 200)
+# Subjects, addresses and reasons come from strangers' mail: never read as rich markup or emoji codes.
+console = Console(width=None if sys.stdout.isatty() else 200, markup=False, emoji=False, highlight=False)
 
 
 class State:
@@ -178,19 +180,29 @@ def tickets_show(state: State, ref: str, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    console.print(f"[bold]{data['ref']}[/bold]  {data['subject']}", highlight=False)
+    console.print(Text.assemble((data["ref"], "bold"), "  ", data["subject"]))
     console.print(
         f"status={data['status']} priority={data['priority']} department={data['department']} "
-        f"assignee={data['assignee'] or '-'} requester={data['requester']} tags={','.join(data['tags'])}",
-        highlight=False,
+        f"assignee={data['assignee'] or '-'} requester={data['requester']} tags={','.join(data['tags'])}"
     )
     for e in data["entries"]:
         flags = f" [{', '.join(e['flags'])}]" if e["flags"] else ""
         console.rule(f"{e['created_at'][:19]} {e['kind']} {e['author'] or ''}{flags}")
-        console.print(e["body_text"], markup=False, highlight=False)
+        console.print(e["body_text"])
         for a in e["attachments"]:
-            console.print(f"  attachment: {a['filename']} ({a['content_type']}, {a['size']} bytes)",
-                          markup=False)
+            console.print(f"  attachment: {a['filename']} ({a['content_type']}, {a['size']} bytes)")
+    history = Table("at", "event", "actor", "details", title="history")
+    for ev in data["events"]:
+        details = " ".join(f"{k}={_detail(v)}" for k, v in ev["data"].items() if v not in (None, [], ""))
+        history.add_row(ev["at"][:19], ev["kind"], ev["actor"] or "-", details)
+    console.print(history)
+
+
+def _detail(value: Any) -> str:
+    """An event's value on one line; a routing event's rule hits by name (`--json` has their reasons)."""
+    if isinstance(value, list):
+        return ",".join(str(v["rule"]) if isinstance(v, dict) and "rule" in v else str(v) for v in value)
+    return str(value)
 
 
 def _staff_action(name: str, help_text: str) -> Callable[[Callable[..., None]], click.Command]:

@@ -79,7 +79,7 @@ def _escalate(session: Session, ctx: AppContext, ticket: Ticket, which: str, due
     when = due.strftime("%Y-%m-%d %H:%M UTC")
     context = {**actions.entry_context(None, ["overdue"]), "which": which, "due": when}
     enqueue(session, ctx, ticket, "overdue", actions.agents_to_alert(ctx, ticket), context)
-    repository.record_event(session, ticket, "overdue", None, which=which, due=due.isoformat())
+    repository.record_event(session, ctx.clock(), ticket, "overdue", None, which=which, due=due.isoformat())
     dept = next((d for d in ctx.config.departments if d.name == ticket.department), None)
     contact = dept.escalation_contact if dept else None
     if contact:
@@ -91,12 +91,12 @@ def _escalate(session: Session, ctx: AppContext, ticket: Ticket, which: str, due
             [contact],
             {**context, "flags": ["overdue", "escalation"]},
         )
-        repository.record_event(session, ticket, "escalated", None, which=which, to=contact)
+        repository.record_event(session, ctx.clock(), ticket, "escalated", None, which=which, to=contact)
         return
     old = ticket.priority
     higher = PRIORITIES[min(PRIORITIES.index(old) + 1, len(PRIORITIES) - 1)] if old in PRIORITIES else old
     if higher != old:
         actions.set_priority(session, ctx, ticket, higher, None)
     repository.record_event(
-        session, ticket, "escalated", None, which=which, priority_from=old, priority_to=higher
+        session, ctx.clock(), ticket, "escalated", None, which=which, priority_from=old, priority_to=higher
     )

@@ -8,7 +8,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from mailticket.storage import repository
-from mailticket.storage.tables import Attachment, OutboxMessage, Participant, Ticket
+from mailticket.storage.tables import Attachment, Event, OutboxMessage, Participant, Ticket
 
 
 def iso(value: datetime | None) -> str | None:
@@ -16,6 +16,8 @@ def iso(value: datetime | None) -> str | None:
 
 
 def ticket_dict(session: Session, ticket: Ticket, *, with_entries: bool = False) -> dict[str, Any]:
+    """The contract's ticket object; `with_entries` adds the conversation and the audit trail
+    (`events`: what was done to the ticket, by whom, when, and which rules decided it)."""
     cc = session.exec(
         select(Participant.email).where(Participant.ticket_id == ticket.id, Participant.role == "cc")
     ).all()
@@ -63,6 +65,12 @@ def ticket_dict(session: Session, ticket: Ticket, *, with_entries: bool = False)
                 "created_at": iso(e.created_at),
             }
             for e in entries
+        ]
+        out["events"] = [
+            {"at": iso(ev.at), "kind": ev.kind, "actor": ev.actor, "data": ev.data}
+            for ev in session.exec(
+                select(Event).where(Event.ticket_id == ticket.id).order_by(col(Event.id))
+            ).all()
         ]
     return out
 

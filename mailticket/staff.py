@@ -52,6 +52,8 @@ def open_ticket(
                 ticket.department = department
             if priority:
                 ticket.priority = priority
-            repository.record_event(session, ticket, "opened_by_staff", actor, department=department,
-                                    priority=priority)
+            repository.record_event(
+                session, ctx.clock(), ticket, "opened_by_staff", actor,
+                department=department, priority=priority,
+            )
     return outcome.ticket_ref

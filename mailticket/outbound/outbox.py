@@ -234,7 +234,7 @@ def enqueue(
                 why = f"cannot build the {kind} notice: {exc}"
         if why is not None:
             repository.record_event(
-                session, ticket, "notice_suppressed", None, notice=kind, to=recipient, reason=why
+                session, ctx.clock(), ticket, "notice_suppressed", None, notice=kind, to=recipient, reason=why
             )
             continue
         copies = [c for c in cc_list if c != recipient] if not queued else []
@@ -301,7 +301,14 @@ def render_pending(ctx: AppContext, ids: Sequence[int]) -> dict[int, Built]:
                 reason = f"cannot build the {row.kind} notice: {exc if expected else repr(exc)}"
                 failed.append({"row_id": row.id, "last_error": reason})
                 repository.record_event(
-                    session, ticket, "notice_failed", None, notice=row.kind, to=row.to_addr, reason=reason
+                    session,
+                    ctx.clock(),
+                    ticket,
+                    "notice_failed",
+                    None,
+                    notice=row.kind,
+                    to=row.to_addr,
+                    reason=reason,
                 )
                 continue
             built[row.id] = done

@@ -90,11 +90,17 @@ def agent_mail(
     entry.body_text = rest or "\n".join(f"#{c.name} {c.arg}".strip() for c in commands)
     if commands:
         repository.record_event(
-            session, ticket, "commands", agent, entry_id=entry.id, commands=[f"#{n}" for n in names]
+            session,
+            ctx.clock(),
+            ticket,
+            "commands",
+            agent,
+            entry_id=entry.id,
+            commands=[f"#{n}" for n in names],
         )
     if internal:
         if rest:
-            repository.record_event(session, ticket, "note", agent, entry_id=entry.id)
+            repository.record_event(session, ctx.clock(), ticket, "note", agent, entry_id=entry.id)
             enqueue(
                 session,
                 ctx,
@@ -131,7 +137,9 @@ def _refuse(
 ) -> Entry:
     agent = parsed.sender or ""
     entry = make_entry(session, ticket, parsed, "note", ["command-error"])
-    repository.record_event(session, ticket, "command_error", agent, entry_id=entry.id, problems=problems)
+    repository.record_event(
+        session, ctx.clock(), ticket, "command_error", agent, entry_id=entry.id, problems=problems
+    )
     enqueue(
         session,
         ctx,

@@ -44,7 +44,9 @@ def closed_reply(
         actions.reopen(session, ctx, ticket, parsed.sender, "customer replied to a closed ticket")
         return ticket
     if policy == "reject":
-        repository.record_event(session, ticket, "closed_reply_rejected", parsed.sender, entry_id=entry.id)
+        repository.record_event(
+            session, ctx.clock(), ticket, "closed_reply_rejected", parsed.sender, entry_id=entry.id
+        )
         enqueue(
             session,
             ctx,
@@ -82,8 +84,10 @@ def _followup_ticket(
         for ref in session.exec(select(MessageRef).where(MessageRef.message_id == parsed.message_id)).all():
             ref.ticket_id = fresh.id
     why = "closed too long ago to reopen" if policy == "reopen" else "department opens a new ticket"
-    repository.record_event(session, fresh, "created", parsed.sender, linked_from=ticket.ref, reason=why)
-    repository.record_event(session, ticket, "followup_ticket", parsed.sender, new_ref=fresh.ref)
+    repository.record_event(
+        session, ctx.clock(), fresh, "created", parsed.sender, linked_from=ticket.ref, reason=why
+    )
+    repository.record_event(session, ctx.clock(), ticket, "followup_ticket", parsed.sender, new_ref=fresh.ref)
     context = actions.entry_context(entry)
     if ctx.config.tickets.acknowledge:
         enqueue(session, ctx, fresh, "ack", [fresh.requester], context)

@@ -170,7 +170,9 @@ class Pipeline:
                 rules = [h.rule for h in decision.hits]
                 reason = f"dropped by rule {rules[-1] if rules else '?'}"
                 repository.add_row(session, IntakeRecord, **record, status="dropped", reason=reason)
-                repository.record_event(session, None, "dropped", None, rules=rules, dedup_key=key)
+                repository.record_event(
+                    session, self.ctx.clock(), None, "dropped", None, rules=rules, dedup_key=key
+                )
                 return Outcome("dropped", reason=reason)
             ticket, entry = self._open_ticket(session, raw, parsed, cls, decision)
             outcome = Outcome("stored", ticket.ref, entry.id, new_ticket=True)
@@ -271,9 +273,11 @@ class Pipeline:
         flags = ["auto-reply"] if cls.kind is MailKind.AUTO_REPLY else []
         entry = self._entry(session, ticket, parsed, "customer", flags)
         created = repository.event(
+            ctx.clock(),
             ticket, "created", requester, source=raw.source, classification=cls.kind.value
         )
         routed = repository.event(
+            ctx.clock(),
             ticket,
             "routed",
             None,
@@ -310,7 +314,13 @@ class Pipeline:
         if cls.kind is MailKind.BOUNCE:
             entry = self._entry(session, ticket, parsed, "system", ["bounce"])
             repository.record_event(
-                session, ticket, "bounce", sender, entry_id=entry.id, bounced=list(parsed.bounced_message_ids)
+                session,
+                ctx.clock(),
+                ticket,
+                "bounce",
+                sender,
+                entry_id=entry.id,
+                bounced=list(parsed.bounced_message_ids),
             )
             return entry
         if cls.kind in (MailKind.AUTO_REPLY, MailKind.LOOP):
@@ -318,12 +328,15 @@ class Pipeline:
             return self._entry(session, ticket, parsed, "system", ["auto-reply"])
         if match.non_participant:
             entry = self._entry(session, ticket, parsed, "note", ["non-participant"])
-            repository.record_event(session, ticket, "non_participant_mail", sender, entry_id=entry.id)
+            repository.record_event(
+                session, ctx.clock(), ticket, "non_participant_mail", sender, entry_id=entry.id
+            )
             return entry
         if cls.kind is MailKind.UNVERIFIED_AGENT:
             entry = self._entry(session, ticket, parsed, "note", ["unverified"])
             repository.record_event(
                 session,
+                ctx.clock(),
                 ticket,
                 "unverified_agent_mail",
                 sender,
@@ -367,7 +380,13 @@ class Pipeline:
                 actions.entry_context(entry, ["customer reply"]),
             )
         repository.record_event(
-            session, ticket, "customer_reply", parsed.sender, entry_id=entry.id, source=raw.source
+            session,
+            ctx.clock(),
+            ticket,
+            "customer_reply",
+            parsed.sender,
+            entry_id=entry.id,
+            source=raw.source,
         )
         apply_followup_rules(session, ctx, ticket, parsed, raw.mailbox)
         return entry

@@ -34,6 +34,7 @@ def apply_followup_rules(
     names = [h.rule for h in decision.hits]
     repository.record_event(
         session,
+        ctx.clock(),
         ticket,
         "routed",
         None,
@@ -42,21 +43,37 @@ def apply_followup_rules(
     )
     if decision.department != ticket.department:
         repository.record_event(
-            session, ticket, "department", None, old=ticket.department, new=decision.department, rules=names
+            session,
+            ctx.clock(),
+            ticket,
+            "department",
+            None,
+            old=ticket.department,
+            new=decision.department,
+            rules=names,
         )
         ticket.department = decision.department
     if decision.priority != ticket.priority:
         repository.record_event(
-            session, ticket, "priority", None, old=ticket.priority, new=decision.priority, rules=names
+            session,
+            ctx.clock(),
+            ticket,
+            "priority",
+            None,
+            old=ticket.priority,
+            new=decision.priority,
+            rules=names,
         )
         ticket.priority = decision.priority
     added = [t for t in decision.tags if t not in ticket.tags]
     if added:
         ticket.tags = [*ticket.tags, *added]
-        repository.record_event(session, ticket, "tags", None, added=added, rules=names)
+        repository.record_event(session, ctx.clock(), ticket, "tags", None, added=added, rules=names)
     if decision.sla and decision.sla != ticket.sla:
         plan = config.sla_plan(decision.sla)
-        repository.record_event(session, ticket, "sla", None, old=ticket.sla, new=decision.sla, rules=names)
+        repository.record_event(
+            session, ctx.clock(), ticket, "sla", None, old=ticket.sla, new=decision.sla, rules=names
+        )
         ticket.sla = decision.sla
         ticket.first_response_due, ticket.resolution_due = due_times(plan, ticket.created_at)
     if decision.status:

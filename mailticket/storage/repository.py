@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Executable, Table, bindparam, insert
@@ -24,7 +25,6 @@ from mailticket.storage.tables import (
     MessageRef,
     Participant,
     Ticket,
-    utcnow,
 )
 
 # Run for most messages: built once.
@@ -81,14 +81,17 @@ def remember_message_id(session: Session, ticket: Ticket, message_id: str | None
         add_row_once(session, MessageRef, message_id=message_id, ticket_id=ticket.id, direction=direction)
 
 
-def record_event(session: Session, ticket: Ticket | None, kind: str, actor: str | None, **data: Any) -> None:
-    add_row(session, Event, **event(ticket, kind, actor, **data))
+def record_event(
+    session: Session, at: datetime, ticket: Ticket | None, kind: str, actor: str | None, **data: Any
+) -> None:
+    """One audit-trail row; `at` is the context's clock (the instant of the message or job)."""
+    add_row(session, Event, **event(at, ticket, kind, actor, **data))
 
 
-def event(ticket: Ticket | None, kind: str, actor: str | None, **data: Any) -> dict[str, Any]:
+def event(at: datetime, ticket: Ticket | None, kind: str, actor: str | None, **data: Any) -> dict[str, Any]:
     """An events row, for `add_rows` when several are written at once."""
     ticket_id = ticket.id if ticket else None
-    return {"ticket_id": ticket_id, "kind": kind, "actor": actor, "data": data, "at": utcnow()}
+    return {"ticket_id": ticket_id, "kind": kind, "actor": actor, "data": data, "at": at}
 
 
 def insert_new(session: Session, obj: SQLModel) -> None:

@@ -188,6 +188,38 @@ def test_tickets_show_json_has_the_contract_fields(tmp_path: Path, db_url: str) 
     ctx.engine.dispose()
 
 
+def test_tickets_show_has_the_audit_trail_and_prints_mail_text_literally(tmp_path: Path, db_url: str) -> None:
+    """Events carry the message's instant (the context's clock), as its ticket and entry do;
+    the human output shows subjects and reasons as written, never as rich markup."""
+    clock = factories.Clock()
+    rules = [{"name": "Printers [high]", "conditions": [{"field": "subject", "op": "contains",
+                                                         "value": "printer"}],
+              "actions": {"priority": "high"}}]
+    ctx = make_ctx(tmp_path, db_url, clock=clock, rules=rules)
+    subject = "[/] Printer [bold]on fire[/bold] :fire:"
+    ref = ingest(ctx, mail(sender=CAROL, subject=subject)).ticket_ref
+    assert ref
+    config = factories.write_config(tmp_path / "mailticket.toml", db_url=db_url, rules=rules)
+
+    data = cli(config, "tickets", "show", ref, "--json")
+
+    assert [(e["kind"], e["actor"]) for e in data["events"]] == [
+        ("created", "carol@customer.example"),
+        ("routed", None),
+    ]
+    assert {iso(e["at"]) for e in data["events"]} == {clock.now} == {iso(data["created_at"])}
+    routed = data["events"][1]["data"]
+    assert routed["priority"] == "high" and routed["rules"][0]["rule"] == "Printers [high]"
+
+    for args in (("tickets", "show", ref), ("tickets", "list")):
+        result = CliRunner().invoke(main, ["--config", str(config), *args])
+        assert result.exit_code == 0, result.output
+        assert subject in result.output
+    shown = CliRunner().invoke(main, ["--config", str(config), "tickets", "show", ref]).output
+    assert "history" in shown and "routed" in shown and "Printers [high]" in shown
+    ctx.engine.dispose()
+
+
 # -- attachments and raw bytes ------------------------------------------------------------------------
 
 
