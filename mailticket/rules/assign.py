@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import zlib
+
+from sqlalchemy import text
 from sqlmodel import Session, col, func, select
 
 from mailticket.config import Config
 from mailticket.models import Decision
 from mailticket.storage.tables import Ticket
+
+_ASSIGN_LOCK = 0x61736E67  # "asng": the advisory-lock namespace of assignment, shared by all processes
 
 
 def pick_agent(session: Session, config: Config, decision: Decision) -> str | None:
@@ -16,6 +21,7 @@ def pick_agent(session: Session, config: Config, decision: Decision) -> str | No
     dept = config.department(decision.department)
     if not dept.agents:
         return None
+    _take_turns(session, dept.name)
     if how == "least-open":
         counts = dict(
             session.exec(
@@ -38,3 +44,15 @@ def pick_agent(session: Session, config: Config, decision: Decision) -> str | No
         ).all()
     )
     return min(dept.agents, key=lambda a: (latest.get(a, 0), dept.agents.index(a)))
+
+
+def _take_turns(session: Session, department: str) -> None:
+    """Two processes opening tickets in one department at the same instant must not both see
+    the same agent as next. On PostgreSQL a transaction-scoped advisory lock per department
+    makes them take turns until the first commits; on SQLite the pipeline's transaction holds
+    the write lock from BEGIN, which already does."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = zlib.crc32(department.encode()) - 2**31  # the lock takes two signed 32-bit keys
+        session.connection().execute(
+            text("SELECT pg_advisory_xact_lock(:namespace, :key)"), {"namespace": _ASSIGN_LOCK, "key": key}
+        )

@@ -7,6 +7,7 @@ policies over many tickets.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from mailticket.context import AppContext
+from mailticket.models import Outcome, RawMail
+from mailticket.pipeline.process import Batch, Pipeline
 from mailticket.storage.tables import Event, IntakeRecord, OutboxMessage, Ticket
 from tests.factories import BASE, CORPUS, ingest, mail, make_ctx
 
@@ -163,6 +166,48 @@ def test_round_robin_is_fair_over_100_tickets(tmp_path: Path, db_url: str) -> No
     assert set(counts) == {a["email"] for a in AGENTS[:3]}
     assert all(33 <= c <= 34 for c in counts.values()), counts
     assert owners[:6] == [AGENTS[0]["email"], AGENTS[1]["email"], AGENTS[2]["email"]] * 2  # in config order
+
+
+def test_round_robin_takes_turns_across_processes(tmp_path: Path, db_url: str) -> None:
+    """Two processes (two engines) open tickets in one department at the same time: the second
+    waits for the first's transaction, then sees its assignment and picks the next agent."""
+    departments = [{"name": "general", "address": "support@example.com",
+                    "agents": [a["email"] for a in AGENTS[:2]], "assign": "round-robin"}]
+    first, second = (make_ctx(tmp_path, db_url, departments=departments, agents=AGENTS, sla=[])
+                     for _ in range(2))
+    holding, release = threading.Event(), threading.Event()
+    outcomes: dict[str, Outcome] = {}
+
+    def open_and_hold(batch: Batch) -> Outcome:
+        outcome = batch.process(RawMail(data=mail(subject="First"), source="test"))
+        holding.set()
+        release.wait(10)
+        return outcome
+
+    def open_second() -> None:
+        outcomes["two"] = Pipeline(second).process(RawMail(data=mail(subject="Second"), source="test"))
+
+    def open_first() -> None:
+        outcomes["one"] = Pipeline(first).in_transaction(open_and_hold)
+
+    one = threading.Thread(target=open_first)
+    two = threading.Thread(target=open_second)
+    one.start()
+    try:
+        assert holding.wait(10)
+        two.start()
+        two.join(0.5)
+        assert two.is_alive(), "the second process did not wait for the first's assignment"
+    finally:
+        release.set()
+        one.join(10)
+        if two.ident is not None:  # started
+            two.join(10)
+
+    owners = {name: ticket(first, o.ticket_ref).assignee for name, o in outcomes.items()}
+    assert owners == {"one": AGENTS[0]["email"], "two": AGENTS[1]["email"]}
+    for ctx in (first, second):
+        ctx.engine.dispose()
 
 
 def test_round_robin_by_rule_is_fair_per_department(tmp_path: Path, db_url: str) -> None:
