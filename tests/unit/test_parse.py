@@ -276,6 +276,9 @@ READERS: dict[str, Callable[[ParsedMessage], Any]] = {
     "first_attachment_filename": lambda p: p.attachments[0].filename if p.attachments else None,
     "is_bounce": lambda p: p.is_bounce,
     "bounced": lambda p: p.is_bounce,
+    "uuencoded_attachment": lambda p: next(
+        ({"filename": a.filename, "md5": hashlib.md5(a.data).hexdigest()} for a in p.attachments), None
+    ),
 }
 EXPECTATION_FILES = (
     "spamscope_mail_parser",
