@@ -76,6 +76,9 @@ LEASE_SECONDS = 180  # renewed after every batch and every IDLE wake-up
 IDLE_SECONDS = 60  # IDLE is re-issued this often (RFC 2177: at least every 29 minutes)
 STOP_CHECK_SECONDS = 0.5  # how quickly an IDLE wait notices the stop event
 FETCH_BYTES = 64 * 1024 * 1024  # one BODY.PEEK[] round trip holds at most this much (or one message)
+# A fetch group's transaction commits early after this long: on SQLite it holds the write lock,
+# and the other writers (SMTP intake, the outbox, the CLI) should wait about this at most.
+GROUP_SECONDS = 2.0
 HEADER_BYTES = 64 * 1024  # what is kept of an oversized message
 SOCKET_TIMEOUT = 60.0
 SEEN, DELETED = b"\\Seen", b"\\Deleted"
@@ -309,22 +312,24 @@ class _Poller:
     ) -> set[int]:
         """Run `mails` through the pipeline; once committed, file their acks. Returns the UIDs done.
 
-        Fresh mail goes a whole fetch group per transaction: one commit instead of one per
-        message. A group that fails anywhere is rolled back whole and done again one message
-        per transaction, so a failure costs only the message that causes it; that message
-        stays above the cursor and unacknowledged, and its attempts count towards quarantine.
+        Fresh mail goes a whole fetch group per transaction (or what GROUP_SECONDS allows, then
+        the rest in the next): one commit instead of one per message. A transaction that fails
+        anywhere is rolled back whole and its messages are done again one per transaction, so
+        a failure costs only the message that causes it; that message stays above the cursor
+        and unacknowledged, and its attempts count towards quarantine.
         """
         done: dict[int, Outcome] = {}
-        if len(mails) > 1:
+        while len(mails) > 1 and not self._stopped():
             try:
-                done = self.pipeline.in_transaction(partial(self._run, uidvalidity, mails, attempts))
-                mails = []
+                done |= self.pipeline.in_transaction(partial(self._run, uidvalidity, mails, attempts))
             except Exception:
                 log.warning(
                     "fetch group failed; storing its messages one transaction each",
                     exc_info=True,
                     extra={"fields": {"mailbox": self.mailbox.name, "uids": [m.uid for m in mails]}},
                 )
+                break
+            mails = [m for m in mails if m.uid not in done]
         for mail in mails:
             if self._stopped():
                 break
@@ -344,10 +349,12 @@ class _Poller:
     def _run(
         self, uidvalidity: int, mails: list[_Fetched], attempts: int, batch: Batch
     ) -> dict[int, Outcome]:
-        """Process (or quarantine) each message in `batch`, until the stop event is set."""
+        """Process (or quarantine) the messages in `batch`, until the stop event is set or
+        GROUP_SECONDS have passed (at least one message is always done)."""
         done: dict[int, Outcome] = {}
+        deadline = time.monotonic() + GROUP_SECONDS
         for mail in mails:
-            if self._stopped():
+            if self._stopped() or (done and time.monotonic() > deadline):
                 break
             self.current_uid = mail.uid
             raw = RawMail(

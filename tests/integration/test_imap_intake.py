@@ -38,7 +38,7 @@ from mailticket.intake import imap
 from mailticket.intake.imap import PollResult, RetryPolicy, idle_mailbox, poll_mailbox
 from mailticket.models import Outcome, RawMail
 from mailticket.pipeline import process as process_module
-from mailticket.pipeline.process import Batch
+from mailticket.pipeline.process import Batch, Pipeline
 from mailticket.storage import lease
 from mailticket.storage.tables import Entry, IntakeRecord, MailboxState, Participant, Ticket, UidAttempt
 from tests.factories import mail, make_ctx, write_config
@@ -363,6 +363,32 @@ def test_messages_of_one_fetch_group_see_each_others_changes(make: Any, dovecot:
         entries = s.exec(sql_select(Entry.ticket_id, Entry.message_id)).all()
     assert sorted(mid for tid, mid in entries if tid == tickets["Scanner"].id) == [
         "more@customer.example", "new@customer.example"]
+
+
+@pytest.mark.parametrize(("seconds", "transactions"), [(imap.GROUP_SECONDS, 1), (0.0, 5)])
+def test_a_fetch_group_commits_early_when_it_takes_too_long(
+    make: Any, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch, seconds: float, transactions: int
+) -> None:
+    """On SQLite a group's transaction holds the write lock: after GROUP_SECONDS it commits what
+    it has and goes on in a new one (with no time at all, one message per transaction)."""
+    ctx = make()
+    ids = mids(5, "slow")
+    dovecot.append_many("INBOX", messages(ids))
+    monkeypatch.setattr(imap, "GROUP_SECONDS", seconds)
+    real = Pipeline.in_transaction
+    calls = 0
+
+    def counting(self: Pipeline, work: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return real(self, work)
+
+    monkeypatch.setattr(Pipeline, "in_transaction", counting)
+    result = poll(ctx)
+
+    assert (result.stored, result.failed, calls) == (5, 0, transactions)
+    assert stored_message_ids(ctx) == sorted(ids)
+    assert all(SEEN in f for f in dovecot.flags().values())
 
 
 def test_a_message_failing_halfway_through_its_store_leaves_no_rows_and_spares_its_group(
