@@ -301,14 +301,8 @@ def render_pending(ctx: AppContext, ids: Sequence[int]) -> dict[int, Built]:
                 reason = f"cannot build the {row.kind} notice: {exc if expected else repr(exc)}"
                 failed.append({"row_id": row.id, "last_error": reason})
                 repository.record_event(
-                    session,
-                    ctx.clock(),
-                    ticket,
-                    "notice_failed",
-                    None,
-                    notice=row.kind,
-                    to=row.to_addr,
-                    reason=reason,
+                    session, ctx.clock(), ticket, "notice_failed", None,
+                    notice=row.kind, to=row.to_addr, reason=reason,
                 )
                 continue
             built[row.id] = done

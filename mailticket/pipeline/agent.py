@@ -90,13 +90,8 @@ def agent_mail(
     entry.body_text = rest or "\n".join(f"#{c.name} {c.arg}".strip() for c in commands)
     if commands:
         repository.record_event(
-            session,
-            ctx.clock(),
-            ticket,
-            "commands",
-            agent,
-            entry_id=entry.id,
-            commands=[f"#{n}" for n in names],
+            session, ctx.clock(), ticket, "commands", agent,
+            entry_id=entry.id, commands=[f"#{n}" for n in names],
         )
     if internal:
         if rest:

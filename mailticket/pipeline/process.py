@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, bindparam, update
 from sqlalchemy import select as sa_select
@@ -148,12 +148,7 @@ class Pipeline:
             return seen
         cls = classify(parsed, self.ctx.config, self.ctx.secret)
         match = self._thread(session, parsed, cls)
-        record = {
-            "dedup_key": key,
-            "raw_sha256": parsed.raw_sha256,
-            "source": f"{raw.source} {raw.position}".strip(),
-            "created_at": self.ctx.clock(),
-        }
+        record = self._intake_row(raw, key, parsed.raw_sha256)
         if match.ticket is None:
             if cls.kind in (MailKind.BOUNCE, MailKind.LOOP):
                 reason = f"{cls.reason} for no known ticket"
@@ -273,8 +268,7 @@ class Pipeline:
         flags = ["auto-reply"] if cls.kind is MailKind.AUTO_REPLY else []
         entry = self._entry(session, ticket, parsed, "customer", flags)
         created = repository.event(
-            ctx.clock(),
-            ticket, "created", requester, source=raw.source, classification=cls.kind.value
+            ctx.clock(), ticket, "created", requester, source=raw.source, classification=cls.kind.value
         )
         routed = repository.event(
             ctx.clock(),
@@ -314,13 +308,8 @@ class Pipeline:
         if cls.kind is MailKind.BOUNCE:
             entry = self._entry(session, ticket, parsed, "system", ["bounce"])
             repository.record_event(
-                session,
-                ctx.clock(),
-                ticket,
-                "bounce",
-                sender,
-                entry_id=entry.id,
-                bounced=list(parsed.bounced_message_ids),
+                session, ctx.clock(), ticket, "bounce", sender,
+                entry_id=entry.id, bounced=list(parsed.bounced_message_ids),
             )
             return entry
         if cls.kind in (MailKind.AUTO_REPLY, MailKind.LOOP):
@@ -335,13 +324,8 @@ class Pipeline:
         if cls.kind is MailKind.UNVERIFIED_AGENT:
             entry = self._entry(session, ticket, parsed, "note", ["unverified"])
             repository.record_event(
-                session,
-                ctx.clock(),
-                ticket,
-                "unverified_agent_mail",
-                sender,
-                entry_id=entry.id,
-                reason=cls.reason,
+                session, ctx.clock(), ticket, "unverified_agent_mail", sender,
+                entry_id=entry.id, reason=cls.reason,
             )
             enqueue(
                 session,
@@ -380,13 +364,8 @@ class Pipeline:
                 actions.entry_context(entry, ["customer reply"]),
             )
         repository.record_event(
-            session,
-            ctx.clock(),
-            ticket,
-            "customer_reply",
-            parsed.sender,
-            entry_id=entry.id,
-            source=raw.source,
+            session, ctx.clock(), ticket, "customer_reply", parsed.sender,
+            entry_id=entry.id, source=raw.source,
         )
         apply_followup_rules(session, ctx, ticket, parsed, raw.mailbox)
         return entry
@@ -437,16 +416,18 @@ class Pipeline:
         if outcome is not None:
             return outcome
         repository.add_row(
-            session,
-            IntakeRecord,
-            dedup_key=key,
-            raw_sha256=raw_sha,
-            source=f"{raw.source} {raw.position}".strip(),
-            status="quarantined",
-            reason=reason,
-            created_at=self.ctx.clock(),
+            session, IntakeRecord, **self._intake_row(raw, key, raw_sha), status="quarantined", reason=reason
         )
         return Outcome("quarantined", reason=reason)
+
+    def _intake_row(self, raw: RawMail, key: str, raw_sha: str) -> dict[str, Any]:
+        """The intake record's columns every outcome has; the caller adds status and reason."""
+        return {
+            "dedup_key": key,
+            "raw_sha256": raw_sha,
+            "source": f"{raw.source} {raw.position}".strip(),
+            "created_at": self.ctx.clock(),
+        }
 
 
 class Batch:

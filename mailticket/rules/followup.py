@@ -43,26 +43,14 @@ def apply_followup_rules(
     )
     if decision.department != ticket.department:
         repository.record_event(
-            session,
-            ctx.clock(),
-            ticket,
-            "department",
-            None,
-            old=ticket.department,
-            new=decision.department,
-            rules=names,
+            session, ctx.clock(), ticket, "department", None,
+            old=ticket.department, new=decision.department, rules=names,
         )
         ticket.department = decision.department
     if decision.priority != ticket.priority:
         repository.record_event(
-            session,
-            ctx.clock(),
-            ticket,
-            "priority",
-            None,
-            old=ticket.priority,
-            new=decision.priority,
-            rules=names,
+            session, ctx.clock(), ticket, "priority", None,
+            old=ticket.priority, new=decision.priority, rules=names,
         )
         ticket.priority = decision.priority
     added = [t for t in decision.tags if t not in ticket.tags]
