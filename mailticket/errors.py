@@ -1,17 +1,31 @@
-"""The error tree of mailticket.
+"""The error tree of mailticket: every exception the package raises on purpose.
 
     MailticketError
-    ├── ConfigError            the config file is wrong; the daemon does not start
-    └── OperationError         something failed while working; the loop decides
-        ├── IntakeError        a source could not be read (mailbox, folder, UID)
-        │   └── ParseError     bytes that cannot become a ParsedMessage
-        ├── StoreError         the database refused a transaction
-        └── DeliveryError      outbound mail could not be handed over
+    ├── ConfigError                  the config file is wrong; the daemon does not start
+    ├── DurationError                a duration like '8h' that is not one (also a ValueError,
+    │                                so pydantic validators report it as a field error)
+    ├── TicketActionError            a staff or mail action refused: unknown agent, department,
+    │                                priority or status, a requester that is no address
+    └── OperationError               something failed while working; the loop decides
+        ├── IntakeError              a source could not be read (mailbox, folder, UID)
+        │   └── ParseError           bytes that cannot become a ParsedMessage
+        ├── StoreError               the database refused a transaction
+        │   └── DatabaseUnavailable  down, unreachable or locked too long: retry later
+        ├── ScheduleError            an SLA plan cannot place a due time
+        └── DeliveryError            outbound mail could not be handed over
             ├── TemporaryDeliveryError   4xx or connection trouble: retry later
+            │   └── ConnectionDown       no usable SMTP connection: stop this flush
             └── PermanentDeliveryError   5xx: give up and show the answer
+                ├── UndeliverableAddress an address SMTP cannot carry
+                └── HeaderValueError     a header value a notice cannot carry (CR/LF, 8-bit)
 
-Parse *problems* that still leave a usable message are not errors: they are
-recorded as defects on the ParsedMessage, the way the stdlib `email` does.
+Parse *problems* that still leave a usable message are not errors: they are recorded as
+defects on the ParsedMessage, the way the stdlib `email` does. Database errors become
+`DatabaseUnavailable` once, where SQLAlchemy reports them (`storage.db.make_engine`); an
+IntegrityError stays as it is, since the pipeline retries on it.
+
+Expected errors (the ones above) are logged as one line naming where they happened;
+anything else is a bug and is logged with its traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +42,24 @@ class ConfigError(MailticketError):
         self.path = path
         self.problems = problems
         super().__init__("\n".join(f"{path}: {p}" for p in problems))
+
+
+class DurationError(MailticketError, ValueError):
+    """Not a duration: the text and the fix."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        super().__init__(
+            f"bad duration {text!r}: write a number and a unit s, m, h, d or w, e.g. '8h' or '1d12h'"
+        )
+
+
+class TicketActionError(MailticketError):
+    """A refused action; `ticket` names the ticket acted on, when there is one."""
+
+    def __init__(self, message: str, *, ticket: str | None = None) -> None:
+        self.ticket = ticket
+        super().__init__(f"{message} (ticket {ticket})" if ticket else message)
 
 
 class OperationError(MailticketError):
@@ -49,16 +81,36 @@ class ParseError(IntakeError):
 
 
 class StoreError(OperationError):
-    pass
+    """The database refused a transaction."""
+
+
+class DatabaseUnavailable(StoreError):
+    """The database is down, unreachable or locked beyond its timeout: nothing was written."""
+
+
+class ScheduleError(OperationError):
+    """An SLA plan's business hours cannot place a due time."""
 
 
 class DeliveryError(OperationError):
-    pass
+    """Outbound mail could not be handed over."""
 
 
 class TemporaryDeliveryError(DeliveryError):
-    pass
+    """4xx or a lost connection: the notice is tried again later."""
+
+
+class ConnectionDown(TemporaryDeliveryError):
+    """No usable SMTP connection: the rest of the batch would fail the same way, so stop."""
 
 
 class PermanentDeliveryError(DeliveryError):
-    pass
+    """5xx: no retry will help; the row fails with the server's answer."""
+
+
+class UndeliverableAddress(PermanentDeliveryError):
+    """An address we cannot put in an SMTP envelope (no domain, non-ASCII local part...)."""
+
+
+class HeaderValueError(PermanentDeliveryError):
+    """A header value a notice cannot carry: a line break (header injection) or raw 8-bit text."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Any
+
+from mailticket.errors import MailticketError
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -26,3 +29,14 @@ def setup(level: str = "INFO") -> None:
     root.setLevel(level)
     logging.getLogger("mailparser").setLevel(logging.CRITICAL)  # it logs every odd header as an error
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def failure(
+    log: logging.Logger, message: str, exc: BaseException, level: int = logging.ERROR, **fields: Any
+) -> None:
+    """Log a failure: one line for an expected error of the tree (database locked, server down),
+    the traceback for anything else, which is a bug."""
+    if isinstance(exc, MailticketError):
+        log.log(level, "%s: %s: %s", message, type(exc).__name__, exc, extra={"fields": fields})
+    else:
+        log.log(level, message, exc_info=exc, extra={"fields": fields})

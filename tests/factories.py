@@ -16,7 +16,7 @@ from mailticket.app import build
 from mailticket.config import Config
 from mailticket.context import AppContext
 from mailticket.models import Outcome, RawMail
-from mailticket.pipeline.process import Pipeline
+from mailticket.process import Pipeline
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 

@@ -27,9 +27,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
+from mailticket import logs
 from mailticket.context import AppContext
 from mailticket.models import Outcome, RawMail
-from mailticket.pipeline.process import Pipeline
+from mailticket.process import Pipeline
 
 log = logging.getLogger("mailticket.intake.smtp")
 
@@ -80,8 +81,8 @@ class IntakeHandler:
         loop = asyncio.get_running_loop()
         try:
             outcome = await loop.run_in_executor(self.executor, self._process, raw)
-        except Exception:
-            log.exception("message not stored; answered 451", extra={"fields": {"peer": where}})
+        except Exception as exc:
+            logs.failure(log, "message not stored; answered 451", exc, peer=where)
             reply = TEMPFAIL
         else:
             reply = f"250 2.0.0 {outcome.status}{' ' + outcome.ticket_ref if outcome.ticket_ref else ''}"
@@ -94,8 +95,8 @@ class IntakeHandler:
         if self.on_stored is not None and outcome.status == "stored":
             try:
                 self.on_stored(outcome)
-            except Exception:  # a notification hook must not turn a committed message into a 451
-                log.exception("on_stored hook failed")
+            except Exception as exc:  # a notification hook must not turn a committed message into a 451
+                logs.failure(log, "on_stored hook failed", exc)
         return outcome
 
 

@@ -21,13 +21,11 @@ from email.errors import HeaderParseError
 from email.header import Header
 from email.utils import formataddr
 
+from mailticket.errors import HeaderValueError
+
 CRLF = "\r\n"
 MAX_LINE = 78  # RFC 5322's "should"; 998 is the hard limit
 MAX_NAME = 60  # a longer display name is written as encoded words, which fold
-
-
-class HeaderValueError(ValueError):
-    """A header value that would break the header block (CR, LF, NUL)."""
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from email.parser import BytesHeaderParser
 
 import html2text
 import nh3
-from mailparser.utils import (  # type: ignore[import-untyped]
+from mailparser.utils import (
     convert_mail_date,
     decode_header_part,
     get_addresses,
@@ -382,6 +382,34 @@ def parse(raw: bytes, *, max_bytes: int = 30 * 1024 * 1024) -> ParsedMessage:
         raise ParseError(f"unparseable message: {type(exc).__name__}: {exc}") from exc
 
 
+def _bodies(
+    msg: Message,
+    defects: list[str],
+    attachments: list[AttachmentPart],
+    bounced_ids: list[str],
+    *,
+    whole: bool,
+) -> tuple[str, str, str | None]:
+    """(text, visible reply, sanitised HTML); the text comes from the HTML when there is no text part."""
+    text_parts: list[str] = []
+    html_parts: list[str] = []
+    if whole:
+        _read_parts(msg, defects, text_parts, html_parts, attachments, bounced_ids)
+    else:
+        body = msg.get_payload()
+        if isinstance(body, str):
+            text_parts.append(body.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    html = _body_text("\n".join(html_parts))[:MAX_HTML_CHARS] if html_parts else None
+    text = _body_text("\n".join(t for t in text_parts if t).strip())
+    if text:
+        visible = visible_reply(text)
+    elif html:
+        text, visible = _html_to_text(html), visible_reply_html(html)
+    else:
+        visible = ""
+    return text[:MAX_TEXT_CHARS], visible, nh3.clean(html) if html else None
+
+
 def _build(msg: Message, raw: bytes, defects: list[str], *, whole: bool) -> ParsedMessage:
     """ParsedMessage from a parsed tree (`whole`) or, as a fallback, from headers plus the raw body."""
     defects.extend(type(d).__name__ for d in msg.defects)
@@ -410,27 +438,9 @@ def _build(msg: Message, raw: bytes, defects: list[str], *, whole: bool) -> Pars
         except Exception:  # mail-parser raises ValueError, and must never take the daemon down
             defects.append("InvalidDateDefect")
 
-    text_parts: list[str] = []
-    html_parts: list[str] = []
     attachments: list[AttachmentPart] = []
     bounced_ids: list[str] = []
-    if whole:
-        _read_parts(msg, defects, text_parts, html_parts, attachments, bounced_ids)
-    else:
-        body = msg.get_payload()
-        if isinstance(body, str):
-            text_parts.append(body.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
-
-    html = _body_text("\n".join(html_parts))[:MAX_HTML_CHARS] if html_parts else None
-    text = _body_text("\n".join(t for t in text_parts if t).strip())
-    if text:
-        visible = visible_reply(text)
-    elif html:
-        text, visible = _html_to_text(html), visible_reply_html(html)
-    else:
-        visible = ""
-    text = text[:MAX_TEXT_CHARS]
-    sanitized = nh3.clean(html) if html else None
+    text, visible, sanitized = _bodies(msg, defects, attachments, bounced_ids, whole=whole)
 
     # RFC 3834: any Auto-Submitted value but "no" (comments and parameters aside) is automatic.
     auto_submitted = re.split(r"[\s;(]", (first("Auto-Submitted") or "no").strip().lower(), maxsplit=1)[0]

@@ -21,7 +21,7 @@ import re
 from typing import Final
 
 import html2text
-from email_reply_parser import EmailMessage  # type: ignore[import-untyped]
+from email_reply_parser import EmailMessage
 
 #: Characters handed to the parser. A typed reply sits at the top of the body and is far
 #: shorter; what follows is quoted history. The bound keeps the parser's worst cases

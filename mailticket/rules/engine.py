@@ -16,7 +16,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import methodcaller
 
 from mailticket.config import ActionsConfig, ConditionConfig, RuleConfig
@@ -260,15 +260,7 @@ def _run(
     traces: list[RuleTrace] | None,
 ) -> Decision:
     facts = _Facts(msg, mailbox)
-    department, priority, assign, status, sla = (
-        base.department,
-        base.priority,
-        base.assign,
-        base.status,
-        base.sla,
-    )
-    acknowledge, drop = base.acknowledge, base.drop
-    tags = list(base.tags)
+    decision = base
     hits: list[RuleHit] = []
     stopped_by: str | None = None
     for rule in compiled(rules):
@@ -279,54 +271,56 @@ def _run(
                 RuleTrace(rule.name, "skipped", reason=f"not reached: {stopped_by!r} stopped the run")
             )
             continue
-        if not (rule.on_followups if followup else rule.on_new):
-            if traces is not None:
-                kind = "replies on existing tickets" if followup else "new tickets"
-                why = f"applies_to = {rule.applies_to!r}: not for {kind}"
-                traces.append(RuleTrace(rule.name, "skipped", reason=why))
+        if not _applies(rule, followup, traces):
             continue
-        results: list[bool] | None = None if traces is None else []
-        matched_on: tuple[str, ...] | None
-        if rule.single is not None and results is None:  # the common case without a call to _match
-            on = rule.single(facts)
-            matched_on = None if on is None else (on,)
-        else:
-            matched_on = _match(rule, facts, results)
-        if traces is not None:
-            texts = tuple(zip((c.text for c in rule.conditions), results or (), strict=True))
-            traces.append(
-                RuleTrace(rule.name, "matched" if matched_on else "no match", matched_on or (), texts)
-            )
+        matched_on = _rule_match(rule, facts, traces)
         if matched_on is None:
             continue
         hits.append(RuleHit(rule.name, matched_on))
-        act = rule.actions
-        department = act.department or department
-        priority = act.priority or priority
-        assign = act.assign or assign
-        status = act.status or status
-        sla = act.sla or sla
-        if act.acknowledge is not None:
-            acknowledge = act.acknowledge
-        for tag in act.tags:
-            if tag not in tags:
-                tags.append(tag)
-        if act.drop:
-            drop = True
-        if rule.stop or act.drop:  # a dropped message has nothing left to decide
+        decision = _apply(decision, rule.actions)
+        if rule.stop or rule.actions.drop:  # a dropped message has nothing left to decide
             stopped_by = rule.name
-    if not hits:
-        return base
-    return Decision(
-        department=department,
-        priority=priority,
-        assign=assign,
-        tags=tuple(tags),
-        status=status,
-        sla=sla,
-        acknowledge=acknowledge,
-        drop=drop,
-        hits=tuple(hits),
+    return replace(decision, hits=tuple(hits)) if hits else base
+
+
+def _applies(rule: CompiledRule, followup: bool, traces: list[RuleTrace] | None) -> bool:
+    """Whether `rule` is for this kind of mail (new ticket or follow-up); a trace says why not."""
+    if rule.on_followups if followup else rule.on_new:
+        return True
+    if traces is not None:
+        kind = "replies on existing tickets" if followup else "new tickets"
+        why = f"applies_to = {rule.applies_to!r}: not for {kind}"
+        traces.append(RuleTrace(rule.name, "skipped", reason=why))
+    return False
+
+
+def _rule_match(rule: CompiledRule, facts: _Facts, traces: list[RuleTrace] | None) -> tuple[str, ...] | None:
+    """What the rule matched on, or None; with `traces`, every condition's result is recorded."""
+    results: list[bool] | None = None if traces is None else []
+    matched_on: tuple[str, ...] | None
+    if rule.single is not None and results is None:  # the common case without a call to _match
+        on = rule.single(facts)
+        matched_on = None if on is None else (on,)
+    else:
+        matched_on = _match(rule, facts, results)
+    if traces is not None:
+        texts = tuple(zip((c.text for c in rule.conditions), results or (), strict=True))
+        traces.append(RuleTrace(rule.name, "matched" if matched_on else "no match", matched_on or (), texts))
+    return matched_on
+
+
+def _apply(decision: Decision, act: ActionsConfig) -> Decision:
+    """A matching rule's actions on the decision so far: set values win, tags accumulate."""
+    return replace(
+        decision,
+        department=act.department or decision.department,
+        priority=act.priority or decision.priority,
+        assign=act.assign or decision.assign,
+        status=act.status or decision.status,
+        sla=act.sla or decision.sla,
+        acknowledge=decision.acknowledge if act.acknowledge is None else act.acknowledge,
+        tags=(*decision.tags, *(t for t in dict.fromkeys(act.tags) if t not in decision.tags)),
+        drop=decision.drop or act.drop,
     )
 
 

@@ -13,13 +13,33 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import OperationalError
+
+from mailticket.errors import DatabaseUnavailable
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _MIGRATION_LOCK = 0x6D61696C  # "mail": any constant shared by all mailticket processes
 
 
 def make_engine(url: str) -> Engine:
+    """An engine whose "database down, unreachable, locked, full" errors are `DatabaseUnavailable`."""
+    engine = _engine(url)
+    where = engine.url.render_as_string(hide_password=True)
+
+    @event.listens_for(engine, "handle_error")
+    def _unavailable(context: ExceptionContext) -> BaseException | None:
+        # The one place database errors are mapped. Pre-ping probes are left alone (the pool
+        # reconnects on them); an IntegrityError stays itself (the pipeline retries on it).
+        if context.is_pre_ping or not isinstance(context.sqlalchemy_exception, OperationalError):
+            return None
+        first_line = str(context.original_exception).strip().splitlines()[:1] or ["(no message)"]
+        return DatabaseUnavailable(f"database {where}: {first_line[0]}")
+
+    return engine
+
+
+def _engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -45,7 +65,9 @@ def make_engine(url: str) -> Engine:
 
 def upsert(dialect: str, table: Table) -> sqlite.Insert | postgresql.Insert:
     """An INSERT with `.on_conflict_do_nothing()` / `.on_conflict_do_update()`, which both databases have."""
-    return (sqlite if dialect == "sqlite" else postgresql).insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    return postgresql.insert(table)
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:

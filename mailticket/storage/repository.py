@@ -105,7 +105,7 @@ def insert_new(session: Session, obj: SQLModel) -> None:
     result = session.connection().execute(_insert(type(obj)), values)
     key = result.inserted_primary_key
     assert key is not None, "a single-row INSERT reports its key"
-    obj.id = key[0]  # type: ignore[attr-defined]
+    obj.id = key[0]
     make_transient_to_detached(obj)
     session.add(obj)
 

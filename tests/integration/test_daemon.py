@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
 from mailticket.config import load_config
-from mailticket.daemon import Daemon
+from mailticket.service.daemon import Daemon
 from mailticket.storage import repository
 from mailticket.storage.tables import Entry, IntakeRecord, OutboxMessage, Ticket
 from tests.daemonproc import DaemonProcess, counts, wait_until, write_config

@@ -30,17 +30,16 @@ from sqlalchemy import event
 from sqlmodel import Session, col, func
 from sqlmodel import select as sql_select
 
-from mailticket import actions
 from mailticket.cli import main
 from mailticket.context import AppContext
 from mailticket.errors import IntakeError
-from mailticket.intake import imap
-from mailticket.intake.imap import PollResult, RetryPolicy, idle_mailbox, poll_mailbox
+from mailticket.intake.imap import PollResult, RetryPolicy, idle_mailbox, poll_mailbox, poller, wait_for_new
+from mailticket.intake.imap.cursor import Cursor
 from mailticket.models import Outcome, RawMail
-from mailticket.pipeline import process as process_module
-from mailticket.pipeline.process import Batch, Pipeline
+from mailticket.process import Batch, Pipeline
 from mailticket.storage import lease
 from mailticket.storage.tables import Entry, IntakeRecord, MailboxState, Participant, Ticket, UidAttempt
+from mailticket.tickets import actions, notices
 from tests.factories import mail, make_ctx, write_config
 from tests.servers import Dovecot
 
@@ -201,8 +200,8 @@ def test_copy_fallback_when_the_server_lacks_move(
     make: Any, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ctx = make(processed_folder="Done")
-    original = imap.IMAPClient.has_capability
-    monkeypatch.setattr(imap.IMAPClient, "has_capability",
+    original = poller.IMAPClient.has_capability
+    monkeypatch.setattr(poller.IMAPClient, "has_capability",
                         lambda self, cap: cap.upper() != "MOVE" and original(self, cap))
     raws = messages(mids(3, "nomove"))
     dovecot.append_many("INBOX", raws)
@@ -289,7 +288,7 @@ def test_poison_message_is_quarantined_after_three_crashes(
         return real(self, raw)
 
     monkeypatch.setattr(Batch, "process", crashing)
-    for _ in range(imap.MAX_ATTEMPTS):
+    for _ in range(poller.MAX_ATTEMPTS):
         with pytest.raises(WorkerCrash):
             poll(ctx)
     assert stored_message_ids(ctx) == ["innocent-1@customer.example"]  # before it: stored once
@@ -326,7 +325,7 @@ def test_a_failing_message_does_not_block_the_others(
     assert SEEN not in dovecot.flags()[2] and SEEN in dovecot.flags()[3]
     assert cursor(ctx)[1] == 1  # never past the failed message
     assert "message failed; left for the next poll" in caplog.text
-    for _ in range(imap.MAX_ATTEMPTS - 1):
+    for _ in range(poller.MAX_ATTEMPTS - 1):
         assert poll(ctx).failed == 1
 
     final = poll(ctx)
@@ -365,7 +364,7 @@ def test_messages_of_one_fetch_group_see_each_others_changes(make: Any, dovecot:
         "more@customer.example", "new@customer.example"]
 
 
-@pytest.mark.parametrize(("seconds", "transactions"), [(imap.GROUP_SECONDS, 1), (0.0, 5)])
+@pytest.mark.parametrize(("seconds", "transactions"), [(poller.GROUP_SECONDS, 1), (0.0, 5)])
 def test_a_fetch_group_commits_early_when_it_takes_too_long(
     make: Any, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch, seconds: float, transactions: int
 ) -> None:
@@ -374,7 +373,7 @@ def test_a_fetch_group_commits_early_when_it_takes_too_long(
     ctx = make()
     ids = mids(5, "slow")
     dovecot.append_many("INBOX", messages(ids))
-    monkeypatch.setattr(imap, "GROUP_SECONDS", seconds)
+    monkeypatch.setattr(poller, "GROUP_SECONDS", seconds)
     real = Pipeline.in_transaction
     calls = 0
 
@@ -391,16 +390,16 @@ def test_a_fetch_group_commits_early_when_it_takes_too_long(
     assert all(SEEN in f for f in dovecot.flags().values())
 
 
-@pytest.mark.parametrize("step", ["_acknowledge", "_advance"])
+@pytest.mark.parametrize(("owner", "step"), [(poller.Poller, "_acknowledge"), (Cursor, "advance")])
 def test_a_crash_after_the_group_commit_rereads_the_group_as_duplicates(
-    make: Any, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch, step: str
+    make: Any, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch, owner: type, step: str
 ) -> None:
     """The worker dies after a fetch group committed, before its messages are marked at the
     source (or before the cursor moved): the next poll reads them again as duplicates."""
     ctx = make(batch_size=3)
     ids = mids(5, f"crash-{step}")
     dovecot.append_many("INBOX", messages(ids))
-    real = getattr(imap._Poller, step)
+    real = getattr(owner, step)
     calls = 0
 
     def dying(self: Any, *args: Any) -> None:
@@ -410,11 +409,11 @@ def test_a_crash_after_the_group_commit_rereads_the_group_as_duplicates(
             raise WorkerCrash
         real(self, *args)
 
-    monkeypatch.setattr(imap._Poller, step, dying)
+    monkeypatch.setattr(owner, step, dying)
     with pytest.raises(WorkerCrash):
         poll(ctx)
     assert count(ctx, IntakeRecord) == 5  # both groups committed
-    monkeypatch.setattr(imap._Poller, step, real)
+    monkeypatch.setattr(owner, step, real)
 
     again = poll(ctx)
 
@@ -433,14 +432,14 @@ def test_a_message_failing_halfway_through_its_store_leaves_no_rows_and_spares_i
     ctx = make()
     dovecot.append_many("INBOX", messages(["ok-1@customer.example", "half@customer.example",
                                            "ok-2@customer.example"]))
-    real = process_module.enqueue
+    real = notices.enqueue
 
     def failing(session: Any, ctx: AppContext, ticket: Ticket, *args: Any) -> Any:
         if "half@customer.example" in ticket.subject:
             raise RuntimeError("outbox full")
         return real(session, ctx, ticket, *args)
 
-    monkeypatch.setattr(process_module, "enqueue", failing)
+    monkeypatch.setattr(notices, "enqueue", failing)
     result = poll(ctx)
 
     assert (result.stored, result.failed) == (2, 1)
@@ -450,7 +449,7 @@ def test_a_message_failing_halfway_through_its_store_leaves_no_rows_and_spares_i
     assert [r.status for r in records(ctx)] == ["stored", "stored"]
     assert SEEN not in dovecot.flags()[2] and SEEN in dovecot.flags()[3]
 
-    monkeypatch.setattr(process_module, "enqueue", real)
+    monkeypatch.setattr(notices, "enqueue", real)
     assert poll(ctx).stored == 1
     assert count(ctx, Ticket) == 3
 
@@ -623,12 +622,12 @@ def test_wait_for_new_times_out_quietly_and_honours_stop(dovecot: Dovecot) -> No
     with dovecot.session() as client:
         client.select_folder("INBOX")
         started = time.monotonic()
-        assert imap.wait_for_new(client, 0.3) is False
+        assert wait_for_new(client, 0.3) is False
         assert 0.25 < time.monotonic() - started < 2
         stop = threading.Event()
         stop.set()
         started = time.monotonic()
-        assert imap.wait_for_new(client, 30, stop) is False
+        assert wait_for_new(client, 30, stop) is False
         assert time.monotonic() - started < 1
         assert client.noop()  # still a healthy, non-IDLE connection
 
@@ -762,7 +761,7 @@ def test_fetch_command_reads_every_mailbox_flushes_and_reports(
 def test_progress_bar_only_for_many_messages_on_a_terminal() -> None:
     from rich.console import Console
 
-    from mailticket.intake.cli import ProgressBar
+    from mailticket.cli.fetch import ProgressBar
 
     terminal = Console(force_terminal=True, file=open(os.devnull, "w"))  # noqa: SIM115
     piped = Console(force_terminal=False, file=open(os.devnull, "w"))  # noqa: SIM115

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from sqlmodel import Session, col, select
 
-from mailticket import actions
 from mailticket.context import AppContext
 from mailticket.outbound.send import flush
-from mailticket.overdue import sla_check
-from mailticket.pipeline.lifecycle import autoclose
 from mailticket.storage import repository
 from mailticket.storage.tables import Entry, Event, OutboxMessage, Participant, Ticket
+from mailticket.tickets import actions
+from mailticket.tickets.lifecycle import autoclose
+from mailticket.tickets.overdue import sla_check
 from tests.factories import BASE, Clock, ingest, mail, make_ctx
 
 CAROL = "carol@customer.example"

@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 from sqlmodel import Session, col, select
 
-from mailticket import actions
 from mailticket.context import AppContext
 from mailticket.outbound import send
-from mailticket.outbound.send import Claimed, SmtpTransport, Transport, flush, retry
+from mailticket.outbound.send import flush, retry
+from mailticket.outbound.transports import Claimed, SmtpTransport, Transport
 from mailticket.refs import verify_reply_token
-from mailticket.serialize import outbox_dict
+from mailticket.storage.serialize import outbox_dict
 from mailticket.storage.tables import Entry, Event, MessageRef, OutboxMessage, Ticket
+from mailticket.tickets import actions
 from tests.factories import Clock, ingest, mail, make_ctx
 from tests.servers import Received, SmtpSink, free_port
 

@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 
 from mailticket.config import Config
 from mailticket.context import AppContext
-from mailticket.reload import ConfigWatcher
+from mailticket.service.reload import ConfigWatcher
 from mailticket.storage.tables import Ticket
 from tests.factories import ingest, mail, make_ctx
 

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from sqlmodel import Session
 
-from mailticket import actions
 from mailticket.cli import main
-from mailticket.commands import parse_since
-from mailticket.report import build_report, duration_text, percentile
+from mailticket.cli.report import parse_since
 from mailticket.storage import repository
+from mailticket.tickets import actions
+from mailticket.tickets.report import build_report, duration_text, percentile
 from tests.daemonproc import write_config
 from tests.factories import Clock, ingest, mail, make_ctx
 

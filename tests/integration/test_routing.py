@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from mailticket.context import AppContext
 from mailticket.models import Outcome, RawMail
-from mailticket.pipeline.process import Batch, Pipeline
+from mailticket.process import Batch, Pipeline
 from mailticket.storage.tables import Event, IntakeRecord, OutboxMessage, Ticket
 from tests.factories import BASE, CORPUS, ingest, mail, make_ctx
 

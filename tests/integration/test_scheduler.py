@@ -7,7 +7,7 @@ import time
 
 from sqlalchemy import Engine
 
-from mailticket.scheduler import Scheduler
+from mailticket.service.scheduler import Scheduler
 from tests.daemonproc import wait_until
 
 

@@ -16,9 +16,9 @@ from sqlmodel import Session, col, select
 
 from mailticket.context import AppContext
 from mailticket.outbound.send import flush
-from mailticket.pipeline.agent import Command, split_commands
 from mailticket.storage import repository
 from mailticket.storage.tables import Entry, Event, OutboxMessage, Ticket
+from mailticket.tickets.agent_mail import Command, split_commands
 from tests.factories import ingest, mail, make_ctx
 
 CAROL = "carol@customer.example"

@@ -124,8 +124,8 @@ def test_unknown_department_in_a_rule(check: Check) -> None:
 def test_unknown_department_in_an_agent(check: Check) -> None:
     result, path = check('name = "Alice"', 'name = "Alice"\ndepartments = ["suport"]')
     assert lines(result) == [
-        f"{path}: agents[0] ('alice@example.com').departments[0]: unknown department 'suport'; "
-        "known: general, support"
+        f"{path}: agents[0] ('alice@example.com').departments[0]: unknown department 'suport' "
+        "(did you mean 'support'?); known: general, support"
     ]
 
 

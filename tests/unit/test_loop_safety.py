@@ -185,7 +185,7 @@ def test_agents_alerts_are_not_capped(tmp_path: Path) -> None:
 
 
 def test_own_addresses_are_never_copied(tmp_path: Path) -> None:
-    from mailticket import actions
+    from mailticket.tickets import actions
 
     ctx = make_ctx(tmp_path)
     ingest(
@@ -225,7 +225,7 @@ def test_auto_reply_is_stored_without_notice(tmp_path: Path) -> None:
 
 
 def test_hourly_cap_per_ticket_counts_customer_mail_only(tmp_path: Path) -> None:
-    from mailticket import actions
+    from mailticket.tickets import actions
 
     clock = Clock()
     ctx = make_ctx(tmp_path, clock=clock, tickets={"auto_mail_per_ticket_per_hour": 2})

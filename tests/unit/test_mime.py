@@ -9,8 +9,9 @@ from email.utils import getaddresses
 
 import pytest
 
+from mailticket.errors import HeaderValueError
 from mailticket.outbound import mime
-from mailticket.outbound.mime import HeaderValueError, Mailbox
+from mailticket.outbound.mime import Mailbox
 
 
 def parsed(raw: bytes) -> EmailMessage:

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from mailticket.config import SlaConfig
-from mailticket.sla import add_business_time, due_times, parse_hours
+from mailticket.tickets.sla import add_business_time, due_times, parse_hours
 from tests.factories import Clock
 
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -33,54 +33,37 @@ connection resumes from the cursor.
 from __future__ import annotations
 
 import hashlib
-import imaplib
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
-from imapclient import IMAPClient  # type: ignore[import-untyped]
-from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
-from sqlalchemy import Table, bindparam, delete, insert, or_
-from sqlalchemy import select as sa_select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlmodel import Session, col, select
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_any,
-    wait_exponential_jitter,
-)
-from tenacity.stop import stop_base
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
+from sqlmodel import select
 
+from mailticket import logs
 from mailticket.config import MailboxConfig
 from mailticket.context import AppContext
-from mailticket.errors import IntakeError, OperationError, StoreError
+from mailticket.errors import IntakeError, OperationError
+from mailticket.intake.imap.connection import RetryPolicy, as_operation_error, connected, retrying
+from mailticket.intake.imap.cursor import Cursor
 from mailticket.models import Outcome, RawMail
-from mailticket.pipeline.process import Batch, Pipeline
+from mailticket.process import Batch, Pipeline
 from mailticket.storage import lease
-from mailticket.storage.db import upsert
-from mailticket.storage.tables import IntakeRecord, MailboxState, UidAttempt
+from mailticket.storage.tables import IntakeRecord
 
 log = logging.getLogger("mailticket.intake.imap")
 
 MAX_ATTEMPTS = 3  # a message whose processing never finishes is quarantined on attempt 4
 LEASE_SECONDS = 180  # renewed after every batch and every IDLE wake-up
-IDLE_SECONDS = 60  # IDLE is re-issued this often (RFC 2177: at least every 29 minutes)
-STOP_CHECK_SECONDS = 0.5  # how quickly an IDLE wait notices the stop event
 FETCH_BYTES = 64 * 1024 * 1024  # one BODY.PEEK[] round trip holds at most this much (or one message)
 # A fetch group's transaction commits early after this long: on SQLite it holds the write lock,
 # and the other writers (SMTP intake, the outbox, the CLI) should wait about this at most.
 GROUP_SECONDS = 2.0
 HEADER_BYTES = 64 * 1024  # what is kept of an oversized message
-SOCKET_TIMEOUT = 60.0
 SEEN, DELETED = b"\\Seen", b"\\Deleted"
 
 Progress = Callable[[int, int], None]  # (messages done, messages to do) during one pass
@@ -93,15 +76,6 @@ class _Fetched:
     uid: int
     data: bytes
     oversized: int | None = None  # the message's size, when over service.max_message_mb
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded exponential back-off for connection trouble within one poll."""
-
-    attempts: int = 5
-    first_wait: float = 1.0
-    max_wait: float = 30.0
 
 
 @dataclass
@@ -135,77 +109,10 @@ def lease_name(mailbox: MailboxConfig) -> str:
     return f"imap:{mailbox.name}"
 
 
-# -- connecting --------------------------------------------------------------------------------
-
-
-def tls_context(mailbox: MailboxConfig) -> ssl.SSLContext:
-    """Certificates and host names verified: against `ca_file` when set, else the system's CAs."""
-    try:
-        return ssl.create_default_context(cafile=str(mailbox.ca_file) if mailbox.ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise IntakeError(f"cannot load ca_file {mailbox.ca_file}: {exc}", mailbox=mailbox.name) from exc
-
-
-def connect(mailbox: MailboxConfig, timeout: float = SOCKET_TIMEOUT) -> IMAPClient:
-    """A logged-in client. `starttls` refuses a server without STARTTLS: no silent plaintext."""
-    context = tls_context(mailbox) if mailbox.security != "none" else None
-    client = IMAPClient(
-        mailbox.host,
-        port=mailbox.port,
-        ssl=mailbox.security == "ssl",
-        ssl_context=context,
-        timeout=timeout,
-    )
-    try:
-        if mailbox.security == "starttls":
-            client.starttls(context)
-        client.login(mailbox.username, mailbox.password.get_secret_value())
-    except BaseException:
-        _close(client)
-        raise
-    return client
-
-
-def _close(client: IMAPClient) -> None:
-    """Log out politely; a dead connection is just dropped."""
-    try:
-        client.logout()
-    except (OSError, IMAPClientError):
-        with suppress(OSError, IMAPClientError):
-            client.shutdown()
-
-
-@contextmanager
-def _connected(mailbox: MailboxConfig) -> Iterator[IMAPClient]:
-    client = connect(mailbox)
-    try:
-        yield client
-    finally:
-        _close(client)
-
-
-def _is_connection_trouble(exc: BaseException) -> bool:
-    """Worth a reconnect: the network or the server went away (a bad certificate will not heal)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return False
-    return isinstance(exc, OSError | imaplib.IMAP4.abort)
-
-
-def _as_operation_error(exc: Exception, mailbox: str, uid: int | None) -> OperationError:
-    if isinstance(exc, OperationError):
-        return exc
-    if isinstance(exc, SQLAlchemyError):
-        where = f" (mailbox={mailbox}, uid={uid})" if uid else f" (mailbox={mailbox})"
-        return StoreError(f"database error while polling: {type(exc).__name__}: {exc}{where}")
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return IntakeError(f"TLS certificate not accepted: {exc.verify_message}", mailbox=mailbox)
-    return IntakeError(f"{type(exc).__name__}: {exc}", mailbox=mailbox, uid=uid)
-
-
 # -- one pass over a selected folder -----------------------------------------------------------
 
 
-class _Poller:
+class Poller:
     """Fetches, processes and acknowledges everything above the cursor of one mailbox folder."""
 
     def __init__(
@@ -227,6 +134,7 @@ class _Poller:
         self.pipeline = Pipeline(ctx)
         self.source = f"imap:{mailbox.name}/{mailbox.folder}"
         self.current_uid: int | None = None
+        self.cursor = Cursor(ctx, mailbox)
         self._folders_ready: set[str] = set()
         for name in (mailbox.processed_folder, mailbox.quarantine_folder):
             if name == mailbox.folder:
@@ -243,7 +151,7 @@ class _Poller:
         """
         selected = client.select_folder(self.mailbox.folder)
         uidvalidity = int(selected[b"UIDVALIDITY"])
-        cursor = self._cursor(uidvalidity)
+        cursor = self.cursor.start(uidvalidity)
         # `UID n:*` always matches the highest UID, even below n: filter.
         uids = sorted(int(u) for u in client.search(["UID", f"{cursor + 1}:*"]) if int(u) > cursor)
         if not uids:
@@ -263,7 +171,7 @@ class _Poller:
             blocked_at = min(unfinished, default=batch[-1] + 1)
             below = [u for u in batch if u < blocked_at]
             if below:
-                self._advance(uidvalidity, max(below))
+                self.cursor.advance(uidvalidity, max(below))
             self.renew()
             done += len(batch)
             if self.progress:
@@ -291,20 +199,21 @@ class _Poller:
                 if (body := bodies.get(uid, {}).get(b"BODY[]")) is not None
             ]
             left -= set(group) - {mail.uid for mail in mails}  # expunged between the two fetches
-            if self._count_first_attempts(uidvalidity, group):
+            if self.cursor.count_first_attempts(uidvalidity, group):
                 left -= self._store(uidvalidity, mails, acks)
             else:
                 for mail in mails:
                     if self._stopped():
                         break
-                    left -= self._store(uidvalidity, [mail], acks, self._count_attempt(uidvalidity, mail.uid))
+                    attempts = self.cursor.count_attempt(uidvalidity, mail.uid)
+                    left -= self._store(uidvalidity, [mail], acks, attempts)
             if self._stopped():
                 return acks, left
         for uid in (u for u in batch if u in sizes and sizes[u] > limit):
             if self._stopped():
                 break
             mail = _Fetched(uid, self._header(client, uid), oversized=sizes[uid])
-            left -= self._store(uidvalidity, [mail], acks, self._count_attempt(uidvalidity, uid))
+            left -= self._store(uidvalidity, [mail], acks, self.cursor.count_attempt(uidvalidity, uid))
         return acks, left
 
     def _store(
@@ -322,11 +231,10 @@ class _Poller:
         while len(mails) > 1 and not self._stopped():
             try:
                 done |= self.pipeline.in_transaction(partial(self._run, uidvalidity, mails, attempts))
-            except Exception:
-                log.warning(
-                    "fetch group failed; storing its messages one transaction each",
-                    exc_info=True,
-                    extra={"fields": {"mailbox": self.mailbox.name, "uids": [m.uid for m in mails]}},
+            except Exception as exc:
+                logs.failure(
+                    log, "fetch group failed; storing its messages one transaction each", exc,
+                    logging.WARNING, mailbox=self.mailbox.name, uids=[m.uid for m in mails],
                 )
                 break
             mails = [m for m in mails if m.uid not in done]
@@ -335,10 +243,10 @@ class _Poller:
                 break
             try:
                 done |= self.pipeline.in_transaction(partial(self._run, uidvalidity, [mail], attempts))
-            except Exception:
-                log.exception(
-                    "message failed; left for the next poll",
-                    extra={"fields": {"mailbox": self.mailbox.name, "uid": mail.uid, "attempt": attempts}},
+            except Exception as exc:
+                logs.failure(
+                    log, "message failed; left for the next poll", exc,
+                    mailbox=self.mailbox.name, uid=mail.uid, attempt=attempts,
                 )
                 self.result.failed += 1
         for uid, outcome in done.items():
@@ -422,88 +330,6 @@ class _Poller:
             log.info("created folder", extra={"fields": {"mailbox": self.mailbox.name, "folder": folder}})
         self._folders_ready.add(folder)
 
-    # -- database state -----------------------------------------------------------------------
-
-    def _cursor(self, uidvalidity: int) -> int:
-        """The last UID done; 0 for a new folder or after a UIDVALIDITY change (committed at once)."""
-        with Session(self.ctx.engine) as session, session.begin():
-            state = session.exec(self._state_query()).first()
-            if state is None:
-                name, folder = self.mailbox.name, self.mailbox.folder
-                session.add(MailboxState(mailbox=name, folder=folder, uidvalidity=uidvalidity))
-                return 0
-            if state.uidvalidity != uidvalidity:
-                log.warning(
-                    "UIDVALIDITY changed: reading the folder again from the start; "
-                    "messages already stored count as duplicates",
-                    extra={"fields": {"mailbox": self.mailbox.name, "folder": self.mailbox.folder,
-                                      "old": state.uidvalidity, "new": uidvalidity,
-                                      "old_last_uid": state.last_uid}},
-                )
-                state.uidvalidity, state.last_uid, state.updated_at = uidvalidity, 0, self.ctx.clock()
-                return 0
-            return state.last_uid
-
-    def _advance(self, uidvalidity: int, last_uid: int) -> None:
-        """Move the cursor and forget the attempt counts it has passed."""
-        with Session(self.ctx.engine) as session, session.begin():
-            state = session.exec(self._state_query()).one()
-            if state.uidvalidity == uidvalidity and last_uid > state.last_uid:
-                state.last_uid, state.updated_at = last_uid, self.ctx.clock()
-            session.execute(
-                delete(UidAttempt)
-                .where(col(UidAttempt.mailbox) == self.mailbox.name)
-                .where(col(UidAttempt.folder) == self.mailbox.folder)
-                .where(or_(col(UidAttempt.uidvalidity) != uidvalidity, col(UidAttempt.uid) <= last_uid))
-            )
-
-    def _count_first_attempts(self, uidvalidity: int, uids: list[int]) -> bool:
-        """Count a first attempt for a whole fetch group in one commit; False if any was tried before.
-
-        The common case (fresh mail) then costs one commit per group instead of one per message.
-        A group with an earlier attempt, i.e. a worker that died in it, is counted message by
-        message (`_count_attempt`), so a poison message is still quarantined after at most
-        MAX_ATTEMPTS tries. The messages after it were counted once without being tried: that
-        can only bring a later crash of their own to quarantine one attempt sooner.
-        """
-        where = {"mailbox": self.mailbox.name, "folder": self.mailbox.folder, "uidvalidity": uidvalidity}
-        try:
-            with self.ctx.engine.begin() as conn:
-                if conn.execute(_TRIED_BEFORE, {**where, "uids": uids}).first():
-                    return False
-                conn.execute(insert(_ATTEMPTS), [{**where, "uid": uid, "attempts": 1} for uid in uids])
-        except IntegrityError:  # counted meanwhile by another poller: count one by one
-            return False
-        return True
-
-    def _count_attempt(self, uidvalidity: int, uid: int) -> int:
-        """+1 in its own committed transaction, before the message is touched.
-
-        One INSERT ... ON CONFLICT DO UPDATE ... RETURNING (SQLite and PostgreSQL alike): it
-        runs once per message, so it is kept to one statement.
-        """
-        table = UidAttempt.__table__  # type: ignore[attr-defined]
-        stmt = (
-            upsert(self.ctx.engine.dialect.name, table)
-            .values(mailbox=self.mailbox.name, folder=self.mailbox.folder, uidvalidity=uidvalidity, uid=uid,
-                    attempts=1)
-            .on_conflict_do_update(
-                index_elements=["mailbox", "folder", "uidvalidity", "uid"],
-                set_={"attempts": table.c.attempts + 1},
-            )
-            .returning(table.c.attempts)
-        )
-        with self.ctx.engine.begin() as conn:
-            return int(conn.execute(stmt).scalar_one())
-
-    def _state_query(self) -> Any:
-        return (
-            select(MailboxState)
-            .where(MailboxState.mailbox == self.mailbox.name)
-            .where(MailboxState.folder == self.mailbox.folder)
-        )
-
-
 def _groups(uids: Sequence[int], sizes: dict[int, int], budget: int) -> Iterator[list[int]]:
     """Split into runs whose total size stays under `budget` (a bigger message goes alone)."""
     group: list[int] = []
@@ -553,27 +379,27 @@ def poll_mailbox(
     result = PollResult(mailbox.name, mailbox.folder)
     owner = lease.owner_id()
     name = lease_name(mailbox)
-    poller: _Poller | None = None
+    poller: Poller | None = None
     try:
         if not lease.acquire(ctx.engine, name, owner, LEASE_SECONDS):
             result.busy = True
             log.info("mailbox busy: another process polls it", extra={"fields": {"mailbox": mailbox.name}})
             return result
         try:
-            poller = _Poller(ctx, mailbox, result, renew=_renewer(ctx, mailbox, owner), stop=stop,
+            poller = Poller(ctx, mailbox, result, renew=renewer(ctx, mailbox, owner), stop=stop,
                              progress=progress)
-            for attempt in _retrying(mailbox, retry, stop):
-                with attempt, _connected(mailbox) as client:
+            for attempt in retrying(mailbox, retry, stop):
+                with attempt, connected(mailbox) as client:
                     poller.run(client)
         finally:
             lease.release(ctx.engine, name, owner)
     except Exception as exc:
-        result.error = _as_operation_error(exc, mailbox.name, poller.current_uid if poller else None)
+        result.error = as_operation_error(exc, mailbox.name, poller.current_uid if poller else None)
         log.error("mailbox could not be read: %s", result.error, extra={"fields": {"mailbox": mailbox.name}})
     return result
 
 
-def _renewer(ctx: AppContext, mailbox: MailboxConfig, owner: str) -> Callable[[], None]:
+def renewer(ctx: AppContext, mailbox: MailboxConfig, owner: str) -> Callable[[], None]:
     """Renew the mailbox lease; a lease lost to another process ends the pass."""
 
     def renew() -> None:
@@ -583,152 +409,3 @@ def _renewer(ctx: AppContext, mailbox: MailboxConfig, owner: str) -> Callable[[]
     return renew
 
 
-_ATTEMPTS: Table = UidAttempt.__table__  # type: ignore[attr-defined]
-_TRIED_BEFORE = (
-    sa_select(_ATTEMPTS.c.id)
-    .where(
-        _ATTEMPTS.c.mailbox == bindparam("mailbox"),
-        _ATTEMPTS.c.folder == bindparam("folder"),
-        _ATTEMPTS.c.uidvalidity == bindparam("uidvalidity"),
-        _ATTEMPTS.c.uid.in_(bindparam("uids", expanding=True)),
-    )
-    .limit(1)
-)
-
-
-class _StopEvent(stop_base):
-    """Stop retrying once the daemon is shutting down."""
-
-    def __init__(self, event: threading.Event | None) -> None:
-        self.event = event
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.event is not None and self.event.is_set()
-
-
-def _retrying(mailbox: MailboxConfig, policy: RetryPolicy, stop: threading.Event | None) -> Retrying:
-    def sleep(seconds: float) -> None:
-        if stop is not None:
-            stop.wait(seconds)
-        else:
-            time.sleep(seconds)
-
-    def before_sleep(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "connection lost; reconnecting",
-            extra={"fields": {"mailbox": mailbox.name, "attempt": state.attempt_number,
-                              "wait": round(state.upcoming_sleep, 2), "error": repr(exc)}},
-        )
-
-    return Retrying(
-        retry=retry_if_exception(_is_connection_trouble),
-        stop=stop_any(stop_after_attempt(policy.attempts), _StopEvent(stop)),
-        wait=wait_exponential_jitter(
-            initial=policy.first_wait, max=policy.max_wait, jitter=policy.first_wait
-        ),
-        sleep=sleep,
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-
-
-def wait_for_new(client: IMAPClient, timeout: float, stop: threading.Event | None = None) -> bool:
-    """IDLE until the server announces new mail (True), `timeout` passes or `stop` is set (False)."""
-    deadline = time.monotonic() + timeout
-    # Mail that arrived since our last command may only be announced when IDLE ends;
-    # a NOOP first catches it now instead of a whole IDLE period later.
-    _text, pending = client.noop()
-    if _announces_mail(pending):
-        return True
-    client.idle()
-    new = False
-    while not new and not (stop is not None and stop.is_set()):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        wait = min(left, STOP_CHECK_SECONDS)
-        started = time.monotonic()
-        responses = client.idle_check(timeout=wait)
-        new = _announces_mail(responses)
-        if not responses and time.monotonic() - started < wait / 2:
-            break  # idle_check returns early and empty at EOF: idle_done() will tell
-    _text, responses = client.idle_done()
-    return new or _announces_mail(responses)
-
-
-def _announces_mail(responses: list[Any]) -> bool:
-    return any(isinstance(r, tuple) and len(r) >= 2 and r[1] in (b"EXISTS", b"RECENT") for r in responses)
-
-
-def idle_mailbox(
-    ctx: AppContext,
-    mailbox: MailboxConfig,
-    stop_event: threading.Event,
-    *,
-    on_poll: Callable[[PollResult], None] | None = None,
-    retry: RetryPolicy = RetryPolicy(),
-    idle_seconds: float = IDLE_SECONDS,
-) -> None:
-    """Until `stop_event`: poll, IDLE, poll again on every new-mail announcement.
-
-    Holds the mailbox lease while connected (waiting politely while another process holds
-    it); any failure is retried forever with back-off capped at `retry.max_wait`, reset by
-    the next good pass. Without the IDLE capability it polls every `poll_seconds`.
-    `on_poll` sees each pass's result (e.g. to flush the outbox right after new tickets).
-    """
-    owner = lease.owner_id()
-    name = lease_name(mailbox)
-    failures = 0
-
-    def passed(result: PollResult) -> None:
-        nonlocal failures
-        failures = 0
-        if on_poll is not None:
-            on_poll(result)
-
-    while not stop_event.is_set():
-        try:
-            if not lease.acquire(ctx.engine, name, owner, LEASE_SECONDS):
-                stop_event.wait(mailbox.poll_seconds)
-                continue
-            try:
-                with _connected(mailbox) as client:
-                    _idle_session(ctx, mailbox, client, stop_event, owner, passed, idle_seconds)
-            finally:
-                lease.release(ctx.engine, name, owner)
-        except Exception as exc:
-            failures += 1
-            delay = min(retry.first_wait * 2 ** (failures - 1), retry.max_wait)
-            log.warning(
-                "IDLE loop failed; retrying",
-                extra={"fields": {"mailbox": mailbox.name, "wait": delay,
-                                  "error": str(_as_operation_error(exc, mailbox.name, None))}},
-            )
-            stop_event.wait(delay)
-
-
-def _idle_session(
-    ctx: AppContext,
-    mailbox: MailboxConfig,
-    client: IMAPClient,
-    stop: threading.Event,
-    owner: str,
-    passed: Callable[[PollResult], None],
-    idle_seconds: float,
-) -> None:
-    renew = _renewer(ctx, mailbox, owner)
-    can_idle = client.has_capability("IDLE")
-    while not stop.is_set():
-        # Mail that arrives during a pass is announced in the replies to our own commands,
-        # where IDLE would never see it: pass again until a pass finds nothing new.
-        found = 1
-        while found and not stop.is_set():
-            result = PollResult(mailbox.name, mailbox.folder)
-            found = _Poller(ctx, mailbox, result, renew=renew, stop=stop).run(client)
-            passed(result)
-        renew()
-        if can_idle:
-            wait_for_new(client, idle_seconds, stop)
-        else:
-            stop.wait(mailbox.poll_seconds)

@@ -8,18 +8,16 @@ progress bar on a terminal when a mailbox has many messages waiting, and exit st
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mailticket.cli.output import State, console, print_json
 from mailticket.intake.imap import PollResult, poll_mailbox
 from mailticket.outbound.send import FlushResult, flush
-
-if TYPE_CHECKING:
-    from mailticket.cli import State
 
 PROGRESS_FROM = 50  # messages waiting in one mailbox before a progress bar is worth showing
 
@@ -81,8 +79,6 @@ def summary(results: list[PollResult], outbox: FlushResult) -> dict[str, Any]:
 @click.pass_obj
 def fetch(state: State, as_json: bool) -> None:
     """One pass over every enabled mailbox, then one outbox flush; exit 1 if a mailbox failed."""
-    from mailticket.cli import console, print_json
-
     ctx = state.ctx()
     stderr = Console(stderr=True)
     results: list[PollResult] = []

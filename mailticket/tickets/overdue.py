@@ -18,14 +18,13 @@ from datetime import datetime
 
 from sqlmodel import Session, and_, col, or_, select
 
-from mailticket import actions
 from mailticket.config import PRIORITIES
 from mailticket.context import AppContext
-from mailticket.outbound.outbox import enqueue
 from mailticket.storage import repository
 from mailticket.storage.tables import Ticket
+from mailticket.tickets import actions, notices
 
-log = logging.getLogger("mailticket.sla")
+log = logging.getLogger("mailticket.tickets.sla")
 
 
 def missed_deadline(ticket: Ticket, now: datetime) -> tuple[str, datetime] | None:
@@ -77,20 +76,11 @@ def sla_check(ctx: AppContext) -> int:
 def _escalate(session: Session, ctx: AppContext, ticket: Ticket, which: str, due: datetime) -> None:
     ticket.overdue_notified_at = ctx.clock()
     when = due.strftime("%Y-%m-%d %H:%M UTC")
-    context = {**actions.entry_context(None, ["overdue"]), "which": which, "due": when}
-    enqueue(session, ctx, ticket, "overdue", actions.agents_to_alert(ctx, ticket), context)
-    repository.record_event(session, ctx.clock(), ticket, "overdue", None, which=which, due=due.isoformat())
     dept = next((d for d in ctx.config.departments if d.name == ticket.department), None)
     contact = dept.escalation_contact if dept else None
+    notices.overdue(session, ctx, ticket, which, when, contact)
+    repository.record_event(session, ctx.clock(), ticket, "overdue", None, which=which, due=due.isoformat())
     if contact:
-        enqueue(
-            session,
-            ctx,
-            ticket,
-            "overdue",
-            [contact],
-            {**context, "flags": ["overdue", "escalation"]},
-        )
         repository.record_event(session, ctx.clock(), ticket, "escalated", None, which=which, to=contact)
         return
     old = ticket.priority

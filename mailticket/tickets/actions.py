@@ -8,47 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from mailticket.config import PRIORITIES
 from mailticket.context import AppContext
-from mailticket.outbound.outbox import enqueue
+from mailticket.errors import TicketActionError
 from mailticket.refs import new_ref
-from mailticket.sla import due_times
 from mailticket.storage import repository
-from mailticket.storage.tables import Entry, Participant, Ticket
+from mailticket.storage.tables import Entry, Ticket
+from mailticket.tickets import notices
+from mailticket.tickets.sla import due_times
 
 STATUSES = ("open", "pending", "resolved", "closed")
-
-
-def entry_context(entry: Entry | None, flags: list[str] | None = None) -> dict[str, Any]:
-    if entry is None:
-        return {"entry": {"author": None, "author_name": "", "body": ""}, "flags": flags or []}
-    return {
-        "entry": {
-            "author": entry.author,
-            "author_name": entry.author_name,
-            "body": entry.body_text,
-        },
-        "flags": flags or list(entry.flags),
-    }
-
-
-def customers(session: Session, ticket: Ticket) -> tuple[str, list[str]]:
-    """(requester, CCs) of a ticket: who hears public replies."""
-    rows = session.exec(
-        select(Participant.email).where(Participant.ticket_id == ticket.id, Participant.role == "cc")
-    ).all()
-    return ticket.requester, list(rows)
-
-
-def agents_to_alert(ctx: AppContext, ticket: Ticket, exclude: str | None = None) -> list[str]:
-    if ticket.assignee:
-        found = [ticket.assignee]
-    else:
-        dept = next((d for d in ctx.config.departments if d.name == ticket.department), None)
-        found = list(dept.agents) if dept else []
-    return [a for a in found if a != exclude]
 
 
 def new_ticket(session: Session, ctx: AppContext, *, sla: str | None, **fields: Any) -> Ticket:
@@ -82,7 +53,8 @@ def set_status(
     session: Session, ctx: AppContext, ticket: Ticket, status: str, actor: str | None, **why: Any
 ) -> None:
     if status not in STATUSES:
-        raise ValueError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+        known = ", ".join(STATUSES)
+        raise TicketActionError(f"unknown status {status!r}; use one of {known}", ticket=ticket.ref)
     if ticket.status == status:
         return
     now = ctx.clock()
@@ -130,8 +102,7 @@ def _responded(ctx: AppContext, ticket: Ticket) -> None:
 def relay_reply(session: Session, ctx: AppContext, ticket: Ticket, entry: Entry) -> None:
     """Send a stored agent entry to the requester and CCs; the first one is the first response."""
     _responded(ctx, ticket)
-    requester, cc = customers(session, ticket)
-    enqueue(session, ctx, ticket, "reply", [requester], entry_context(entry), cc=cc, automatic=False)
+    notices.reply(session, ctx, ticket, entry)
     repository.record_event(session, ctx.clock(), ticket, "reply", entry.author, entry_id=entry.id)
 
 
@@ -161,14 +132,7 @@ def internal_note(
         session, ctx.clock(), ticket, "note", author, entry_id=entry.id, flags=flags or []
     )
     if alert:
-        enqueue(
-            session,
-            ctx,
-            ticket,
-            "note_alert",
-            agents_to_alert(ctx, ticket, exclude=author),
-            entry_context(entry, flags),
-        )
+        notices.note_alert(session, ctx, ticket, entry, exclude=author, flags=flags)
     return entry
 
 
@@ -197,8 +161,7 @@ def resolve(
         _responded(ctx, ticket)
     elif already_done:
         return
-    requester, cc = customers(session, ticket)
-    enqueue(session, ctx, ticket, "resolution", [requester], entry_context(entry), cc=cc)
+    notices.resolution(session, ctx, ticket, entry)
     repository.record_event(
         session, ctx.clock(), ticket, "resolution_notice", actor, entry_id=entry.id if entry else None
     )
@@ -211,7 +174,8 @@ def set_pending(session: Session, ctx: AppContext, ticket: Ticket, actor: str | 
 
 def set_priority(session: Session, ctx: AppContext, ticket: Ticket, priority: str, actor: str | None) -> None:
     if priority not in PRIORITIES:
-        raise ValueError(f"unknown priority {priority!r}; use one of {', '.join(PRIORITIES)}")
+        known = ", ".join(PRIORITIES)
+        raise TicketActionError(f"unknown priority {priority!r}; use one of {known}", ticket=ticket.ref)
     if priority == ticket.priority:
         return
     repository.record_event(
@@ -226,7 +190,7 @@ def set_department(
 ) -> None:
     """Move a ticket; an unassigned ticket alerts its new department's agents."""
     if department not in {d.name for d in ctx.config.departments}:
-        raise ValueError(f"unknown department {department!r}")
+        raise TicketActionError(f"unknown department {department!r}", ticket=ticket.ref)
     if department == ticket.department:
         return
     repository.record_event(
@@ -236,8 +200,7 @@ def set_department(
     touch(ctx, ticket)
     if ticket.assignee is None:
         first = next(iter(repository.entries(session, ticket)), None)
-        enqueue(session, ctx, ticket, "alert", agents_to_alert(ctx, ticket, exclude=actor),
-                entry_context(first, [f"moved to {department}"]))
+        notices.moved(session, ctx, ticket, first, actor)
 
 
 def reopen(session: Session, ctx: AppContext, ticket: Ticket, actor: str | None, why: str) -> None:
@@ -245,19 +208,12 @@ def reopen(session: Session, ctx: AppContext, ticket: Ticket, actor: str | None,
     if ticket.status == "open":
         return
     set_status(session, ctx, ticket, "open", actor, reason=why)
-    enqueue(
-        session,
-        ctx,
-        ticket,
-        "reopened",
-        agents_to_alert(ctx, ticket, exclude=actor),
-        {**entry_context(None), "entry": {"author": actor, "author_name": "", "body": why}},
-    )
+    notices.reopened(session, ctx, ticket, actor, why)
 
 
 def assign(session: Session, ctx: AppContext, ticket: Ticket, agent: str | None, actor: str | None) -> None:
     if agent is not None and not ctx.config.is_agent(agent):
-        raise ValueError(f"{agent} is not a configured agent")
+        raise TicketActionError(f"{agent} is not a configured agent", ticket=ticket.ref)
     if agent == ticket.assignee:
         return
     old, ticket.assignee = ticket.assignee, agent

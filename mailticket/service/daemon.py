@@ -1,9 +1,6 @@
 """`mailticket run`: the composition of everything that runs continuously.
 
-    scheduler jobs   poll:<mailbox>  every poll_seconds (mailboxes without idle)
-                     outbox          every OUTBOX_SECONDS, and at once after new mail
-                     sla_check       every SLA_SECONDS   (leased: one process at a time)
-                     autoclose       every AUTOCLOSE_SECONDS (leased)
+    scheduler jobs   jobs.py: outbox, sla_check, autoclose, poll:<mailbox>
     threads          idle:<mailbox>  IMAP IDLE for mailboxes with idle = true
                      config watcher  reloads the TOML file when it changes
     listener         SMTP/LMTP intake when [intake] enabled = true
@@ -12,7 +9,7 @@ SIGTERM or SIGINT starts a clean stop: the stop event makes polls finish the
 message in hand and return, the intake listener stops accepting and answers
 the messages it holds, running jobs finish, leases are given back. Nothing is
 acknowledged at a source before its commit, so even a hard kill loses nothing
-(see intake/imap.py and intake/smtp.py).
+(see intake/imap/ and intake/smtp.py).
 
 A reload takes effect at once for rules, departments, agents, SLA plans,
 tickets, security, smtp and mailboxes (poll jobs and IDLE threads follow the
@@ -31,21 +28,16 @@ from types import FrameType
 
 from mailticket.config import Config, MailboxConfig
 from mailticket.context import AppContext
-from mailticket.intake.imap import PollResult, idle_mailbox, poll_mailbox
+from mailticket.intake.imap import PollResult, idle_mailbox
 from mailticket.intake.smtp import IntakeServer
 from mailticket.models import Outcome
 from mailticket.outbound.render import Renderer
-from mailticket.outbound.send import flush
-from mailticket.overdue import sla_check
-from mailticket.pipeline.lifecycle import autoclose
-from mailticket.reload import ConfigWatcher
-from mailticket.scheduler import Scheduler
+from mailticket.service import jobs
+from mailticket.service.reload import ConfigWatcher
+from mailticket.service.scheduler import Scheduler
 
-log = logging.getLogger("mailticket.daemon")
+log = logging.getLogger("mailticket.service.daemon")
 
-OUTBOX_SECONDS = 10.0
-SLA_SECONDS = 60.0
-AUTOCLOSE_SECONDS = 600.0
 RESTART_SECTIONS = ("service", "intake")
 
 
@@ -73,9 +65,8 @@ class Daemon:
 
     def start(self) -> None:
         config = self.ctx.config
-        self.scheduler.add("outbox", self._flush, OUTBOX_SECONDS)
-        self.scheduler.add("sla_check", lambda: sla_check(self.ctx), SLA_SECONDS, leased=True)
-        self.scheduler.add("autoclose", lambda: autoclose(self.ctx), AUTOCLOSE_SECONDS, leased=True)
+        for job in jobs.periodic(self.ctx):
+            self.scheduler.add(job.name, job.run, job.seconds, leased=job.leased)
         self._sync_mailboxes(config)
         if config.intake.enabled:
             intake = IntakeServer(self.ctx, on_stored=self._stored)
@@ -107,14 +98,6 @@ class Daemon:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def _flush(self) -> None:
-        result = flush(self.ctx)
-        if result.sent or result.retrying or result.failed:
-            log.info(
-                "outbox flushed",
-                extra={"fields": {"sent": result.sent, "retrying": result.retrying, "failed": result.failed}},
-            )
-
     def _stored(self, _outcome: Outcome) -> None:
         """New mail usually means an acknowledgement or alert to send: flush now, not in 10 s."""
         self.scheduler.run_soon("outbox")
@@ -125,8 +108,9 @@ class Daemon:
 
     def _poll(self, name: str) -> None:
         mailbox = self._polled.get(name)
-        if mailbox is not None and not self.stop_event.is_set():
-            self._polled_result(poll_mailbox(self.ctx, mailbox, stop=self.stop_event))
+        result = jobs.poll(self.ctx, mailbox, self.stop_event) if mailbox is not None else None
+        if result is not None:
+            self._polled_result(result)
 
     # -- mailboxes: poll jobs and IDLE threads, kept in step with the config --------------------
 

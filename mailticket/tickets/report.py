@@ -18,10 +18,10 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from mailticket.actions import STATUSES
 from mailticket.context import AppContext
-from mailticket.serialize import iso
+from mailticket.storage.serialize import iso
 from mailticket.storage.tables import Ticket
+from mailticket.tickets.actions import STATUSES
 
 UNASSIGNED = None  # the `agent` of tickets nobody was assigned to
 

@@ -13,18 +13,14 @@ is kept as an internal note, and nothing is relayed or changed.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlmodel import Session
-
-from mailticket import actions
 from mailticket.config import PRIORITIES, Config
-from mailticket.context import AppContext
 from mailticket.models import ParsedMessage
-from mailticket.outbound.outbox import enqueue
 from mailticket.storage import repository
 from mailticket.storage.tables import Entry, Ticket
+from mailticket.tickets import actions, notices
+from mailticket.tickets.store import Store
 
 # html2text escapes a leading '#' as '\#' when an agent's mail has only an HTML part.
 _COMMAND = re.compile(r"^\\?#([a-z_]+)\b[ \t]*(.*)$", re.I)
@@ -71,22 +67,19 @@ def check_command(config: Config, cmd: Command) -> str | None:
     return None
 
 
-EntryMaker = Callable[[Session, Ticket, ParsedMessage, str, list[str]], Entry]
-
-
-def agent_mail(
-    session: Session, ctx: AppContext, ticket: Ticket, parsed: ParsedMessage, make_entry: EntryMaker
-) -> Entry:
+def agent_mail(store: Store, ticket: Ticket, parsed: ParsedMessage) -> Entry:
+    """A verified agent's mail: its commands checked (all or nothing), then applied in order."""
+    session, ctx = store.session, store.ctx
     agent = parsed.sender or ""
     commands, rest, unknown = split_commands(parsed.visible_text)
     problems = [f"unknown command {line!r}" for line in unknown]
     problems += [p for c in commands if (p := check_command(ctx.config, c))]
     if problems:
-        return _refuse(session, ctx, ticket, parsed, make_entry, problems)
+        return _refuse(store, ticket, parsed, problems)
     names = [c.name for c in commands]
     closing = next((n for n in reversed(names) if n in ("close", "resolve")), None)
     internal = "note" in names or not rest
-    entry = make_entry(session, ticket, parsed, "note" if internal else "agent", [])
+    entry = store.entry(ticket, parsed, "note" if internal else "agent", [])
     entry.body_text = rest or "\n".join(f"#{c.name} {c.arg}".strip() for c in commands)
     if commands:
         repository.record_event(
@@ -96,14 +89,7 @@ def agent_mail(
     if internal:
         if rest:
             repository.record_event(session, ctx.clock(), ticket, "note", agent, entry_id=entry.id)
-            enqueue(
-                session,
-                ctx,
-                ticket,
-                "note_alert",
-                actions.agents_to_alert(ctx, ticket, exclude=agent),
-                actions.entry_context(entry),
-            )
+            notices.note_alert(session, ctx, ticket, entry, exclude=agent)
     elif closing is None:
         actions.relay_reply(session, ctx, ticket, entry)
     for cmd in commands:
@@ -122,26 +108,13 @@ def agent_mail(
     return entry
 
 
-def _refuse(
-    session: Session,
-    ctx: AppContext,
-    ticket: Ticket,
-    parsed: ParsedMessage,
-    make_entry: EntryMaker,
-    problems: list[str],
-) -> Entry:
+def _refuse(store: Store, ticket: Ticket, parsed: ParsedMessage, problems: list[str]) -> Entry:
+    """Nothing is applied; the mail is kept as a note and the agent is told which lines failed."""
+    session, ctx = store.session, store.ctx
     agent = parsed.sender or ""
-    entry = make_entry(session, ticket, parsed, "note", ["command-error"])
+    entry = store.entry(ticket, parsed, "note", ["command-error"])
     repository.record_event(
         session, ctx.clock(), ticket, "command_error", agent, entry_id=entry.id, problems=problems
     )
-    enqueue(
-        session,
-        ctx,
-        ticket,
-        "command_error",
-        [agent],
-        {**actions.entry_context(entry), "problems": problems, "known": [f"#{k}" for k in KNOWN]},
-        automatic=False,
-    )
+    notices.command_error(session, ctx, ticket, entry, agent, problems, [f"#{k}" for k in KNOWN])
     return entry

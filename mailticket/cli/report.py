@@ -1,48 +1,28 @@
-"""`mailticket run` (the daemon) and `mailticket report`; registered on the main group in cli.py."""
+"""`mailticket report`: volumes, response and resolution times, SLA results."""
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from rich.table import Table
 
+from mailticket.cli.output import State, console, print_json
 from mailticket.config import parse_duration
-from mailticket.report import build_report, duration_text
-
-if TYPE_CHECKING:
-    from mailticket.cli import State
-
-
-@click.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="Config file (same as the global --config, for `mailticket run --config FILE`).")
-@click.pass_obj
-def run(state: State, config_path: str | None) -> None:
-    """The daemon: mailboxes, outbox, scheduler, optional SMTP/LMTP intake; stops on SIGTERM/SIGINT."""
-    from mailticket.daemon import Daemon
-
-    if config_path:
-        state.config_path = config_path
-    daemon = Daemon(state.ctx())
-    try:
-        daemon.run_forever()
-    except OSError as exc:  # e.g. the intake port is taken
-        click.echo(f"cannot start: {exc}", err=True)
-        sys.exit(1)
+from mailticket.errors import DurationError
+from mailticket.tickets.report import build_report, duration_text
 
 
 def parse_since(text: str, now: datetime) -> datetime:
     """'2026-11-01', '2026-11-01T08:00', '2026-11-01T08:00+01:00' or a duration ago ('30d', '12h')."""
     try:
         return now - parse_duration(text)
-    except ValueError:
+    except DurationError:
         pass
     try:
         when = datetime.fromisoformat(text)
-    except ValueError:
+    except ValueError:  # the stdlib's verdict on the text, not one of our errors
         raise click.BadParameter(
             f"{text!r}: give a date (2026-11-01), a date and time (2026-11-01T08:00) or a duration ago (30d)"
         ) from None
@@ -69,8 +49,6 @@ def _times_row(label: str, data: dict[str, Any]) -> list[str]:
 @click.pass_obj
 def report(state: State, since: str | None, as_json: bool) -> None:
     """Tickets by status and department, response and resolution times, SLA met/breached, per agent."""
-    from mailticket.cli import console, print_json
-
     ctx = state.ctx()
     data = build_report(ctx, parse_since(since, ctx.clock()) if since else None)
     if as_json:

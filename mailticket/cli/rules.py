@@ -8,20 +8,18 @@ stored, nothing sent.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import click
 from rich.table import Table
 
+from mailticket.cli.output import State, console, print_json
 from mailticket.config import Config
 from mailticket.errors import ParseError
 from mailticket.models import Decision, ParsedMessage
 from mailticket.pipeline.parse import parse
 from mailticket.pipeline.route import base_department, explain
 from mailticket.rules.engine import RuleTrace
-
-if TYPE_CHECKING:
-    from mailticket.cli import State
 
 
 @click.group()
@@ -78,8 +76,6 @@ def report(
 
 
 def _print_table(data: dict[str, Any]) -> None:
-    from mailticket.cli import console
-
     msg = data["message"]
     console.print(f"From: {msg['from'] or '-'}  Subject: {msg['subject']}", markup=False, highlight=False)
     table = Table("#", "rule", "result", "matched on / conditions")
@@ -121,8 +117,6 @@ def _print_table(data: dict[str, Any]) -> None:
 @click.pass_obj
 def rules_test(state: State, file: BinaryIO, mailbox: str | None, followup: bool, as_json: bool) -> None:
     """Dry run: which rules match FILE and the routing that results; stores nothing."""
-    from mailticket.cli import print_json
-
     config = state.config()
     if mailbox is not None and mailbox not in {m.name for m in config.mailboxes}:
         known = ", ".join(m.name for m in config.mailboxes) or "none configured"

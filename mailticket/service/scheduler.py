@@ -22,12 +22,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
+from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
+from mailticket import logs
 from mailticket.storage import lease
 
-log = logging.getLogger("mailticket.scheduler")
+log = logging.getLogger("mailticket.service.scheduler")
 
 LEASE_GRACE_SECONDS = 30.0
 
@@ -89,8 +90,8 @@ class Scheduler:
         started = time.monotonic()
         try:
             fn()
-        except Exception:
-            log.exception("job failed", extra={"fields": {"job": name}})
+        except Exception as exc:
+            logs.failure(log, "job failed", exc, job=name)
         finally:
             with self._lock:
                 self._running.discard(name)

@@ -22,12 +22,11 @@ from datetime import timedelta
 
 from sqlmodel import Session, col, select
 
-from mailticket import actions
 from mailticket.context import AppContext
 from mailticket.models import ParsedMessage
-from mailticket.outbound.outbox import enqueue
 from mailticket.storage import repository
 from mailticket.storage.tables import Entry, MessageRef, Participant, Ticket
+from mailticket.tickets import actions, notices
 
 log = logging.getLogger("mailticket.lifecycle")
 
@@ -47,14 +46,7 @@ def closed_reply(
         repository.record_event(
             session, ctx.clock(), ticket, "closed_reply_rejected", parsed.sender, entry_id=entry.id
         )
-        enqueue(
-            session,
-            ctx,
-            ticket,
-            "closed_reject",
-            [parsed.sender] if parsed.sender else [],
-            actions.entry_context(entry),
-        )
+        notices.closed_reject(session, ctx, ticket, entry, parsed.sender)
         return ticket
     return _followup_ticket(session, ctx, ticket, entry, parsed, policy)
 
@@ -88,10 +80,7 @@ def _followup_ticket(
         session, ctx.clock(), fresh, "created", parsed.sender, linked_from=ticket.ref, reason=why
     )
     repository.record_event(session, ctx.clock(), ticket, "followup_ticket", parsed.sender, new_ref=fresh.ref)
-    context = actions.entry_context(entry)
-    if ctx.config.tickets.acknowledge:
-        enqueue(session, ctx, fresh, "ack", [fresh.requester], context)
-    enqueue(session, ctx, fresh, "alert", actions.agents_to_alert(ctx, fresh), context)
+    notices.new_ticket(session, ctx, fresh, entry, acknowledge=ctx.config.tickets.acknowledge)
     return fresh
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from mailticket.config import SlaConfig, parse_duration
+from mailticket.errors import ScheduleError
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # A plan whose windows never open would loop forever; ten years of days is far past any SLA.
@@ -48,7 +49,7 @@ def add_business_time(
 ) -> datetime:
     """`start` plus `amount` of time counted only inside the daily window on `days` (0 = Monday)."""
     if not days:
-        raise ValueError("business_days is empty: no time ever counts")
+        raise ScheduleError("business_days is empty: no time ever counts")
     remaining = amount
     cursor = start.astimezone(UTC)
     day = cursor.astimezone(tz).date()
@@ -63,7 +64,7 @@ def add_business_time(
                 remaining -= available
                 cursor = closes
         day += timedelta(days=1)
-    raise ValueError(f"business time of {amount} does not fit in {_MAX_DAYS} days")
+    raise ScheduleError(f"business time of {amount} does not fit in {_MAX_DAYS} days")
 
 
 def business_span(text: str, window: timedelta, days_per_week: int) -> timedelta:

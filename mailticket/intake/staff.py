@@ -8,8 +8,9 @@ from email.utils import format_datetime, make_msgid
 from sqlmodel import Session
 
 from mailticket.context import AppContext
+from mailticket.errors import TicketActionError
 from mailticket.models import RawMail
-from mailticket.pipeline.process import Pipeline
+from mailticket.process import Pipeline
 from mailticket.storage import repository
 
 
@@ -29,9 +30,9 @@ def open_ticket(
     acknowledgement and alerts of a mailed one, and keeps its raw bytes too.
     """
     if "@" not in requester:
-        raise ValueError(f"requester {requester!r} is not an email address")
+        raise TicketActionError(f"requester {requester!r} is not an email address")
     if department and department not in {d.name for d in ctx.config.departments}:
-        raise ValueError(f"unknown department {department!r}")
+        raise TicketActionError(f"unknown department {department!r}")
     msg = EmailMessage()
     msg["From"] = requester
     dept_address = ctx.config.department(department).address if department else None
@@ -43,7 +44,7 @@ def open_ticket(
     msg.set_content(body or "(opened by staff)")
     outcome = Pipeline(ctx).process(RawMail(data=msg.as_bytes(), source="cli"))
     if outcome.ticket_ref is None:
-        raise ValueError(f"ticket not opened: {outcome.status} {outcome.reason}")
+        raise TicketActionError(f"ticket not opened: {outcome.status} {outcome.reason}")
     if department or priority:
         with Session(ctx.engine) as session, session.begin():
             ticket = repository.ticket_by_ref(session, outcome.ticket_ref)

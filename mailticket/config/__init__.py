@@ -1,0 +1,47 @@
+"""The TOML config: one file, read once, validated into frozen models.
+
+    load.py        file -> expanded dict -> Config (or one ConfigError listing every problem)
+    schema.py      the models, one per section
+    checks.py      cross-references between sections (unknown department, duplicate names, ...)
+    messages.py    problems worded for the admin: where, what, the fix
+    durations.py   '8h', '3d', '1d12h'
+"""
+
+from mailticket.config.durations import parse_duration
+from mailticket.config.load import CONFIG_ENV, load_config
+from mailticket.config.schema import (
+    PRIORITIES,
+    ActionsConfig,
+    AgentConfig,
+    ConditionConfig,
+    Config,
+    DepartmentConfig,
+    IntakeConfig,
+    MailboxConfig,
+    RuleConfig,
+    SecurityConfig,
+    ServiceConfig,
+    SlaConfig,
+    SmtpConfig,
+    TicketsConfig,
+)
+
+__all__ = [
+    "CONFIG_ENV",
+    "PRIORITIES",
+    "ActionsConfig",
+    "AgentConfig",
+    "ConditionConfig",
+    "Config",
+    "DepartmentConfig",
+    "IntakeConfig",
+    "MailboxConfig",
+    "RuleConfig",
+    "SecurityConfig",
+    "ServiceConfig",
+    "SlaConfig",
+    "SmtpConfig",
+    "TicketsConfig",
+    "load_config",
+    "parse_duration",
+]

@@ -1,0 +1,82 @@
+"""Read the TOML file, expand ${VAR}, validate; every problem is one line of a ConfigError."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from mailticket.config.checks import cross_reference_problems
+from mailticket.config.messages import location as _location
+from mailticket.config.messages import problems_from, where
+from mailticket.config.schema import Config
+from mailticket.errors import ConfigError
+
+CONFIG_ENV = "MAILTICKET_CONFIG"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(node: Any, path: str, problems: list[str]) -> Any:
+    """Replace ${VAR} in every string; a missing variable is a problem, not an empty string."""
+    if isinstance(node, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else k, problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                problems.append(
+                    f"{path}: environment variable {name} is not set (export {name}=... "
+                    "before starting mailticket)"
+                )
+                return ""
+            return os.environ[name]
+
+        return _ENV_REF.sub(sub, node)
+    return node
+
+
+
+def load_config(path: str | Path | None = None, *, text: str | None = None) -> Config:
+    """Read (or take `text` as the file's content), expand, validate; ConfigError lists every problem."""
+    location = Path(path or os.environ.get(CONFIG_ENV) or "mailticket.toml")
+    try:
+        raw = tomllib.loads(text if text is not None else location.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            str(location), ["file not found (pass --config or set MAILTICKET_CONFIG)"]
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(location), [f"not valid TOML: {exc}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(location), [f"cannot read: {exc}"]) from None
+    problems: list[str] = []
+    expanded = _expand_env(raw, "", problems)
+    # A disabled mailbox may name variables that are not set on this machine.
+    disabled = [
+        f"mailboxes[{i}]." for i, m in enumerate(raw.get("mailboxes") or [])
+        if isinstance(m, dict) and m.get("enabled") is False
+    ]
+    problems = [p for p in problems if not p.startswith(tuple(disabled))] if disabled else problems
+    try:
+        config = Config.model_validate(expanded)
+    except ValidationError as exc:
+        # Cross-references are checked on the file as read, so they are reported even when
+        # some fields are wrong; the model's own check (location ()) would repeat them.
+        errors = [e for e in exc.errors() if _location(e)]
+        bad = [_location(e) for e in errors]
+        cross = [
+            f"{where(loc, raw)}: {msg}"
+            for loc, msg in cross_reference_problems(expanded)
+            if not any(loc[: len(b)] == b for b in bad)
+        ]
+        raise ConfigError(str(location), problems + problems_from(Config, errors, raw) + cross) from None
+    if problems:
+        raise ConfigError(str(location), problems)
+    return config.model_copy(update={"source": location})

@@ -1,0 +1,90 @@
+"""Threading headers of a notice: In-Reply-To/References from what its recipient has seen,
+and Outlook's Thread-Index.
+
+Customers see their own messages and our notices to customers, never the Message-IDs of agent
+alerts (whose reply tokens name the agent); agents see everything.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from sqlmodel import Session, and_, col, or_, select
+
+from mailticket.context import AppContext
+from mailticket.outbound import mime
+from mailticket.storage.tables import Entry, MessageRef, OutboxMessage, Ticket
+
+MAX_REFERENCES = 20
+_MSGID_SAFE = re.compile(r"[!-;=?-~]{1,900}")  # printable ASCII without < and >; fits one line
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
+
+
+def thread_refs(
+    session: Session, ctx: AppContext, ticket_ids: Iterable[int]
+) -> dict[int, list[tuple[str, str, bool]]]:
+    """Per ticket, oldest first: (Message-ID, "in" | "out", whether the customer has seen it).
+
+    One query for a batch of notices. Customers saw their own messages and our notices to
+    customers, nothing addressed to agents (whose Message-ID tokens name the agent); agents see
+    everything. Only rendered notices have a Message-ID here.
+    """
+    own_mail = (
+        select(Entry.id)
+        .where(Entry.ticket_id == MessageRef.ticket_id, Entry.kind == "customer")
+        .where(Entry.message_id == MessageRef.message_id)
+        .exists()
+    )
+    notice_to_customer = (
+        select(OutboxMessage.id)
+        .where(
+            OutboxMessage.ticket_id == MessageRef.ticket_id,
+            OutboxMessage.message_id == MessageRef.message_id,
+            col(OutboxMessage.to_addr).not_in([a.email for a in ctx.config.agents]),
+        )
+        .exists()
+    )
+    customer_saw = or_(
+        and_(MessageRef.direction == "in", own_mail),
+        and_(MessageRef.direction != "in", notice_to_customer),
+    )
+    rows = session.exec(
+        select(MessageRef.ticket_id, MessageRef.message_id, MessageRef.direction, customer_saw)
+        .where(col(MessageRef.ticket_id).in_(list(ticket_ids)))
+        .order_by(col(MessageRef.id))
+    ).all()
+    refs: dict[int, list[tuple[str, str, bool]]] = defaultdict(list)
+    for ticket_id, message_id, direction, seen in rows:
+        if _MSGID_SAFE.fullmatch(message_id):
+            refs[ticket_id].append((message_id, direction, bool(seen)))
+    return refs
+
+
+def thread_index(ticket: Ticket) -> str:
+    """Outlook's Thread-Index header block: 0x01, 5 bytes of FILETIME, a GUID fixed per ticket."""
+    created = ticket.created_at if ticket.created_at.tzinfo else ticket.created_at.replace(tzinfo=UTC)
+    filetime = int((created - _FILETIME_EPOCH).total_seconds() * 10_000_000)
+    guid = hashlib.sha256(f"mailticket-thread:{ticket.ref}".encode()).digest()[:16]
+    return base64.b64encode(b"\x01" + (filetime >> 24).to_bytes(5, "big") + guid).decode()
+
+
+def reply_headers(chain: list[tuple[str, str]]) -> list[str]:
+    """In-Reply-To the latest message someone wrote to us; References name the whole thread.
+
+    `chain` is (Message-ID, direction) oldest first. Identifiers are written as they are, one per
+    line: refolding one longer than a line would turn it into an encoded word and break threading.
+    """
+    if not chain:
+        return []
+    answered = next((m for m, direction in reversed(chain) if direction == "in"), chain[-1][0])
+    ids = [m for m, _ in chain]
+    refs = ids if len(ids) <= MAX_REFERENCES else [ids[0], *ids[-(MAX_REFERENCES - 1) :]]
+    return [
+        mime.raw_header("In-Reply-To", f"<{answered}>"),
+        mime.raw_header("References", f"{mime.CRLF} ".join(f"<{m}>" for m in refs)),
+    ]

@@ -1,0 +1,185 @@
+"""One message, one pass: parse -> classify -> thread -> route -> store -> notify.
+
+`Pipeline` is the only class that knows the stage order; the stages themselves live in
+`pipeline/` (pure: parse, classify, thread, route) and `tickets/` (what changes a ticket:
+store, open, follow-up, notices). All database work for a message happens in one
+transaction (its own, or one shared by an IMAP fetch group: `Pipeline.in_transaction`),
+keyed by the message's de-duplication key, so a message processed twice (reconnect, crash,
+a copy to a second support address) is stored once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import TypeVar
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from mailticket.context import AppContext
+from mailticket.errors import ParseError
+from mailticket.models import Classification, MailKind, Outcome, ParsedMessage, RawMail
+from mailticket.pipeline.classify import classify
+from mailticket.pipeline.parse import parse
+from mailticket.pipeline.route import route
+from mailticket.storage import repository
+from mailticket.storage.tables import Ticket
+from mailticket.tickets.followup import followup
+from mailticket.tickets.open import open_ticket
+from mailticket.tickets.store import Store, dedup_key
+
+log = logging.getLogger("mailticket.pipeline")
+T = TypeVar("T")
+
+
+class Pipeline:
+    """Built once per source; runs messages one transaction at a time (or a fetch group in one)."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.max_bytes = int(ctx.config.service.max_message_mb * 1024 * 1024)
+
+    def process(self, raw: RawMail) -> Outcome:
+        """Never raises for bad mail: every message ends stored, duplicate or quarantined."""
+        return self.in_transaction(lambda batch: batch.process(raw))
+
+    def in_transaction(self, work: Callable[[Batch], T]) -> T:
+        """Run `work` (one message or a whole fetch group) in one transaction, and log each
+        message's outcome once it has committed, never before.
+
+        `work` runs a second time when it hit a concurrent insert: another process stored the
+        same key (or took the same ref) between our check and our insert, and the second pass
+        sees it as a duplicate. Any other exception rolls everything back and propagates.
+        On SQLite the write lock is taken at BEGIN: a transaction that only upgraded from
+        reading later could fail on a concurrent writer's commit.
+        """
+        for attempt in range(2):
+            try:
+                with Session(self.ctx.engine) as session, session.begin():
+                    if self.ctx.engine.dialect.name == "sqlite":
+                        session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+                    batch = Batch(self, session)
+                    result = work(batch)
+                    batch.wait_for_blobs()
+                break
+            except IntegrityError:
+                if attempt:
+                    raise
+        for raw, message_id, outcome in batch.done:
+            _log(raw, message_id, outcome)
+        return result
+
+    # -- the stage order -------------------------------------------------------
+    def run(self, store: Store, raw: RawMail) -> tuple[Outcome, str | None]:
+        """The message's outcome and Message-ID; inside the caller's transaction."""
+        # The raw bytes (and attachments) are written while this message and the rest of its
+        # transaction are parsed and stored (`Batch.wait_for_blobs`).
+        raw_sha = store.put(raw.data)
+        try:
+            parsed = parse(raw.data, max_bytes=self.max_bytes)
+        except ParseError as exc:
+            return store.quarantine(raw, str(exc), raw_sha), None
+        key = dedup_key(parsed)
+        seen = store.seen(key)
+        if seen is not None:
+            return seen, parsed.message_id
+        cls = classify(parsed, store.ctx.config, store.ctx.secret)
+        match = store.find_ticket(parsed, cls)
+        if match.ticket is None:
+            return self._new(store, raw, parsed, cls, key, raw_sha), parsed.message_id
+        found = store.session.get(Ticket, match.ticket.id)
+        assert found is not None
+        entry = followup(store, raw, parsed, cls, match, found)
+        ticket = found
+        if entry.ticket_id != ticket.id:  # a reply to a closed ticket opened a linked one
+            linked = store.session.get(Ticket, entry.ticket_id)
+            assert linked is not None
+            ticket = linked
+        store.record(raw, key, raw_sha, "stored", ticket_id=ticket.id, entry_id=entry.id)
+        return Outcome("stored", ticket.ref, entry.id, reason=match.how.value), parsed.message_id
+
+    def _new(
+        self, store: Store, raw: RawMail, parsed: ParsedMessage, cls: Classification, key: str, raw_sha: str
+    ) -> Outcome:
+        """No ticket yet: route, then open one (or keep the mail without one: bounce, loop, drop)."""
+        if cls.kind in (MailKind.BOUNCE, MailKind.LOOP):
+            reason = f"{cls.reason} for no known ticket"
+            store.record(raw, key, raw_sha, "quarantined", reason)
+            return Outcome("quarantined", reason=reason)
+        decision = route(
+            parsed, store.ctx.config, mailbox=raw.mailbox, followup=False, envelope=raw.envelope_recipients
+        )
+        if decision.drop:
+            rules = [h.rule for h in decision.hits]
+            reason = f"dropped by rule {rules[-1] if rules else '?'}"
+            store.record(raw, key, raw_sha, "dropped", reason)
+            repository.record_event(
+                store.session, store.ctx.clock(), None, "dropped", None, rules=rules, dedup_key=key
+            )
+            return Outcome("dropped", reason=reason)
+        ticket, entry = open_ticket(store, raw, parsed, cls, decision)
+        store.record(raw, key, raw_sha, "stored", ticket_id=ticket.id, entry_id=entry.id)
+        return Outcome("stored", ticket.ref, entry.id, new_ticket=True)
+
+
+class Batch:
+    """The messages of one transaction (`Pipeline.in_transaction`)."""
+
+    def __init__(self, pipeline: Pipeline, session: Session) -> None:
+        self.pipeline = pipeline
+        self.session = session
+        self.done: list[tuple[RawMail, str | None, Outcome]] = []  # logged once committed
+        self.writes: list[Future[str]] = []  # raw bytes and attachments on their way to disk
+
+    def process(self, raw: RawMail) -> Outcome:
+        outcome, message_id = self.pipeline.run(self._store(), raw)
+        self._next()
+        self.done.append((raw, message_id, outcome))
+        return outcome
+
+    def quarantine(self, raw: RawMail, reason: str) -> Outcome:
+        """Keep a message we will not process (too large, or a worker keeps crashing on it)."""
+        outcome = self._store().quarantine(raw, reason)
+        self._next()
+        self.done.append((raw, None, outcome))
+        return outcome
+
+    def wait_for_blobs(self) -> None:
+        """Before the commit: a failed blob write (disk full...) fails the transaction, so no
+        committed row names a blob that is not on disk."""
+        for written in self.writes:
+            written.result()
+
+    def _store(self) -> Store:
+        """A message's store: everything it does (ticket, entry, notices, due times) carries one
+        instant of the context's clock, as the rows of one SQL transaction would."""
+        now = self.pipeline.ctx.clock()
+        return Store(replace(self.pipeline.ctx, clock=lambda: now), self.session, self.writes)
+
+    def _next(self) -> None:
+        """Each message starts from an empty identity map, as in a transaction of its own: no
+        object read by an earlier message of the batch can be stale after its Core updates.
+        Its ORM changes are flushed first; after a failure the whole transaction rolls back."""
+        self.session.flush()
+        self.session.expunge_all()
+
+
+def _log(raw: RawMail, message_id: str | None, outcome: Outcome) -> None:
+    log.info(
+        "message %s",
+        outcome.status,
+        extra={
+            "fields": {
+                "source": raw.source,
+                "position": raw.position,
+                "message_id": message_id,
+                "status": outcome.status,
+                "ticket": outcome.ticket_ref,
+                "new_ticket": outcome.new_ticket,
+                "reason": outcome.reason,
+            }
+        },
+    )

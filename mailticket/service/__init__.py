@@ -1,0 +1,1 @@
+"""The daemon: what runs continuously (scheduler, IDLE workers, SMTP/LMTP listener, config reload)."""

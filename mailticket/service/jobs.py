@@ -1,0 +1,63 @@
+"""The daemon's periodic jobs in one place: what runs, how often, and whether one process at a time.
+
+    outbox      every OUTBOX_SECONDS, and at once after new mail   (any process may flush:
+                                                                     rows are claimed, not leased)
+    sla_check   every SLA_SECONDS        leased: one process at a time
+    autoclose   every AUTOCLOSE_SECONDS  leased: one process at a time
+    poll:<name> every mailbox's poll_seconds (mailboxes without IDLE; the mailbox lease
+                inside `poll_mailbox` keeps it to one poller)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailticket.config import MailboxConfig
+from mailticket.context import AppContext
+from mailticket.intake.imap import PollResult, poll_mailbox
+from mailticket.outbound.send import flush
+from mailticket.tickets.lifecycle import autoclose
+from mailticket.tickets.overdue import sla_check
+
+log = logging.getLogger("mailticket.service.daemon")
+
+OUTBOX_SECONDS = 10.0
+SLA_SECONDS = 60.0
+AUTOCLOSE_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    run: Callable[[], object]
+    seconds: float
+    leased: bool = False
+
+
+def periodic(ctx: AppContext) -> list[Job]:
+    """The jobs every daemon runs, whatever its mailboxes."""
+    return [
+        Job("outbox", lambda: flush_outbox(ctx), OUTBOX_SECONDS),
+        Job("sla_check", lambda: sla_check(ctx), SLA_SECONDS, leased=True),
+        Job("autoclose", lambda: autoclose(ctx), AUTOCLOSE_SECONDS, leased=True),
+    ]
+
+
+def flush_outbox(ctx: AppContext) -> None:
+    """Send what is due; one log line when anything happened."""
+    result = flush(ctx)
+    if result.sent or result.retrying or result.failed:
+        log.info(
+            "outbox flushed",
+            extra={"fields": {"sent": result.sent, "retrying": result.retrying, "failed": result.failed}},
+        )
+
+
+def poll(ctx: AppContext, mailbox: MailboxConfig, stop: threading.Event) -> PollResult | None:
+    """One poll of a mailbox, unless the daemon is stopping."""
+    if stop.is_set():
+        return None
+    return poll_mailbox(ctx, mailbox, stop=stop)

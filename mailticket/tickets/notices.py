@@ -1,0 +1,129 @@
+"""Every notice a ticket change implies, queued in the change's transaction: the one caller of `enqueue`.
+
+Who hears what:
+
+    ack            new ticket            -> requester (unless a rule or a loop check says no)
+    alert          new or moved ticket   -> assignee, else the department's agents
+    note_alert     note, customer reply  -> assignee, else the department's agents
+    reply          agent's public reply  -> requester, CCs on the first copy (never automatic)
+    resolution     resolved              -> requester and CCs
+    reopened       back to open          -> assignee, else the department's agents
+    overdue        SLA missed            -> agents; the escalation contact
+    closed_reject  reply to a closed ticket under the `reject` policy -> its sender
+    command_error  an agent's bad #command -> that agent (never automatic)
+
+A notice that must not go out (loop safety, caps, an undeliverable address) becomes a
+`notice_suppressed` event inside `enqueue`; the ticket change still commits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session, select
+
+from mailticket.context import AppContext
+from mailticket.outbound.outbox import enqueue
+from mailticket.storage.tables import Entry, Participant, Ticket
+
+
+def entry_context(entry: Entry | None, flags: list[str] | None = None) -> dict[str, Any]:
+    """The template variables of the entry a notice is about (JSON, stored with the notice)."""
+    if entry is None:
+        return {"entry": {"author": None, "author_name": "", "body": ""}, "flags": flags or []}
+    return {
+        "entry": {
+            "author": entry.author,
+            "author_name": entry.author_name,
+            "body": entry.body_text,
+        },
+        "flags": flags or list(entry.flags),
+    }
+
+
+def customers(session: Session, ticket: Ticket) -> tuple[str, list[str]]:
+    """(requester, CCs) of a ticket: who hears public replies."""
+    rows = session.exec(
+        select(Participant.email).where(Participant.ticket_id == ticket.id, Participant.role == "cc")
+    ).all()
+    return ticket.requester, list(rows)
+
+
+def agents_to_alert(ctx: AppContext, ticket: Ticket, exclude: str | None = None) -> list[str]:
+    """The assignee, else every agent of the ticket's department; never `exclude` (who acted)."""
+    if ticket.assignee:
+        found = [ticket.assignee]
+    else:
+        dept = next((d for d in ctx.config.departments if d.name == ticket.department), None)
+        found = list(dept.agents) if dept else []
+    return [a for a in found if a != exclude]
+
+
+def new_ticket(session: Session, ctx: AppContext, ticket: Ticket, entry: Entry, *, acknowledge: bool) -> None:
+    """The requester's acknowledgement (when `acknowledge`) and the agents' alert."""
+    context = entry_context(entry)
+    if acknowledge:
+        enqueue(session, ctx, ticket, "ack", [ticket.requester], context)
+    enqueue(session, ctx, ticket, "alert", agents_to_alert(ctx, ticket), context)
+
+
+def moved(session: Session, ctx: AppContext, ticket: Ticket, first: Entry | None, actor: str | None) -> None:
+    """An unassigned ticket moved to another department: its agents hear of it as of a new one."""
+    context = entry_context(first, [f"moved to {ticket.department}"])
+    enqueue(session, ctx, ticket, "alert", agents_to_alert(ctx, ticket, exclude=actor), context)
+
+
+def note_alert(
+    session: Session,
+    ctx: AppContext,
+    ticket: Ticket,
+    entry: Entry,
+    *,
+    exclude: str | None = None,
+    also: list[str] | None = None,
+    flags: list[str] | None = None,
+) -> None:
+    """Agents hear of a note or a customer's reply; `also` adds recipients (an unverified agent)."""
+    to = agents_to_alert(ctx, ticket, exclude=exclude) + (also or [])
+    enqueue(session, ctx, ticket, "note_alert", to, entry_context(entry, flags))
+
+
+def reply(session: Session, ctx: AppContext, ticket: Ticket, entry: Entry) -> None:
+    """An agent's public reply to the requester and CCs: sent even to an auto-replying address."""
+    requester, cc = customers(session, ticket)
+    enqueue(session, ctx, ticket, "reply", [requester], entry_context(entry), cc=cc, automatic=False)
+
+
+def resolution(session: Session, ctx: AppContext, ticket: Ticket, entry: Entry | None) -> None:
+    requester, cc = customers(session, ticket)
+    enqueue(session, ctx, ticket, "resolution", [requester], entry_context(entry), cc=cc)
+
+
+def reopened(session: Session, ctx: AppContext, ticket: Ticket, actor: str | None, why: str) -> None:
+    context = {**entry_context(None), "entry": {"author": actor, "author_name": "", "body": why}}
+    enqueue(session, ctx, ticket, "reopened", agents_to_alert(ctx, ticket, exclude=actor), context)
+
+
+def overdue(
+    session: Session, ctx: AppContext, ticket: Ticket, which: str, due: str, contact: str | None
+) -> None:
+    """The agents hear that `which` deadline passed; an escalation contact gets its own copy."""
+    context = {**entry_context(None, ["overdue"]), "which": which, "due": due}
+    enqueue(session, ctx, ticket, "overdue", agents_to_alert(ctx, ticket), context)
+    if contact:
+        enqueue(session, ctx, ticket, "overdue", [contact], {**context, "flags": ["overdue", "escalation"]})
+
+
+def closed_reject(
+    session: Session, ctx: AppContext, ticket: Ticket, entry: Entry, sender: str | None
+) -> None:
+    enqueue(session, ctx, ticket, "closed_reject", [sender] if sender else [], entry_context(entry))
+
+
+def command_error(
+    session: Session, ctx: AppContext, ticket: Ticket, entry: Entry, agent: str, problems: list[str],
+    known: list[str],
+) -> None:
+    """Tell the agent which commands failed: an answer to a person, so never suppressed as automatic."""
+    context = {**entry_context(entry), "problems": problems, "known": known}
+    enqueue(session, ctx, ticket, "command_error", [agent], context, automatic=False)

@@ -1,0 +1,176 @@
+"""The store stage's building blocks: one message's rows inside the caller's transaction.
+
+`Store` is made per message by `process.Batch`; everything it writes carries the message's one
+instant (the context's clock, frozen), and its blob writes (the raw bytes, the attachments) run on
+a helper thread while the message is stored, joined by the batch before the commit.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import Future
+from typing import Any
+
+from sqlalchemy import Table, bindparam, update
+from sqlalchemy import select as sa_select
+from sqlmodel import Session
+
+from mailticket.context import AppContext
+from mailticket.models import (
+    Classification,
+    MailKind,
+    Outcome,
+    ParsedMessage,
+    RawMail,
+    ThreadMatch,
+    TicketView,
+)
+from mailticket.pipeline.thread import thread
+from mailticket.refs import find_token
+from mailticket.storage import repository
+from mailticket.storage.tables import Attachment, Entry, IntakeRecord, Ticket
+from mailticket.tickets import actions
+
+_INTAKE: Table = IntakeRecord.__table__  # type: ignore[attr-defined]
+_TICKETS: Table = Ticket.__table__  # type: ignore[attr-defined]
+# Every message runs these: built once.
+_SEEN = (
+    sa_select(_INTAKE.c.id, _INTAKE.c.status, _INTAKE.c.entry_id, _TICKETS.c.ref)
+    .select_from(_INTAKE.outerjoin(_TICKETS, _TICKETS.c.id == _INTAKE.c.ticket_id))
+    .where(_INTAKE.c.dedup_key == bindparam("key"))
+)
+_COUNT_DUPLICATE = (
+    update(_INTAKE).where(_INTAKE.c.id == bindparam("row_id")).values(duplicates=_INTAKE.c.duplicates + 1)
+)
+
+_PREFIX = re.compile(r"^\s*((re|aw|sv|vs|wg|tr|rv|fwd?|antw|odp|r)\s*(\[\d+\])?\s*:\s*)+", re.I)
+_TOKEN_TEXT = re.compile(r"\s*\[\s*#\s*[0-9A-Za-z]{4}\s*-\s*[0-9A-Za-z]{4}\s*\]\s*")
+
+
+def clean_subject(subject: str) -> str:
+    """The ticket's title: reply/forward prefixes and our token removed."""
+    return _PREFIX.sub("", _TOKEN_TEXT.sub(" ", subject)).strip() or "(no subject)"
+
+
+def dedup_key(parsed: ParsedMessage) -> str:
+    return f"mid:{parsed.message_id}" if parsed.message_id else f"sha256:{parsed.raw_sha256}"
+
+
+class Store:
+    """One message's writes: intake record, entries with attachments, blobs; no commit of its own."""
+
+    def __init__(self, ctx: AppContext, session: Session, writes: list[Future[str]]) -> None:
+        self.ctx = ctx
+        self.session = session
+        self._writes = writes  # the transaction's pending blob writes
+
+    def put(self, data: bytes) -> str:
+        """Start writing a blob; its sha256 at once (the transaction waits for the write)."""
+        digest, written = self.ctx.blobs.put_async(data)
+        self._writes.append(written)
+        return digest
+
+    def seen(self, key: str) -> Outcome | None:
+        """A duplicate's outcome (its count raised), or None for a key never stored before."""
+        conn = self.session.connection()
+        row = conn.execute(_SEEN, {"key": key}).first()
+        if row is None:
+            return None
+        conn.execute(_COUNT_DUPLICATE, {"row_id": row.id})
+        return Outcome("duplicate", ticket_ref=row.ref, entry_id=row.entry_id, reason=row.status)
+
+    def record(self, raw: RawMail, key: str, raw_sha: str, status: str, reason: str = "", **ids: Any) -> None:
+        """The intake record: which source position became which outcome (and ticket, entry)."""
+        repository.add_row(
+            self.session,
+            IntakeRecord,
+            dedup_key=key,
+            raw_sha256=raw_sha,
+            source=f"{raw.source} {raw.position}".strip(),
+            created_at=self.ctx.clock(),
+            status=status,
+            reason=reason,
+            **ids,
+        )
+
+    def quarantine(self, raw: RawMail, reason: str, raw_sha: str | None = None) -> Outcome:
+        """Keep the raw bytes (written already when `raw_sha` is given) and record why no ticket
+        was opened, unless these bytes are kept already."""
+        raw_sha = raw_sha or self.put(raw.data)
+        key = f"sha256:{raw_sha}"
+        outcome = self.seen(key)
+        if outcome is not None:
+            return outcome
+        self.record(raw, key, raw_sha, "quarantined", reason)
+        return Outcome("quarantined", reason=reason)
+
+    def find_ticket(self, parsed: ParsedMessage, cls: Classification) -> ThreadMatch:
+        """Look up the candidate tickets (Message-IDs, subject token, bounced IDs), then `thread`."""
+        session = self.session
+        by_mid = repository.ticket_by_message_ids(session, [*parsed.references, *parsed.in_reply_to])
+        by_bounce = (
+            repository.ticket_by_message_ids(session, parsed.bounced_message_ids)
+            if cls.kind is MailKind.BOUNCE
+            else None
+        )
+        token = find_token(parsed.subject)
+        # A reply to a notice usually names its ticket twice (References and the subject token):
+        # the ticket and its participants are then read once, not twice.
+        if token and by_mid is not None and by_mid.ref == token:
+            by_token: Ticket | None = by_mid
+        else:
+            by_token = repository.ticket_by_ref(session, token) if token else None
+        views: dict[int | None, TicketView] = {}
+
+        def view(ticket: Ticket | None) -> TicketView | None:
+            if ticket is None:
+                return None
+            if ticket.id not in views:
+                views[ticket.id] = repository.view(session, ticket)
+            return views[ticket.id]
+
+        return thread(
+            cls.kind,
+            parsed.sender,
+            by_message_id=view(by_mid),
+            by_token=view(by_token),
+            by_bounce=view(by_bounce),
+        )
+
+    def entry(self, ticket: Ticket, parsed: ParsedMessage, kind: str, flags: list[str]) -> Entry:
+        """The message as an entry of `ticket`, with its Message-ID remembered and its attachments."""
+        entry = actions.add_entry(
+            self.session,
+            self.ctx,
+            ticket,
+            kind,
+            parsed.sender,
+            parsed.visible_text if kind in ("customer", "agent") else parsed.text,
+            author_name=(parsed.from_.name if parsed.from_ else "")[:200],
+            message_id=parsed.message_id,
+            subject=parsed.subject,
+            body_html=parsed.html,
+            raw_sha256=parsed.raw_sha256,
+            flags=flags + (["defects"] if parsed.defects else []),
+        )
+        repository.remember_message_id(self.session, ticket, parsed.message_id, "in")
+        assert entry.id is not None  # flushed by add_entry
+        max_mb = self.ctx.config.tickets.max_attachment_mb
+        limit = int(max_mb * 1024 * 1024)
+        rows = []
+        for part in parsed.attachments:
+            too_big = len(part.data) > limit
+            rows.append(
+                {
+                    "entry_id": entry.id,
+                    "filename": (part.filename or None) and part.filename[:500],
+                    "content_type": part.content_type[:200],
+                    "size": len(part.data),
+                    "sha256": None if too_big else self.put(part.data),
+                    "inline": part.inline,
+                    "content_id": (part.content_id or None) and part.content_id[:500],
+                    "dropped": f"larger than max_attachment_mb ({max_mb})" if too_big else None,
+                }
+            )
+        repository.add_rows(self.session, Attachment, rows)
+        return entry
