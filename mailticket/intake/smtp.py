@@ -1,6 +1,6 @@
 """SMTP and LMTP intake on aiosmtpd: an MTA hands mail over, mailticket answers after the commit.
 
-`handle_DATA` runs `Pipeline.process` in a worker thread and answers `250`
+`handle_DATA` runs `process.Pipeline.process` in a worker thread and answers `250`
 only once it returned, that is, once the message and its ticket changes are
 committed. Quarantined or dropped mail is kept (raw copy, intake record), so
 it is accepted with 250 too; a failure of the pipeline or the database is a

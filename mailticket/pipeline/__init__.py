@@ -1,5 +1,6 @@
-"""The pipeline: parse -> classify -> thread -> route -> store -> notify.
+"""The pure stages: parse -> classify -> thread -> route (and reply, the visible text of a reply).
 
-`process.Pipeline.process` is the one place that knows the order; every stage
-module is importable on its own and the pure ones touch no I/O.
+Each takes bytes or frozen data and the config and returns frozen data (models.py); none does
+I/O or touches the database (tests/unit/test_contracts.py keeps it so). `mailticket.process`
+orders them and hands their results to `tickets/`, which stores and notifies.
 """

@@ -1,1 +1,1 @@
-"""The rules engine: admin-written conditions and actions from the TOML file."""
+"""The rules engine (pure): admin-written conditions and actions from the TOML file, in file order."""

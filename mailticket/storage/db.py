@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 from mailticket.errors import DatabaseUnavailable
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+BUSY_TIMEOUT_MS = 30_000  # how long a SQLite writer waits for the lock before "database is locked"
 _MIGRATION_LOCK = 0x6D61696C  # "mail": any constant shared by all mailticket processes
 
 
@@ -44,7 +45,7 @@ def _engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -53,7 +54,7 @@ def _engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             # 32 MB of page cache instead of 2 MB: the look-up indexes (Message-IDs, intake keys,
             # refs) stay in memory as the database grows past what 2 MB holds.
             cur.execute("PRAGMA cache_size=-32768")

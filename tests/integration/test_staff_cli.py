@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from click.testing import CliRunner
@@ -117,3 +119,47 @@ def test_assign_and_reopen(setup: tuple[Path, AppContext]) -> None:
     cli(config, "tickets", "reopen", shelled, "--as", "alice@example.com")
     assert state(ctx, shelled)[0] == "open"
     assert notices(ctx, shelled)[-1] == ("reopened", "bob@example.com")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["tickets", "assign", "{ref}", "mallory@example.com"],
+         "mallory@example.com is not a configured agent"),
+        (["tickets", "open", "--requester", "no-at-sign", "--subject", "x"], "is not an email address"),
+        (["tickets", "open", "--requester", "a@b.example", "--subject", "x", "--department", "nope"],
+         "unknown department 'nope'"),
+    ],
+)
+def test_a_refused_action_is_one_line_and_exit_1(
+    setup: tuple[Path, AppContext], args: list[str], message: str
+) -> None:
+    """TicketActionError reaches the shell as one line naming the problem (and the ticket), no traceback."""
+    config, ctx = setup
+    ref = ingest(ctx, mail(subject="Cannot log in")).ticket_ref
+    assert ref is not None
+    result = CliRunner().invoke(main, ["--config", str(config), *(a.format(ref=ref) for a in args)])
+    assert result.exit_code == 1
+    assert message in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_locked_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """A database that stays locked is an expected failure: one line naming it, exit 1."""
+    config = write_config(tmp_path / "mailticket.toml", db_url=f"sqlite:///{tmp_path / 'desk.db'}")
+    ctx = build(load_config(config))
+    ref = ingest(ctx, mail(subject="Cannot log in")).ticket_ref
+    ctx.engine.dispose()
+    holder = sqlite3.connect(tmp_path / "desk.db")
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock for the whole command
+    try:
+        with patch("mailticket.storage.db.BUSY_TIMEOUT_MS", 200):
+            result = CliRunner().invoke(
+                main, ["--config", str(config), "tickets", "note", str(ref), "--body", "hello"]
+            )
+    finally:
+        holder.rollback()
+        holder.close()
+    assert result.exit_code == 1
+    assert "DatabaseUnavailable" in result.stderr and "database is locked" in result.stderr
+    assert "Traceback" not in result.output and "INSERT" not in result.output
