@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from mailticket.cli.output import EX_CONFIG_INVALID, State, pass_state
+from mailticket.cli.state import EX_CONFIG_INVALID, State, pass_state
 from mailticket.errors import ConfigError
 from mailticket.outbound.render import Renderer
 

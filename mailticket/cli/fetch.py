@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mailticket.cli.output import State, console, print_json
+from mailticket.cli.output import console, print_json
+from mailticket.cli.state import State
 from mailticket.intake.imap import PollResult, poll_mailbox
 from mailticket.outbound.send import FlushResult, flush
 

@@ -8,7 +8,8 @@ import click
 from rich.table import Table
 from sqlmodel import Session, col, select
 
-from mailticket.cli.output import EX_DATAERR, State, console, pass_state, print_json
+from mailticket.cli.output import console, print_json
+from mailticket.cli.state import EX_DATAERR, State, pass_state
 from mailticket.outbound.send import flush, retry
 from mailticket.storage.serialize import outbox_dict
 from mailticket.storage.tables import OutboxMessage

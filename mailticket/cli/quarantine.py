@@ -9,7 +9,8 @@ import click
 from rich.table import Table
 from sqlmodel import Session, col, select
 
-from mailticket.cli.output import State, console, pass_state, print_json
+from mailticket.cli.output import console, print_json
+from mailticket.cli.state import State, pass_state
 from mailticket.storage.serialize import iso
 from mailticket.storage.tables import IntakeRecord
 

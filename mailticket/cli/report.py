@@ -8,7 +8,8 @@ from typing import Any
 import click
 from rich.table import Table
 
-from mailticket.cli.output import State, console, print_json
+from mailticket.cli.output import console, print_json
+from mailticket.cli.state import State
 from mailticket.config import parse_duration
 from mailticket.errors import DurationError
 from mailticket.tickets.report import build_report, duration_text

@@ -13,7 +13,8 @@ from typing import Any, BinaryIO
 import click
 from rich.table import Table
 
-from mailticket.cli.output import State, console, print_json
+from mailticket.cli.output import console, print_json
+from mailticket.cli.state import State
 from mailticket.config import Config
 from mailticket.errors import ParseError
 from mailticket.models import Decision, ParsedMessage

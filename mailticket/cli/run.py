@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from mailticket.cli.output import State
+from mailticket.cli.state import State
 from mailticket.service.daemon import Daemon
 
 

@@ -11,7 +11,8 @@ from rich.table import Table
 from rich.text import Text
 from sqlmodel import Session, col, select
 
-from mailticket.cli.output import State, console, pass_state, print_json, ticket_session
+from mailticket.cli.output import console, print_json, ticket_session
+from mailticket.cli.state import State, pass_state
 from mailticket.intake.staff import open_ticket
 from mailticket.storage.serialize import ticket_dict
 from mailticket.storage.tables import Ticket

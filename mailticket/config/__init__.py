@@ -7,8 +7,9 @@
     durations.py   '8h', '3d', '1d12h'
 """
 
+from mailticket import CONFIG_ENV
 from mailticket.config.durations import parse_duration
-from mailticket.config.load import CONFIG_ENV, load_config
+from mailticket.config.load import load_config
 from mailticket.config.schema import (
     PRIORITIES,
     ActionsConfig,

@@ -10,13 +10,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from mailticket import CONFIG_ENV
 from mailticket.config.checks import cross_reference_problems
 from mailticket.config.messages import location as _location
 from mailticket.config.messages import problems_from, where
 from mailticket.config.schema import Config
 from mailticket.errors import ConfigError
 
-CONFIG_ENV = "MAILTICKET_CONFIG"
+_SQLITE = "sqlite:///"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -79,4 +80,29 @@ def load_config(path: str | Path | None = None, *, text: str | None = None) -> C
         raise ConfigError(str(location), problems + problems_from(Config, errors, raw) + cross) from None
     if problems:
         raise ConfigError(str(location), problems)
-    return config.model_copy(update={"source": location})
+    return _anchored(config, location.parent).model_copy(update={"source": location})
+
+
+def _anchored(config: Config, base: Path) -> Config:
+    """Relative paths (data_dir, templates_dir, ca_file, a sqlite:/// URL) taken from the config
+    file's folder, never from the current directory: an MTA pipe runs in its queue folder, cron in
+    a home folder, and both must find the same desk as the admin's shell."""
+    base = base.resolve()
+
+    def at(path: Path | None) -> Path | None:
+        return None if path is None else base / path  # an absolute path stays as it is
+
+    service = config.service
+    url = service.database_url
+    if url is not None and url.startswith(_SQLITE) and url[len(_SQLITE):] not in ("", ":memory:"):
+        url = _SQLITE + str(base / url[len(_SQLITE):])
+    return config.model_copy(
+        update={
+            "service": service.model_copy(
+                update={"data_dir": at(service.data_dir), "templates_dir": at(service.templates_dir),
+                        "database_url": url}
+            ),
+            "smtp": config.smtp.model_copy(update={"ca_file": at(config.smtp.ca_file)}),
+            "mailboxes": [m.model_copy(update={"ca_file": at(m.ca_file)}) for m in config.mailboxes],
+        }
+    )
