@@ -1,6 +1,6 @@
 """IMAP intake against a real Dovecot, on SQLite and PostgreSQL.
 
-What is checked is the promise of docs/imap.md: every message ends up stored (or kept in
+What is checked is the promise of docs/intake.md: every message ends up stored (or kept in
 quarantine) exactly once and marked at the source only after the commit, whatever breaks:
 a crash, a lost connection, a poison message, a new UIDVALIDITY.
 """
