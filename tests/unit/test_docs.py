@@ -60,6 +60,10 @@ def cited_paths(text: str) -> set[str]:
     return {p for raw in REPO_PATH.findall(text) for p in expand(raw.rstrip(".,"))}
 
 
+def missing_paths(text: str) -> list[str]:
+    return sorted(p for p in cited_paths(text) if not (ROOT / p).exists())
+
+
 def module_problem(dotted: str) -> str | None:
     """None if `dotted` is a module or package of the tree, or a name defined at its top level."""
     parts = dotted.split(".")
@@ -107,7 +111,7 @@ def test_every_relative_link_and_anchor_exists(page: Path) -> None:
 
 @pytest.mark.parametrize("page", PAGES, ids=page_id)
 def test_every_cited_repository_path_exists(page: Path) -> None:
-    missing = sorted(p for p in cited_paths(page.read_text(encoding="utf-8")) if not (ROOT / p).exists())
+    missing = missing_paths(page.read_text(encoding="utf-8"))
     assert not missing, f"{page_id(page)} cites paths that do not exist: {missing}"
 
 
@@ -124,17 +128,18 @@ def test_code_docstrings_and_comments_cite_files_that_exist() -> None:
                           ROOT / "pyproject.toml"]):
         if source == Path(__file__).resolve():
             continue
-        missing = sorted(p for p in cited_paths(source.read_text(encoding="utf-8")) if not (ROOT / p).exists())
+        missing = missing_paths(source.read_text(encoding="utf-8"))
         if missing:
             stale[str(source.relative_to(ROOT))] = missing
     assert not stale, f"files cite paths that do not exist: {stale}"
 
 
 def test_the_checks_catch_what_they_are_for() -> None:
-    """The helpers flag a moved file, a missing name and a wrong anchor; else the tests above prove nothing."""
+    """The helpers see cited paths, missing names and GitHub's anchors; else the tests above prove nothing."""
     assert cited_paths("see `mailticket/pipeline/{parse,reply}.py`, docs/x.md.") == {
         "mailticket/pipeline/parse.py", "mailticket/pipeline/reply.py", "docs/x.md"}
     assert cited_paths("/etc/mailticket/templates/ack.txt.j2 and templates/<kind>.txt.j2") == {"templates/"}
+    assert missing_paths("moved: mailticket/no_such_module.py") == ["mailticket/no_such_module.py"]
     assert module_problem("mailticket.errors.ConfigError") is None
     assert module_problem("mailticket.errors.NoSuchError") is not None
     assert module_problem("mailticket.no_such_module") is not None
