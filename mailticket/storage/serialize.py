@@ -1,4 +1,4 @@
-"""Tickets and outbox rows as the JSON objects of the interface contract (DESIGN.md)."""
+"""Tickets and outbox rows as the JSON objects of the interface contract (docs/tickets.md, "JSON output")."""
 
 from __future__ import annotations
 

@@ -134,6 +134,13 @@ def test_code_docstrings_and_comments_cite_files_that_exist() -> None:
     assert not stale, f"files cite paths that do not exist: {stale}"
 
 
+def test_the_design_page_draws_every_error() -> None:
+    source = (ROOT / "mailticket" / "errors.py").read_text(encoding="utf-8")
+    errors = re.findall(r"^class (\w+)\(", source, re.M)
+    design = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    assert errors and not [e for e in errors if e not in design], "docs/design.md: copy the tree of errors.py"
+
+
 def test_the_checks_catch_what_they_are_for() -> None:
     """The helpers see cited paths, missing names and GitHub's anchors; else the tests above prove nothing."""
     assert cited_paths("see `mailticket/pipeline/{parse,reply}.py`, docs/x.md.") == {
