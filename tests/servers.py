@@ -2,7 +2,7 @@
 
 mailticket talks to IMAP, SMTP and a SQL database; mocks of those protocols hide exactly the
 bugs (UIDVALIDITY changes, 4xx retries, driver differences) the tests must catch, so these
-helpers run the real thing on 127.0.0.1. How the suite uses them: docs/design.md (Development).
+helpers run the real thing on 127.0.0.1. See docs/development.md for the facts behind them.
 
 Only the standard library is needed to start and stop the servers; imapclient, aiosmtpd and
 psycopg are imported where they are used.

@@ -1,7 +1,7 @@
 """Loop safety (RFC 3834): no automatic mail to automatic mail, daemons, lists or ourselves; caps.
 
 The corpus part ingests every real auto-reply, bounce, bulk/list and report message of the
-shared corpus (listed by categories.json) and checks that none gets an acknowledgement.
+test corpus (listed by categories.json) and checks that none gets an acknowledgement.
 """
 
 from __future__ import annotations

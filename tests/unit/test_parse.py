@@ -1,4 +1,4 @@
-"""The parse stage on real bytes: the shared corpus, its hard cases, hostile input, the edges.
+"""The parse stage on real bytes: the test corpus, its hard cases, hostile input, the edges.
 
 The corpus (tests.factories.CORPUS) holds 347 full messages and 44 header-less body
 fixtures (the reply stripper's; categories.json tags them ``body-only``). PARSE_REPORT.md

@@ -1,7 +1,7 @@
 """visible_reply against the expectations transcribed from the reply parsers' own test suites.
 
-Corpus: ``$MAILTICKET_CORPUS`` or ``../shared/corpus`` next to the repository; see
-``expectations/README.md`` there for the field glossary.
+Corpus: ``tests/corpus`` (``tests.factories.CORPUS``); see ``expectations/README.md`` there
+for the field glossary.
 
 A case is one assertion about the visible reply:
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import email
 import json
-import os
 import random
 import re
 import time
@@ -31,7 +30,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email import iterators
 from email.message import Message
-from pathlib import Path
 from typing import Any
 
 import html2text
@@ -39,20 +37,12 @@ import pytest
 from email_reply_parser import EmailMessage  # type: ignore[import-untyped]
 
 from mailticket.pipeline.reply import _LastQuoteHeader, visible_reply, visible_reply_html
+from tests.factories import CORPUS
 
-CORPUS = Path(
-    os.environ.get("MAILTICKET_CORPUS") or Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
-)
 EXPECTATIONS = CORPUS / "expectations"
 REPLY_PARSER_FILES = ("github_email_reply_parser.json", "zapier_email_reply_parser.json")
 TALON_FILE = "mailgun_talon.json"
 TARGET = 0.90
-
-
-
-def test_corpus_is_present() -> None:
-    """The corpus is a test input, not an optional extra: its absence must fail the run."""
-    assert (EXPECTATIONS / "README.md").is_file(), f"corpus not found at {CORPUS}"
 
 
 # talon keeps what mailticket drops on purpose, or relies on what neither library has.

@@ -1,6 +1,6 @@
 """The rules engine on real messages: each field, each op and its negation, any/all, stop, order.
 
-Messages come from the shared corpus (real bytes, parsed by the real parse stage)
+Messages come from the test corpus (real bytes, parsed by the real parse stage)
 and from tests.factories.mail(). The engine is pure, so these run without a database.
 """
 
