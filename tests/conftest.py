@@ -1,4 +1,4 @@
-"""Shared fixtures: real Dovecot, SMTP sink and databases (see tests/servers.py for why)."""
+"""Shared fixtures: real Dovecot, Postfix, SMTP sink and databases (see tests/servers.py for why)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,44 @@ import pytest
 from sqlalchemy import Engine
 
 from mailticket.storage.db import make_engine, migrate
-from tests.servers import Dovecot, SmtpSink, postgres_database
+from tests.servers import (
+    Dovecot,
+    Postfix,
+    ServerStartError,
+    SmtpSink,
+    ensure_server_packages,
+    needs_private_postgres,
+    postgres_bin_dir,
+    postgres_database,
+)
 
-DOVECOT_FIXTURES = frozenset({"dovecot", "dovecot_session"})
+# Server mark -> the fixtures that start that server (or need its binaries).
+SERVER_FIXTURES = {
+    "dovecot": {"dovecot", "dovecot_session"},
+    "postfix": {"postfix"},
+    "postgres": {"postgres_binaries"},
+}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark tests that use a Dovecot fixture, so `-m dovecot` / `-m "not dovecot"` work."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests by the servers they start (`-m dovecot`, `-m "not postfix"` work), then make
+    sure those servers' packages are installed: as root they are installed now, otherwise
+    the run stops with one message naming them (a server's tests never skip)."""
+    needed: set[str] = set()
+    initdb_needed = False
     for item in items:
-        if DOVECOT_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.dovecot)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for mark, names in SERVER_FIXTURES.items():
+            if names & fixtures:
+                item.add_marker(getattr(pytest.mark, mark))
+        needed.update(m.name for m in item.iter_markers() if m.name in SERVER_FIXTURES)
+        initdb_needed = initdb_needed or "postgres_binaries" in fixtures
+    if "postgres" in needed and not (initdb_needed or needs_private_postgres()):
+        needed.discard("postgres")  # a PostgreSQL answers: its server binaries may live elsewhere
+    try:
+        ensure_server_packages(sorted(needed))
+    except ServerStartError as exc:
+        raise pytest.UsageError(str(exc)) from exc
 
 
 @pytest.fixture
@@ -41,6 +69,21 @@ def dovecot_session() -> Iterator[Dovecot]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def postgres_binaries() -> Path:
+    """Directory of initdb/pg_ctl (installed by the collection hook above if missing)."""
+    found = postgres_bin_dir()
+    assert found is not None, "initdb not found"
+    return found
+
+
+@pytest.fixture
+def postfix() -> Iterator[Postfix]:
+    """A fresh private Postfix per test (smtpd on a free loopback port); see servers.Postfix."""
+    with Postfix() as server:
+        yield server
 
 
 @pytest.fixture

@@ -1,11 +1,12 @@
-"""Real servers for tests and benchmarks: a private Dovecot, an SMTP sink, fresh PostgreSQL DBs.
+"""Real servers for tests and benchmarks: private Dovecot, Postfix and PostgreSQL, an SMTP sink.
 
 mailticket talks to IMAP, SMTP and a SQL database; mocks of those protocols hide exactly the
 bugs (UIDVALIDITY changes, 4xx retries, driver differences) the tests must catch, so these
 helpers run the real thing on 127.0.0.1. See docs/development.md for the facts behind them.
 
 Only the standard library is needed to start and stop the servers; imapclient, aiosmtpd and
-psycopg are imported where they are used.
+psycopg are imported where they are used. `ensure_server_packages()` installs the Debian
+packages behind them when they are missing (as root), so a bare machine runs the suite.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ import atexit
 import contextlib
 import email
 import email.policy
+import fcntl
 import getpass
 import grp
+import json
 import os
 import pwd
 import queue
+import re
 import shutil
 import signal
+import smtplib
 import socket
 import subprocess
 import tempfile
@@ -39,23 +44,27 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Dovecot",
+    "Postfix",
     "PostgresUnavailable",
+    "PrivatePostgres",
     "Received",
     "ServerStartError",
     "SmtpSink",
+    "ensure_server_packages",
     "free_port",
     "postgres_database",
+    "postgres_endpoint",
 ]
 
 LOCALHOST = "127.0.0.1"
 
 # Servers started by this process, closed at exit so a crashed script leaks no daemon.
-_LIVE_DOVECOTS: set[Dovecot] = set()
+_LIVE_SERVERS: set[Dovecot | Postfix | PrivatePostgres] = set()
 
 
 @atexit.register
 def _close_leftovers() -> None:
-    for server in list(_LIVE_DOVECOTS):
+    for server in list(_LIVE_SERVERS):
         with contextlib.suppress(Exception):
             server.close()
 
@@ -84,6 +93,28 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _wait_for_greeting(
+    host: str, port: int, greeting: bytes, timeout: float, log_tail: Callable[[], str]
+) -> None:
+    """Poll until a TCP connect gets a first line starting with `greeting` (the server is ready)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=2) as s:
+                s.settimeout(2)
+                first = s.recv(256)
+            if first.startswith(greeting):
+                return
+            last = first
+        except OSError as exc:
+            last = exc
+        time.sleep(0.02)
+    raise ServerStartError(
+        f"server on {host}:{port} not ready after {timeout}s (last: {last!r})\n--- log tail ---\n{log_tail()}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,9 +311,9 @@ class Dovecot:
                 )
             if proc.returncode == 0:
                 self._running = True
-                _LIVE_DOVECOTS.add(self)
+                _LIVE_SERVERS.add(self)
                 try:
-                    self._wait_ready()
+                    _wait_for_greeting(self.host, self.port, b"* OK", self.start_timeout, self.log_tail)
                 except BaseException:
                     self.stop()
                     raise
@@ -293,25 +324,6 @@ class Dovecot:
         raise ServerStartError(
             f"dovecot failed to start on {self.host}:{self.port}: {last_error}\n"
             f"--- {self.log_path} (tail) ---\n{self.log_tail()}"
-        )
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((self.host, self.port), timeout=2) as s:
-                    s.settimeout(2)
-                    greeting = s.recv(256)
-                if greeting.startswith(b"* OK"):
-                    return
-                last = greeting
-            except OSError as exc:
-                last = exc
-            time.sleep(0.02)
-        raise ServerStartError(
-            f"dovecot on {self.host}:{self.port} not ready after {self.start_timeout}s "
-            f"(last: {last!r})\n--- {self.log_path} (tail) ---\n{self.log_tail()}"
         )
 
     def master_pid(self) -> int | None:
@@ -363,7 +375,7 @@ class Dovecot:
     def close(self) -> None:
         """Stop the server and delete its directory (if we created it)."""
         self.stop()
-        _LIVE_DOVECOTS.discard(self)
+        _LIVE_SERVERS.discard(self)
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -786,21 +798,509 @@ class SmtpSink:
 
 
 # --------------------------------------------------------------------------------------------
+# Postfix
+# --------------------------------------------------------------------------------------------
+
+# The services a private instance needs, none chrooted (the temp dir holds no chroot jail).
+_POSTFIX_MASTER_CF = """\
+{host}:{port} inet n - n - - smtpd
+pickup    unix  n - n 60    1 pickup
+cleanup   unix  n - n -     0 cleanup
+qmgr      unix  n - n 300   1 qmgr
+rewrite   unix  - - n -     - trivial-rewrite
+bounce    unix  - - n -     0 bounce
+defer     unix  - - n -     0 bounce
+trace     unix  - - n -     0 bounce
+verify    unix  - - n -     1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n -     - proxymap
+smtp      unix  - - n -     - smtp
+relay     unix  - - n -     - smtp
+lmtp      unix  - - n -     - lmtp
+showq     unix  n - n -     - showq
+error     unix  - - n -     - error
+retry     unix  - - n -     - error
+discard   unix  - - n -     - discard
+anvil     unix  - - n -     1 anvil
+scache    unix  - - n -     1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+
+class Postfix:
+    """A private Postfix instance: its own config, queue and data directories in a temp dir.
+
+    smtpd listens on a free loopback port (`port`); the log goes to `maillog` (read it with
+    `log()` / `wait_for_log()`). Nothing is delivered anywhere until a test says where: by
+    default smtpd refuses every recipient with 550 (`default_transport = error:...`), so no
+    lookup or connection ever leaves the machine. Building blocks for delivery tests:
+
+        with Postfix() as mta:                              # started, stopped on exit
+            mta.relay_to(sink.port)                         # all mail to a loopback SMTP port
+            mta.relay_to(intake_port, lmtp=True)            # ... or LMTP
+            mta.route("help.example", "mailticket:")       # transport_maps entry
+            mta.add_service("mailticket unix - n n - - pipe",
+                            "flags=DRhu user=nobody argv=/usr/bin/env ...")
+            mta.configure(maximal_queue_lifetime="1h")      # any main.cf parameter
+            mta.send(raw, "alice@example.com", ["support@help.example"])
+            mta.wait_for_log(r"status=sent")
+            mta.queue(); mta.flush()                         # postqueue -j / -f
+
+    Configuration calls work before or after `start()` (a running instance is restarted on
+    the same port; its queue is kept).
+    Postfix's master must start as root, so this needs root and the `postfix` package.
+    """
+
+    def __init__(self, *, start_timeout: float = 30.0) -> None:
+        if os.geteuid() != 0:
+            raise ServerStartError("the private Postfix needs root (Postfix's master runs as root)")
+        found = shutil.which("postfix") or "/usr/sbin/postfix"
+        if not os.access(found, os.X_OK):
+            raise ServerStartError("postfix binary not found (apt-get install -y postfix)")
+        self.command_dir = str(Path(found).parent)
+        self.host = LOCALHOST
+        self.port = 0
+        self.start_timeout = start_timeout
+        self.root = Path(tempfile.mkdtemp(prefix="mailticket-postfix-"))
+        self.params: dict[str, str] = self._base_params()
+        self.routes: dict[str, str] = {}
+        self.services: list[str] = []
+        self._running = False
+        os.chmod(self.root, 0o755)  # postfix's own processes (user postfix) must reach it
+        self._make_directories()
+        self.maillog.touch()
+
+    def _make_directories(self) -> None:
+        """The tree `postfix check` would create (as in postfix-files), made directly: the
+        check walks the whole installation and costs ~3 s per start, master alone ~0.1 s."""
+        owner = pwd.getpwnam(self.params["mail_owner"])
+        postdrop = grp.getgrnam(self.params["setgid_group"]).gr_gid
+        layout = {"etc": (0, 0, 0o755), "queue": (0, 0, 0o755), "queue/pid": (0, 0, 0o755)}
+        layout["data"] = (owner.pw_uid, owner.pw_gid, 0o700)
+        queues = ("active", "bounce", "corrupt", "defer", "deferred", "flush", "hold", "incoming")
+        for name in (*queues, "private", "saved", "trace"):
+            layout[f"queue/{name}"] = (owner.pw_uid, 0, 0o700)
+        layout["queue/maildrop"] = (owner.pw_uid, postdrop, 0o730)
+        layout["queue/public"] = (owner.pw_uid, postdrop, 0o710)
+        for name, (uid, gid, mode) in layout.items():
+            path = self.root / name
+            path.mkdir()
+            os.chown(path, uid, gid)
+            os.chmod(path, mode)
+
+    def _base_params(self) -> dict[str, str]:
+        defaults = subprocess.run(
+            [
+                str(Path(self.command_dir) / "postconf"),
+                "-d",
+                "-h",
+                "daemon_directory",
+                "shlib_directory",
+                "meta_directory",
+                "mail_owner",
+                "setgid_group",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        daemon_dir, shlib_dir, meta_dir, owner, setgid = defaults
+        return {
+            "compatibility_level": "3.6",
+            "config_directory": str(self.root / "etc"),
+            "queue_directory": str(self.root / "queue"),
+            "data_directory": str(self.root / "data"),
+            "command_directory": self.command_dir,
+            "daemon_directory": daemon_dir,
+            "shlib_directory": shlib_dir,
+            "meta_directory": meta_dir,
+            "mail_owner": owner,
+            "setgid_group": setgid,
+            "maillog_file": str(self.maillog),
+            "maillog_file_prefixes": str(self.root),
+            "myhostname": "mta.mailticket-test.localdomain",
+            "mydestination": "",
+            "inet_interfaces": self.host,
+            "inet_protocols": "ipv4",
+            "mynetworks": "127.0.0.0/8",
+            "alias_maps": "",
+            "alias_database": "",
+            "smtp_dns_support_level": "disabled",
+            "default_transport": "error:5.1.2 no route in this test Postfix",
+            "relay_transport": "error:5.1.2 no route in this test Postfix",
+            "transport_maps": f"texthash:{self.root / 'etc' / 'transport'}",
+            "queue_run_delay": "1s",
+            "minimal_backoff_time": "1s",
+            "maximal_backoff_time": "2s",
+            "smtp_connect_timeout": "5s",
+        }
+
+    # -- configuration -------------------------------------------------------------------
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "etc"
+
+    @property
+    def maillog(self) -> Path:
+        return self.root / "maillog"
+
+    def configure(self, **params: str) -> None:
+        """Set main.cf parameters (names as in postconf(5)); reloads a running instance."""
+        self.params.update(params)
+        self._apply()
+
+    def add_service(self, *lines: str) -> None:
+        """Append a master.cf entry: its first line, then any `flags=... argv=...` lines."""
+        first, *rest = lines
+        self.services.append("\n".join([first, *(f"  {line.strip()}" for line in rest)]))
+        self._apply()
+
+    def route(self, domain: str, nexthop: str) -> None:
+        """A transport_maps entry: mail for `domain` goes to `nexthop` (e.g. `lmtp:inet:H:P`)."""
+        self.routes[domain] = nexthop
+        self._apply()
+
+    def relay_to(self, port: int, *, lmtp: bool = False, host: str = LOCALHOST) -> None:
+        """Send all mail without a route to a loopback SMTP (or LMTP) listener."""
+        nexthop = f"lmtp:inet:{host}:{port}" if lmtp else f"smtp:[{host}]:{port}"
+        self.configure(default_transport=nexthop, relay_transport=nexthop)
+
+    def _write_config(self) -> None:
+        etc = self.config_dir
+        (etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in self.params.items()))
+        master = _POSTFIX_MASTER_CF.format(host=self.host, port=self.port)
+        (etc / "master.cf").write_text(master + "".join(f"{s}\n" for s in self.services))
+        (etc / "transport").write_text("".join(f"{d} {n}\n" for d, n in self.routes.items()))
+        # master waits (in 0.3 s steps) until main.cf is a few seconds old; date it back.
+        past = time.time() - 10
+        for name in ("main.cf", "master.cf", "transport"):
+            os.utime(etc / name, (past, past))
+
+    def _apply(self) -> None:
+        """Write the config; restart a running instance, which (unlike `postfix reload`, whose
+        old services linger a while) makes the new config apply to the very next message."""
+        self._write_config()
+        if self._running:
+            self.restart()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def start(self) -> Postfix:
+        """Start on a free port (retrying if it is taken in between); wait for the 220 greeting."""
+        if self._running:
+            return self
+        last: ServerStartError | None = None
+        for _ in range(5):
+            self.port = free_port()
+            try:
+                return self._start_master()
+            except ServerStartError as exc:
+                if "in use" not in str(exc):
+                    raise
+                last = exc
+        assert last is not None
+        raise last
+
+    def restart(self) -> Postfix:
+        """Stop and start again on the same port; queued mail stays queued."""
+        self.stop()
+        return self._start_master()
+
+    def _start_master(self) -> Postfix:
+        self._write_config()
+        # `master -w` returns once the daemon is initialised (0) or has failed (non-zero).
+        done = subprocess.run(
+            [str(Path(self.params["daemon_directory"]) / "master"), "-c", str(self.config_dir), "-w"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=self.start_timeout,
+        )
+        if done.returncode != 0:
+            raise ServerStartError(
+                f"postfix failed on {self.host}:{self.port}: {done.stdout}{done.stderr}\n{self.log_tail()}"
+            )
+        self._running = True
+        _LIVE_SERVERS.add(self)
+        try:
+            _wait_for_greeting(self.host, self.port, b"220", self.start_timeout, self.log_tail)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def master_pid(self) -> int | None:
+        try:
+            return int((self.root / "queue" / "pid" / "master.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the master by its pid (it ends its services) and wait until all are gone."""
+        self._running = False
+        pid = self.master_pid()
+        if pid is None or not _pid_alive(pid):
+            return
+        children = _child_pids(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(_pid_alive(p) for p in [pid, *children]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for p in [pid, *children]:
+            if _pid_alive(p):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Stop the instance and delete its directory."""
+        self.stop()
+        _LIVE_SERVERS.discard(self)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Postfix:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- mail and queue ------------------------------------------------------------------
+
+    def send(self, raw: bytes, mail_from: str, rcpt_tos: Sequence[str]) -> None:
+        """Hand one message to the instance's smtpd, as a neighbouring MTA would."""
+        with smtplib.SMTP(self.host, self.port, timeout=30) as client:
+            client.sendmail(mail_from, list(rcpt_tos), raw)
+
+    def queue(self) -> list[dict[str, Any]]:
+        """The queue as `postqueue -j` reports it: one dict per message (queue_name, recipients...)."""
+        out = subprocess.run(
+            [str(Path(self.command_dir) / "postqueue"), "-c", str(self.config_dir), "-j"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def flush(self) -> None:
+        """Retry every deferred message now (`postqueue -f`)."""
+        subprocess.run(
+            [str(Path(self.command_dir) / "postqueue"), "-c", str(self.config_dir), "-f"],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+
+    def log(self) -> str:
+        return self.maillog.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def wait_for_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        """Block until a maillog line matches `pattern` (a regex); return the match."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log().splitlines():
+                match = regex.search(line)
+                if match:
+                    return match
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no maillog line matched {pattern!r} in {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------------------------
 # PostgreSQL
 # --------------------------------------------------------------------------------------------
 
 PG_HOST = os.environ.get("MAILTICKET_TEST_PGHOST", LOCALHOST)
 PG_PORT = int(os.environ.get("MAILTICKET_TEST_PGPORT", "5432"))
+# Set to 1 to use a private cluster even where a PostgreSQL answers on PG_HOST:PG_PORT.
+FORCE_PRIVATE_PG = os.environ.get("MAILTICKET_TEST_PG_PRIVATE", "") not in ("", "0")
 
 
 class PostgresUnavailable(RuntimeError):
     """PostgreSQL is required for the postgres tests; they fail (never skip) without it."""
 
 
-def _admin_connect() -> tuple[Any, str]:
-    """Autocommit psycopg connection to a maintenance DB; returns it and the role used."""
+def postgres_bin_dir() -> Path | None:
+    """Where initdb and pg_ctl are: Debian's newest /usr/lib/postgresql/N/bin, else PATH."""
+    versions = sorted(
+        (p for p in Path("/usr/lib/postgresql").glob("*/bin/initdb") if p.parts[-3].isdigit()),
+        key=lambda p: int(p.parts[-3]),
+    )
+    if versions:
+        return versions[-1].parent
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster: `initdb` in a temp dir, `pg_ctl` on a free loopback port.
+
+    Trust auth, superuser `postgres`, fsync off (the data is thrown away). PostgreSQL refuses
+    to run as root, so under root every command runs as the `postgres` system user (the
+    server package creates it) through runuser; otherwise as the current user.
+    """
+
+    def __init__(self, *, start_timeout: float = 60.0) -> None:
+        bin_dir = postgres_bin_dir()
+        if bin_dir is None:
+            raise PostgresUnavailable(
+                "no PostgreSQL answers and initdb is not installed (apt-get install -y postgresql)"
+            )
+        self.bin_dir = bin_dir
+        self.host = LOCALHOST
+        self.port = 0
+        self.superuser = "postgres"
+        self.start_timeout = start_timeout
+        self.root = Path(tempfile.mkdtemp(prefix="mailticket-pg-"))
+        self.data = self.root / "data"
+        self._as = ["runuser", "-u", _unprivileged_user(), "--"] if os.geteuid() == 0 else []
+        if self._as:
+            os.chmod(self.root, 0o755)
+            account = pwd.getpwnam(self._as[2])
+            os.chown(self.root, account.pw_uid, account.pw_gid)
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            self.superuser,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "postgres.log"
+
+    def _run(self, tool: str, *args: str) -> None:
+        done = subprocess.run(
+            [*self._as, str(self.bin_dir / tool), *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=self.start_timeout,
+            cwd=self.root,
+        )
+        if done.returncode != 0:
+            raise PostgresUnavailable(
+                f"{tool} failed ({done.returncode}): {done.stdout}{done.stderr}\n{self.log_tail()}"
+            )
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def start(self) -> PrivatePostgres:
+        """Start on a free port (retrying if taken in between); returns once it accepts connections."""
+        last: PostgresUnavailable | None = None
+        for _ in range(5):
+            self.port = free_port()
+            options = (
+                f"-h {self.host} -p {self.port} -k {self.root} -c fsync=off -c synchronous_commit=off "
+                "-c full_page_writes=off"
+            )
+            try:
+                self._run(
+                    "pg_ctl",
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.log_path),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    str(int(self.start_timeout)),
+                    "start",
+                )
+            except PostgresUnavailable as exc:
+                last = exc
+                if "in use" not in str(exc):
+                    break
+                continue
+            _LIVE_SERVERS.add(self)
+            return self
+        assert last is not None
+        raise last
+
+    def stop(self) -> None:
+        """Stop the cluster (fast shutdown: open sessions are ended) and wait for it."""
+        if (self.data / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def close(self) -> None:
+        """Stop the cluster and delete its directory."""
+        try:
+            self.stop()
+        finally:
+            _LIVE_SERVERS.discard(self)
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _unprivileged_user() -> str:
+    """The account a root-run test server drops to: `postgres` if the package made it."""
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    raise PostgresUnavailable("as root, PostgreSQL needs an unprivileged account (postgres or nobody)")
+
+
+def _port_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+_endpoint: tuple[str, int] | None = None
+_endpoint_lock = threading.Lock()
+
+
+def postgres_endpoint() -> tuple[str, int]:
+    """Host and port of the PostgreSQL the tests use, decided once per process.
+
+    The server on PG_HOST:PG_PORT if one answers there and MAILTICKET_TEST_PG_PRIVATE is
+    unset; otherwise a private cluster, started now and stopped when the process exits.
+    """
+    global _endpoint
+    with _endpoint_lock:
+        if _endpoint is None:
+            if not needs_private_postgres():
+                _endpoint = (PG_HOST, PG_PORT)
+            else:
+                private = PrivatePostgres().start()
+                _endpoint = (private.host, private.port)
+        return _endpoint
+
+
+def needs_private_postgres() -> bool:
+    """True when the tests will start their own cluster (so initdb must be installed)."""
+    return FORCE_PRIVATE_PG or not _port_answers(PG_HOST, PG_PORT)
+
+
+def _admin_connect() -> tuple[Any, str, str]:
+    """Autocommit psycopg connection to a maintenance DB; returns it, the role used and host:port."""
     import psycopg
 
+    host, port = postgres_endpoint()
     users = ["postgres"]
     with contextlib.suppress(Exception):
         users.append(getpass.getuser())
@@ -809,8 +1309,8 @@ def _admin_connect() -> tuple[Any, str]:
     for user, dbname in candidates:
         try:
             conn = psycopg.connect(
-                host=PG_HOST,
-                port=PG_PORT,
+                host=host,
+                port=port,
                 user=user,
                 dbname=dbname,
                 autocommit=True,
@@ -822,11 +1322,10 @@ def _admin_connect() -> tuple[Any, str]:
             if "refused" in message or "timeout" in message:
                 break  # nothing listening: other roles/databases will not help
             continue
-        return conn, user
+        return conn, user, f"{host}:{port}"
     raise PostgresUnavailable(
-        f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT} (trust auth expected). "
-        "Start it, e.g. `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main "
-        "start`. Tried: " + " | ".join(errors)
+        f"PostgreSQL at {host}:{port} refused the test roles (trust auth expected). "
+        "Tried: " + " | ".join(errors)
     )
 
 
@@ -834,12 +1333,12 @@ def _admin_connect() -> tuple[Any, str]:
 def postgres_database(prefix: str = "mailticket_test") -> Iterator[str]:
     """Create a fresh, randomly named database; yield its SQLAlchemy URL; drop it afterwards.
 
-    Runs never see each other's rows. Raises PostgresUnavailable (never skips) if the
-    server cannot be reached.
+    Runs never see each other's rows. Uses `postgres_endpoint()` (a private cluster where no
+    PostgreSQL answers); raises PostgresUnavailable (never skips) if neither works.
     """
     from psycopg import sql
 
-    conn, user = _admin_connect()
+    conn, user, address = _admin_connect()
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -847,7 +1346,7 @@ def postgres_database(prefix: str = "mailticket_test") -> Iterator[str]:
         conn.close()
         raise
     try:
-        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
+        yield f"postgresql+psycopg://{user}@{address}/{name}"
     finally:
         try:
             conn.execute(
@@ -858,3 +1357,58 @@ def postgres_database(prefix: str = "mailticket_test") -> Iterator[str]:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         finally:
             conn.close()
+
+
+# --------------------------------------------------------------------------------------------
+# System packages
+# --------------------------------------------------------------------------------------------
+
+
+def _sbin(name: str) -> bool:
+    return shutil.which(name) is not None or os.access(f"/usr/sbin/{name}", os.X_OK)
+
+
+# Server name (as pytest marks it) -> Debian package and whether its binaries are here.
+SERVER_PACKAGES: dict[str, tuple[str, Callable[[], bool]]] = {
+    "dovecot": ("dovecot-imapd", lambda: _sbin("dovecot")),
+    "postfix": ("postfix", lambda: _sbin("postfix")),
+    "postgres": ("postgresql", lambda: postgres_bin_dir() is not None),
+}
+
+
+def _missing(servers: Iterable[str]) -> list[str]:
+    return sorted({SERVER_PACKAGES[s][0] for s in servers if not SERVER_PACKAGES[s][1]()})
+
+
+def ensure_server_packages(servers: Iterable[str]) -> None:
+    """Install the Debian packages of `servers` that are missing, or say which ones to install.
+
+    As root with apt-get, runs `apt-get update` and a non-interactive `apt-get install -y`
+    (under a file lock, so parallel test workers install once). Otherwise raises one
+    ServerStartError naming every missing package: the suite never skips a server's tests.
+    """
+    wanted = list(servers)
+    if not _missing(wanted):
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise ServerStartError(
+            "the test suite runs real servers; install their packages first (as root): "
+            f"apt-get install -y {' '.join(_missing(wanted))}"
+        )
+    lock_path = Path(tempfile.gettempdir()) / "mailticket-test-apt.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        missing = _missing(wanted)
+        if not missing:
+            return
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (
+            ["apt-get", "update"],
+            ["apt-get", "install", "-y", "--no-install-recommends", *missing],
+        ):
+            done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            if done.returncode != 0:
+                output = f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
+                raise ServerStartError(f"{' '.join(command)} failed ({done.returncode}):\n{output}")
+    if _missing(wanted):
+        raise ServerStartError(f"still missing after apt-get install: {' '.join(_missing(wanted))}")

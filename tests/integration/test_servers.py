@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import smtplib
 import socket
+import subprocess
+import sys
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from tests.servers import Dovecot, SmtpSink, postgres_database
+from tests.servers import PG_PORT, Dovecot, Postfix, SmtpSink, postgres_database
 
 
 def _mail(n: int, subject: str = "Printer on fire") -> bytes:
@@ -160,6 +166,40 @@ def test_postgres_database_is_fresh_and_dropped_despite_open_connection() -> Non
         engine.dispose()
 
 
+def test_forced_private_postgres_cluster_serves_and_is_torn_down(postgres_binaries: Path) -> None:
+    """MAILTICKET_TEST_PG_PRIVATE=1: a cluster of its own on another port, gone at exit.
+
+    Runs in a child process so the shared server keeps serving this one; its temp dir (and
+    so the cluster's) is one this test can inspect afterwards.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="mailticket-pgtest-"))
+    os.chmod(tmp, 0o755)  # the cluster runs as the postgres user under root
+    script = (
+        "import sqlalchemy as sa\n"
+        "from tests.servers import postgres_database\n"
+        "with postgres_database() as url:\n"
+        "    engine = sa.create_engine(url)\n"
+        "    with engine.connect() as c:\n"
+        "        print(url, c.execute(sa.text('SHOW data_directory')).scalar_one())\n"
+        "    engine.dispose()\n"
+    )
+    env = {**os.environ, "MAILTICKET_TEST_PG_PRIVATE": "1", "TMPDIR": str(tmp)}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        url, data_dir = done.stdout.split()
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        assert port != PG_PORT
+        assert data_dir.startswith(f"{tmp}/mailticket-pg-")
+        assert list(tmp.iterdir()) == []  # torn down when the process exited
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def test_dovecot_add_user_while_running(dovecot: Dovecot) -> None:
     dovecot.add_user("sales", "s3cret")
     with dovecot.session("sales") as c:
@@ -168,3 +208,38 @@ def test_dovecot_add_user_while_running(dovecot: Dovecot) -> None:
     with dovecot.session("sales") as c:
         assert len(c.select_folder("INBOX", readonly=True) and c.search("ALL")) == 2
     assert dovecot.folder_uids() == []
+
+
+@pytest.mark.postfix
+def test_postfix_relays_a_message_to_a_loopback_sink(postfix: Postfix, smtp_sink: SmtpSink) -> None:
+    raw = _mail(1, "Via Postfix")
+    postfix.relay_to(smtp_sink.port)
+    postfix.send(raw, "alice@example.com", ["support@help.example"])
+    (got,) = smtp_sink.wait_for(1, timeout=30)
+    assert got.rcpt_tos == ["support@help.example"]
+    assert got.message["Subject"] == "Via Postfix #1"
+    assert got.message["Message-ID"] in raw.decode()
+    postfix.wait_for_log(r"to=<support@help\.example>, relay=127\.0\.0\.1.*status=sent")
+    assert postfix.queue() == []
+
+
+@pytest.mark.postfix
+def test_postfix_defers_then_flush_delivers(postfix: Postfix, smtp_sink: SmtpSink) -> None:
+    """A 4xx from the next hop leaves the message queued; flush() retries it."""
+    postfix.configure(minimal_backoff_time="300s", maximal_backoff_time="300s", queue_run_delay="300s")
+    smtp_sink.script(["451 4.3.0 try later"])
+    postfix.route("help.example", f"smtp:[127.0.0.1]:{smtp_sink.port}")
+    postfix.send(_mail(2), "alice@example.com", ["support@help.example"])
+    postfix.wait_for_log(r"status=deferred")
+    (queued,) = postfix.queue()
+    assert queued["queue_name"] == "deferred"
+    postfix.flush()
+    smtp_sink.wait_for(1, timeout=30)
+    assert [a.reply for a in smtp_sink.attempts] == ["451 4.3.0 try later", "250 OK"]
+
+
+@pytest.mark.postfix
+def test_postfix_refuses_unrouted_mail_without_leaving_the_machine(postfix: Postfix) -> None:
+    with pytest.raises(smtplib.SMTPRecipientsRefused, match="no route in this test Postfix"):
+        postfix.send(_mail(3), "alice@example.com", ["someone@elsewhere.example"])
+    assert postfix.queue() == []
