@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests import servers
 from tests.servers import PG_PORT, Dovecot, Postfix, SmtpSink, postgres_database
 
 
@@ -243,3 +244,17 @@ def test_postfix_refuses_unrouted_mail_without_leaving_the_machine(postfix: Post
     with pytest.raises(smtplib.SMTPRecipientsRefused, match="no route in this test Postfix"):
         postfix.send(_mail(3), "alice@example.com", ["someone@elsewhere.example"])
     assert postfix.queue() == []
+
+
+def test_missing_server_packages_are_named_in_one_message_when_not_root(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without root nothing is installed: one error names every missing package."""
+    monkeypatch.setattr(servers.os, "geteuid", lambda: 1000)
+    monkeypatch.setitem(servers.SERVER_PACKAGES, "a", ("pkg-a", lambda: False))
+    monkeypatch.setitem(servers.SERVER_PACKAGES, "b", ("pkg-b", lambda: False))
+    with pytest.raises(servers.ServerStartError) as caught:
+        servers.ensure_server_packages(["b", "a", "dovecot"])
+    assert str(caught.value).endswith(
+        "install their packages first (as root): apt-get install -y pkg-a pkg-b"
+    )
