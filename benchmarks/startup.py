@@ -1,0 +1,82 @@
+"""Start-up cost of the command line: what an MTA pipe pays per message, and what `--help` costs.
+
+    python3 benchmarks/startup.py [--runs 15]
+
+Each command runs as its own process, as Postfix's pipe(8) runs it: `mailticket --help`,
+`mailticket ingest` of a plain message (a new one each run, so it is stored, not a duplicate)
+into a SQLite desk in a temp folder, and a bare `python -c pass` for the interpreter's share.
+It prints the median and the best wall time and the median CPU time (user + system) of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from email.message import EmailMessage
+from pathlib import Path
+
+CONFIG = """\
+[service]
+data_dir = "desk"
+support_address = "support@example.com"
+
+[smtp]
+transport = "file"
+"""
+
+
+def message(n: int) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Carol Customer <carol@customer.example>"
+    msg["To"] = "support@example.com"
+    msg["Subject"] = f"Printer {n} is on fire"
+    msg["Message-ID"] = f"<startup-{n}-{time.time_ns()}@customer.example>"
+    msg.set_content("Hello,\n\nthe printer on the second floor is on fire again.\n\nCarol\n")
+    return msg.as_bytes()
+
+
+def timed(argv: list[str], stdin: bytes | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run of `argv` in a child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(argv, input=stdin, check=True, capture_output=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def measure(label: str, runs: int, run: Callable[[int], tuple[float, float]]) -> None:
+    samples = [run(i) for i in range(runs)]
+    walls = [w * 1000 for w, _ in samples]
+    cpus = [c * 1000 for _, c in samples]
+    print(f"{label:<28} median {statistics.median(walls):6.0f} ms wall   best {min(walls):6.0f} ms"
+          f"   median {statistics.median(cpus):6.0f} ms CPU")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "mailticket.toml"
+        config.write_text(CONFIG)
+        cli = [sys.executable, "-m", "mailticket", "--config", str(config)]
+        # The first run creates and migrates the database; the measured runs find it current.
+        subprocess.run([*cli, "ingest"], input=message(-1), check=True, capture_output=True)
+        load = os.getloadavg()[0]
+        print(f"load average {load:.2f}, {args.runs} runs each, Python {sys.version.split()[0]}")
+        measure("python -c pass", args.runs, lambda _i: timed([sys.executable, "-c", "pass"]))
+        measure("mailticket --help", args.runs, lambda _i: timed([*cli, "--help"]))
+        measure("mailticket ingest (stored)", args.runs,
+                lambda i: timed([*cli, "--log-level", "WARNING", "ingest"], message(i)))
+
+
+if __name__ == "__main__":
+    main()
