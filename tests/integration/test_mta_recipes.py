@@ -8,12 +8,15 @@ and the same message is delivered once the failure is over.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,14 +49,33 @@ def _pipe_user() -> pwd.struct_passwd:
         return pwd.getpwnam(PIPE_USER)
 
 
+@contextlib.contextmanager
+def _reachable_by_others(*paths: Path) -> Iterator[None]:
+    """Postfix runs the pipe as an unprivileged user, which must reach this checkout and this
+    Python. A clone or an interpreter under a private folder (root's home is 0700) would make
+    every delivery fail, so folders on the way that others cannot enter get o+x (enter, not
+    list) for the test's duration, and their mode back afterwards."""
+    changed: dict[Path, int] = {}
+    for path in paths:
+        for folder in [path, *path.parents]:
+            mode = folder.stat().st_mode
+            if folder.is_dir() and not mode & stat.S_IXOTH and folder not in changed:
+                changed[folder] = stat.S_IMODE(mode)
+                folder.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+    try:
+        yield
+    finally:
+        for folder, mode in changed.items():
+            folder.chmod(mode)
+
+
 def _runs_as(user: str) -> None:
-    """The pipe user must be able to run this Python: a venv made from a Python other users can
-    execute (the README's command makes one); pyenv's under /root is not."""
-    probe = subprocess.run(["runuser", "-u", user, "--", sys.executable, "-c", "import mailticket"],
-                           capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)})
+    """The pipe user can run this Python with mailticket (a failure names what to fix)."""
+    entry = pwd.getpwnam(user)
+    probe = subprocess.run([sys.executable, "-c", "import mailticket"], capture_output=True, text=True,
+                           env={"PYTHONPATH": str(ROOT)}, user=entry.pw_uid, group=entry.pw_gid, cwd="/")
     assert probe.returncode == 0, (
-        f"user {user!r} cannot run {sys.executable} with mailticket ({probe.stderr.strip()}): run the "
-        "suite from a virtual environment other users can read, as the README's test command makes"
+        f"user {user!r} cannot run {sys.executable} with mailticket from {ROOT}: {probe.stderr.strip()}"
     )
 
 
@@ -64,11 +86,19 @@ def _recipe(name: str) -> list[str]:
 
 
 @pytest.fixture
-def desk(tmp_path: Path) -> Iterator[Path]:
-    """A config and data folder as an admin would set them up: owned by the pipe user, config 0640."""
+def desk() -> Iterator[Path]:
+    """A config and data folder as an admin would set them up: owned by the pipe user, config 0640.
+
+    Outside pytest's temp folder, which only root may enter."""
     user = _pipe_user()
-    _runs_as(PIPE_USER)
-    etc = tmp_path / "etc"
+    with _reachable_by_others(ROOT, Path(sys.executable).resolve().parent, Path(sys.prefix)):
+        _runs_as(PIPE_USER)
+        yield from _desk(user)
+
+
+def _desk(user: pwd.struct_passwd) -> Iterator[Path]:
+    top = Path(tempfile.mkdtemp(prefix="mailticket-desk-"))
+    etc = top / "etc"
     etc.mkdir()
     drop = {"name": "Newsletters away", "actions": {"drop": True},
             "conditions": [{"field": "subject", "op": "contains", "value": "newsletter"}]}
@@ -80,12 +110,13 @@ def desk(tmp_path: Path) -> Iterator[Path]:
     config = etc / "mailticket.toml"
     config.write_text(tomli_w.dumps(raw))
     (etc / "desk").mkdir()
-    for path in (tmp_path, etc):
+    for path in (top, etc):
         path.chmod(0o755)
     os.chown(etc / "desk", user.pw_uid, user.pw_gid)
     os.chown(config, 0, user.pw_gid)
     config.chmod(0o640)
     yield config
+    shutil.rmtree(top, ignore_errors=True)
 
 
 def _stored(config: Path) -> list[tuple[str, str | None]]:
@@ -128,7 +159,9 @@ def test_pipe_recipe_keeps_every_message_and_bounces_none(desk: Path, postfix: P
                  [f"support@{DOMAIN}"])
     postfix.send(mail(to=f"support@{DOMAIN}", subject="Our newsletter"), "news@shop.example",
                  [f"support@{DOMAIN}"])
-    postfix.send(b"Subject: \xff\xfe\r\n\r\n\x00garbage", "x@y.example", [f"support@{DOMAIN}"])
+    bounce = mail(sender="MAILER-DAEMON@mx.example.net", to=f"support@{DOMAIN}",
+                  subject="Undelivered Mail Returned to Sender")
+    postfix.send(bounce, "", [f"support@{DOMAIN}"])  # a bounce for no known ticket: quarantined
     _wait_for(postfix, "status=sent", 3)
     log = postfix.log()
     assert log.count("status=sent") == 3, postfix.log_tail()
