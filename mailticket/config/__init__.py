@@ -17,6 +17,7 @@ from mailticket.config.schema import (
     ConditionConfig,
     Config,
     DepartmentConfig,
+    HealthConfig,
     IntakeConfig,
     MailboxConfig,
     RuleConfig,
@@ -25,6 +26,7 @@ from mailticket.config.schema import (
     SlaConfig,
     SmtpConfig,
     TicketsConfig,
+    listen_address,
 )
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "ConditionConfig",
     "Config",
     "DepartmentConfig",
+    "HealthConfig",
     "IntakeConfig",
     "MailboxConfig",
     "RuleConfig",
@@ -43,6 +46,7 @@ __all__ = [
     "SlaConfig",
     "SmtpConfig",
     "TicketsConfig",
+    "listen_address",
     "load_config",
     "parse_duration",
 ]

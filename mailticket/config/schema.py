@@ -55,6 +55,14 @@ class ServiceConfig(_Model):
     templates_dir: Path | None = None
     message_id_domain: str | None = None
     max_message_mb: float = Field(default=30, gt=0)
+    metrics: str | None = None  # "host:port" of the daemon's HTTP /metrics and /healthz; off when unset
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: str | None) -> str | None:
+        if value is not None:
+            listen_address(value)
+        return value
 
     @property
     def db_url(self) -> str:
@@ -99,6 +107,25 @@ class SmtpConfig(_Model):
     retry_max_seconds: float = Field(default=3600, gt=0)
     max_attempts: int = Field(default=10, ge=1)
     batch_size: int = Field(default=100, ge=1)
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """'127.0.0.1:9464' or '[::1]:9464' -> (host, port); anything else is refused with the fix."""
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"{value!r} is not a listen address: write host:port, e.g. '127.0.0.1:9464'"
+        )
+    return host, int(port)
+
+
+class HealthConfig(_Model):
+    """When `mailticket status` (and /healthz) call the desk unhealthy."""
+
+    expect_daemon: bool = True  # false for cron-only set-ups (`fetch` / `outbox flush` from cron)
+    heartbeat_max_age: Duration = "1m"
+    notice_max_age: Duration = "15m"
 
 
 class IntakeConfig(_Model):
@@ -305,6 +332,7 @@ class Config(_Model):
     mailboxes: list[MailboxConfig] = []
     smtp: SmtpConfig = SmtpConfig(transport="file")
     intake: IntakeConfig = IntakeConfig()
+    health: HealthConfig = HealthConfig()
     tickets: TicketsConfig = TicketsConfig()
     security: SecurityConfig = SecurityConfig()
     departments: list[DepartmentConfig] = [DepartmentConfig(name="general")]

@@ -31,6 +31,7 @@ from mailticket import logs
 from mailticket.context import AppContext
 from mailticket.models import Outcome, RawMail
 from mailticket.process import Pipeline
+from mailticket.service import health
 
 log = logging.getLogger("mailticket.intake.smtp")
 
@@ -47,6 +48,7 @@ class IntakeHandler:
         self.ctx = ctx
         self.protocol = protocol
         self.on_stored = on_stored
+        self.health = health.SourceRecorder(ctx, protocol)
         self.executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix=f"{protocol}-intake")
         self._busy = 0
         self._idle = threading.Condition()
@@ -83,6 +85,8 @@ class IntakeHandler:
             outcome = await loop.run_in_executor(self.executor, self._process, raw)
         except Exception as exc:
             logs.failure(log, "message not stored; answered 451", exc, peer=where)
+            # Not awaited: with the database locked, recording it would hold the 451 back.
+            self.executor.submit(self.health.failed, f"{type(exc).__name__}: {exc}")
             reply = TEMPFAIL
         else:
             reply = f"250 2.0.0 {outcome.status}{' ' + outcome.ticket_ref if outcome.ticket_ref else ''}"
@@ -92,6 +96,7 @@ class IntakeHandler:
 
     def _process(self, raw: RawMail) -> Outcome:
         outcome = Pipeline(self.ctx).process(raw)
+        self.health.ok()
         if self.on_stored is not None and outcome.status == "stored":
             try:
                 self.on_stored(outcome)

@@ -32,7 +32,7 @@ from mailticket.intake.imap import PollResult, idle_mailbox
 from mailticket.intake.smtp import IntakeServer
 from mailticket.models import Outcome
 from mailticket.outbound.render import Renderer
-from mailticket.service import jobs
+from mailticket.service import health, jobs
 from mailticket.service.reload import ConfigWatcher
 from mailticket.service.scheduler import Scheduler
 
@@ -65,7 +65,7 @@ class Daemon:
 
     def start(self) -> None:
         config = self.ctx.config
-        for job in jobs.periodic(self.ctx):
+        for job in jobs.periodic(self.ctx, self.scheduler.owner):
             self.scheduler.add(job.name, job.run, job.seconds, leased=job.leased)
         self._sync_mailboxes(config)
         if config.intake.enabled:
@@ -186,6 +186,7 @@ class Daemon:
         self.scheduler.shutdown()
         for thread in self._threads:
             thread.join(10.0)
+        health.record_heartbeat(self.ctx, self.scheduler.owner, stopped=True)
         self.ctx.engine.dispose()
         log.info("mailticket stopped")
 

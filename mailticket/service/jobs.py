@@ -1,5 +1,6 @@
 """The daemon's periodic jobs in one place: what runs, how often, and whether one process at a time.
 
+    heartbeat   every health.HEARTBEAT_SECONDS: this daemon is alive (`mailticket status`)
     outbox      every OUTBOX_SECONDS, and at once after new mail   (any process may flush:
                                                                      rows are claimed, not leased)
     sla_check   every SLA_SECONDS        leased: one process at a time
@@ -19,6 +20,7 @@ from mailticket.config import MailboxConfig
 from mailticket.context import AppContext
 from mailticket.intake.imap import PollResult, poll_mailbox
 from mailticket.outbound.send import flush
+from mailticket.service import health
 from mailticket.tickets.lifecycle import autoclose
 from mailticket.tickets.overdue import sla_check
 
@@ -37,9 +39,10 @@ class Job:
     leased: bool = False
 
 
-def periodic(ctx: AppContext) -> list[Job]:
-    """The jobs every daemon runs, whatever its mailboxes."""
+def periodic(ctx: AppContext, owner: str) -> list[Job]:
+    """The jobs every daemon runs, whatever its mailboxes; `owner` names this daemon's heartbeat."""
     return [
+        Job("heartbeat", lambda: health.record_heartbeat(ctx, owner), health.HEARTBEAT_SECONDS),
         Job("outbox", lambda: flush_outbox(ctx), OUTBOX_SECONDS),
         Job("sla_check", lambda: sla_check(ctx), SLA_SECONDS, leased=True),
         Job("autoclose", lambda: autoclose(ctx), AUTOCLOSE_SECONDS, leased=True),

@@ -185,3 +185,30 @@ class Lease(SQLModel, table=True):
     name: str = Field(max_length=200, primary_key=True)
     owner: str = Field(max_length=200)
     expires_at: datetime
+
+
+class Heartbeat(SQLModel, table=True):
+    """One row per `mailticket run` process, renewed every few seconds: is a daemon alive, and where."""
+
+    __tablename__ = "heartbeats"
+    owner: str = Field(max_length=200, primary_key=True)  # lease.owner_id(): host, pid, random
+    host: str = Field(max_length=200)
+    pid: int
+    started_at: datetime = Field(default_factory=utcnow)
+    beat_at: datetime = Field(default_factory=utcnow)
+    stopped_at: datetime | None = None  # set by a clean stop
+
+
+class SourceHealth(SQLModel, table=True):
+    """The last word of one intake source (`imap:<mailbox>`, `smtp`, `lmtp`, `pipe`) on its health."""
+
+    __tablename__ = "source_health"
+    source: str = Field(max_length=200, primary_key=True)
+    last_poll_at: datetime | None = None  # last contact, good or bad
+    ok: bool = True  # the last contact's verdict
+    last_ok_at: datetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    last_error_at: datetime | None = None
+    paused_reason: str | None = Field(default=None, sa_column=Column(Text))
+    paused_until: datetime | None = None
+    backlog: int | None = None  # messages waiting at the source after the last pass

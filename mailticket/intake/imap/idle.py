@@ -13,12 +13,13 @@ from imapclient import IMAPClient
 from mailticket.config import MailboxConfig
 from mailticket.context import AppContext
 from mailticket.intake.imap.connection import RetryPolicy, as_operation_error, connected
-from mailticket.intake.imap.poller import LEASE_SECONDS, Poller, PollResult, lease_name, renewer
+from mailticket.intake.imap.poller import LEASE_SECONDS, Poller, PollResult, lease_name, record_pass, renewer
+from mailticket.service import health
 from mailticket.storage import lease
 
 log = logging.getLogger("mailticket.intake.imap")
 
-IDLE_SECONDS = 60  # IDLE is re-issued this often (RFC 2177: at least every 29 minutes)
+IDLE_SECONDS = 60  # IDLE is re-issued (and the folder passed over) this often (RFC 2177: <= 29 min)
 STOP_CHECK_SECONDS = 0.5  # how quickly an IDLE wait notices the stop event
 
 
@@ -73,6 +74,7 @@ def idle_mailbox(
     def passed(result: PollResult) -> None:
         nonlocal failures
         failures = 0
+        record_pass(ctx, result)
         if on_poll is not None:
             on_poll(result)
 
@@ -89,11 +91,10 @@ def idle_mailbox(
         except Exception as exc:
             failures += 1
             delay = min(retry.first_wait * 2 ** (failures - 1), retry.max_wait)
-            log.warning(
-                "IDLE loop failed; retrying",
-                extra={"fields": {"mailbox": mailbox.name, "wait": delay,
-                                  "error": str(as_operation_error(exc, mailbox.name, None))}},
-            )
+            error = str(as_operation_error(exc, mailbox.name, None))
+            log.warning("IDLE loop failed; retrying",
+                        extra={"fields": {"mailbox": mailbox.name, "wait": delay, "error": error}})
+            health.record_source(ctx, health.mailbox_source(mailbox), ok=False, error=error)
             stop_event.wait(delay)
 
 

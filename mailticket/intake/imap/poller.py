@@ -52,6 +52,7 @@ from mailticket.intake.imap.connection import RetryPolicy, as_operation_error, c
 from mailticket.intake.imap.cursor import Cursor
 from mailticket.models import Outcome, RawMail
 from mailticket.process import Batch, Pipeline
+from mailticket.service import health
 from mailticket.storage import lease
 from mailticket.storage.tables import IntakeRecord
 
@@ -91,6 +92,7 @@ class PollResult:
     new_tickets: int = 0
     failed: int = 0  # raised in the pipeline; left above the cursor for the next poll
     busy: bool = False  # another process holds this mailbox's lease
+    backlog: int = 0  # messages above the cursor not done when the pass ended
     error: OperationError | None = None
 
     def count(self, outcome: Outcome) -> None:
@@ -154,6 +156,7 @@ class Poller:
         cursor = self.cursor.start(uidvalidity)
         # `UID n:*` always matches the highest UID, even below n: filter.
         uids = sorted(int(u) for u in client.search(["UID", f"{cursor + 1}:*"]) if int(u) > cursor)
+        self.result.backlog = len(uids)
         if not uids:
             return 0
         done = 0
@@ -174,6 +177,7 @@ class Poller:
                 self.cursor.advance(uidvalidity, max(below))
             self.renew()
             done += len(batch)
+            self.result.backlog = len(uids) - done + len(unfinished)
             if self.progress:
                 self.progress(done, len(uids))
         return len(uids)
@@ -396,7 +400,15 @@ def poll_mailbox(
     except Exception as exc:
         result.error = as_operation_error(exc, mailbox.name, poller.current_uid if poller else None)
         log.error("mailbox could not be read: %s", result.error, extra={"fields": {"mailbox": mailbox.name}})
+    record_pass(ctx, result)
     return result
+
+
+def record_pass(ctx: AppContext, result: PollResult) -> None:
+    """The pass's health for `mailticket status`; a busy mailbox is the other poller's to report."""
+    if not result.busy:
+        health.record_source(ctx, health.mailbox_source(result.mailbox), ok=result.error is None,
+                             error=str(result.error) if result.error else None, backlog=result.backlog)
 
 
 def renewer(ctx: AppContext, mailbox: MailboxConfig, owner: str) -> Callable[[], None]:
