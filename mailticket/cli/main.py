@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "rules": ("mailticket.cli.rules", "rules", "Routing rules: try them on a message."),
     "run": ("mailticket.cli.run", "run",
             "The daemon: mailboxes, outbox, scheduler, optional SMTP/LMTP intake; stops on SIGTERM/SIGINT."),
+    "status": ("mailticket.cli.status", "status",
+               "Daemons, mailboxes and listener, outbox, quarantine, OAuth tokens; exit 1 when unhealthy."),
     "tickets": ("mailticket.cli.tickets", "tickets", "List, show and work tickets."),
 }
 

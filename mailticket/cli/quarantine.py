@@ -6,11 +6,21 @@ import sys
 from typing import Any
 
 import click
-from rich.table import Table
 from sqlmodel import Session, col, select
 
-from mailticket.cli.output import console, print_json
+from mailticket.cli.output import (
+    Grid,
+    console,
+    listing_options,
+    page,
+    print_json,
+    report_cut,
+    row_limit,
+    when,
+)
 from mailticket.cli.state import State, pass_state
+from mailticket.context import AppContext
+from mailticket.pipeline.parse import MAX_HEADER_BYTES, headline
 from mailticket.storage.serialize import iso
 from mailticket.storage.tables import IntakeRecord
 
@@ -20,31 +30,43 @@ def quarantine() -> None:
     """Mail that was kept but opened no ticket (unparseable, dropped, unmatched bounces)."""
 
 
+def _headline(ctx: AppContext, sha256: str) -> tuple[str | None, str | None]:
+    """From and Subject of a kept raw message; None when its file is gone."""
+    try:
+        return headline(ctx.blobs.head(sha256, MAX_HEADER_BYTES))
+    except FileNotFoundError:
+        return None, None
+
+
 @quarantine.command("list")
-@click.option("--limit", type=int, default=200, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@listing_options
 @pass_state
-def quarantine_list(state: State, limit: int, as_json: bool) -> None:
+def quarantine_list(state: State, limit: int | None, as_json: bool) -> None:
+    """Kept mail without a ticket, newest first, with its sender, subject and the reason."""
     ctx = state.ctx()
     with Session(ctx.engine) as session:
-        rows = session.exec(
+        stmt = (
             select(IntakeRecord)
             .where(col(IntakeRecord.status).in_(("quarantined", "dropped")))
             .order_by(col(IntakeRecord.id).desc())
-            .limit(limit)
-        ).all()
-        data: list[dict[str, Any]] = [
-            {"id": r.id, "status": r.status, "reason": r.reason, "source": r.source,
-             "sha256": r.raw_sha256, "received_at": iso(r.created_at)}
-            for r in rows
-        ]
+        )
+        rows, total = page(session, stmt, row_limit(limit, as_json))
+    data: list[dict[str, Any]] = []
+    for r in rows:
+        sender, subject = _headline(ctx, r.raw_sha256)
+        data.append({"id": r.id, "status": r.status, "reason": r.reason, "source": r.source,
+                     "sha256": r.raw_sha256, "received_at": iso(r.created_at), "from": sender,
+                     "subject": subject})
     if as_json:
         print_json(data)
-        return
-    table = Table("id", "status", "received", "source", "reason")
-    for r in data:
-        table.add_row(str(r["id"]), r["status"], (r["received_at"] or "")[:19], r["source"], r["reason"])
-    console.print(table)
+    else:
+        grid = Grid("id", "status", "received", "from", "subject", "reason",
+                    keep=("id", "status", "received"))
+        for d in data:
+            grid.add_row(str(d["id"]), d["status"], when(d["received_at"], state), d["from"] or "-",
+                         d["subject"] or "-", d["reason"])
+        grid.print(console)
+    report_cut(len(data), total, as_json=as_json)
 
 
 @quarantine.command("show")

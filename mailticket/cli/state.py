@@ -30,6 +30,7 @@ class State:
     def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
         self.fail_code = EX_CONFIG_INVALID
+        self.utc = False  # show times in UTC instead of the local zone (--utc)
         self._config: Config | None = None
         self._ctx: AppContext | None = None
 

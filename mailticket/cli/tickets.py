@@ -7,11 +7,21 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.table import Table
 from rich.text import Text
 from sqlmodel import Session, col, select
 
-from mailticket.cli.output import console, print_json, ticket_session
+from mailticket.cli.output import (
+    Grid,
+    console,
+    force_utc,
+    listing_options,
+    page,
+    print_json,
+    report_cut,
+    row_limit,
+    ticket_session,
+    when,
+)
 from mailticket.cli.state import State, pass_state
 from mailticket.intake.staff import open_ticket
 from mailticket.storage.serialize import ticket_dict
@@ -28,35 +38,38 @@ def tickets() -> None:
 @click.option("--status", type=click.Choice(actions.STATUSES))
 @click.option("--department")
 @click.option("--assignee")
-@click.option("--limit", type=int, default=200, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@listing_options
 @pass_state
 def tickets_list(state: State, status: str | None, department: str | None, assignee: str | None,
-                 limit: int, as_json: bool) -> None:
+                 limit: int | None, as_json: bool) -> None:
     """Tickets, newest first."""
     ctx = state.ctx()
     with Session(ctx.engine) as session:
-        stmt = select(Ticket).order_by(col(Ticket.id).desc()).limit(limit)
+        stmt = select(Ticket).order_by(col(Ticket.id).desc())
         if status:
             stmt = stmt.where(Ticket.status == status)
         if department:
             stmt = stmt.where(Ticket.department == department)
         if assignee:
             stmt = stmt.where(Ticket.assignee == assignee.lower())
-        rows = [ticket_dict(session, t) for t in session.exec(stmt).all()]
+        found, total = page(session, stmt, row_limit(limit, as_json))
+        rows = [ticket_dict(session, t) for t in found]
     if as_json:
         print_json(rows)
-        return
-    table = Table("ref", "status", "priority", "department", "assignee", "requester", "subject", "updated")
-    for r in rows:
-        table.add_row(r["ref"], r["status"], r["priority"], r["department"], r["assignee"] or "-",
-                      r["requester"], r["subject"][:60], (r["updated_at"] or "")[:16])
-    console.print(table)
+    else:
+        grid = Grid("ref", "status", "priority", "department", "assignee", "requester", "subject", "updated",
+                    keep=("ref", "status", "updated"))
+        for r in rows:
+            grid.add_row(r["ref"], r["status"], r["priority"], r["department"], r["assignee"] or "-",
+                         r["requester"], r["subject"], when(r["updated_at"], state))
+        grid.print(console)
+    report_cut(len(rows), total, as_json=as_json)
 
 
 @tickets.command("show")
 @click.argument("ref")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--utc", is_flag=True, expose_value=False, callback=force_utc, help="Times in UTC.")
 @pass_state
 def tickets_show(state: State, ref: str, as_json: bool) -> None:
     """One ticket with its conversation."""
@@ -72,15 +85,15 @@ def tickets_show(state: State, ref: str, as_json: bool) -> None:
     )
     for e in data["entries"]:
         flags = f" [{', '.join(e['flags'])}]" if e["flags"] else ""
-        console.rule(f"{e['created_at'][:19]} {e['kind']} {e['author'] or ''}{flags}")
+        console.rule(f"{when(e['created_at'], state)} {e['kind']} {e['author'] or ''}{flags}")
         console.print(e["body_text"])
         for a in e["attachments"]:
             console.print(f"  attachment: {a['filename']} ({a['content_type']}, {a['size']} bytes)")
-    history = Table("at", "event", "actor", "details", title="history")
+    history = Grid("at", "event", "actor", "details", keep=("at", "event"), title="history")
     for ev in data["events"]:
         details = " ".join(f"{k}={_detail(v)}" for k, v in ev["data"].items() if v not in (None, [], ""))
-        history.add_row(ev["at"][:19], ev["kind"], ev["actor"] or "-", details)
-    console.print(history)
+        history.add_row(when(ev["at"], state), ev["kind"], ev["actor"] or "-", details)
+    history.print(console)
 
 
 def _detail(value: Any) -> str:

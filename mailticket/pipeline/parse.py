@@ -139,6 +139,20 @@ def _text(value: str) -> str:
     return _CONTROL.sub("", value)
 
 
+def headline(raw: bytes) -> tuple[str, str]:
+    """(From, Subject) as readable text, read from the header block only: for listing kept mail
+    that may not parse as a whole (quarantine)."""
+    end = _header_end(raw)
+    head = raw[: MAX_HEADER_BYTES if end is None else end]
+    msg = BytesHeaderParser(policy=policy.compat32).parsebytes(head)
+    raw_values = {name.lower(): value for name, value in reversed(list(msg.raw_items()))}  # first wins
+
+    def text(name: str) -> str:
+        return _text(_header_str(raw_values.get(name, ""), "cp1252"))
+
+    return text("from"), text("subject")
+
+
 def _body_text(value: str) -> str:
     """Body text fit for any database: no NUL (PostgreSQL refuses it), no lone surrogates."""
     if "\x00" in value:

@@ -292,7 +292,7 @@ def _problems(ctx: AppContext, report: Report) -> list[str]:
     oldest = report.outbox["oldest_queued_age_seconds"]
     if oldest is not None and oldest > notice_age:
         problems.append(
-            f"outbox: {report.outbox['queued']} notice(s) queued, the oldest for {_span(oldest)} "
+            f"outbox: {report.outbox['queued']} notice(s) queued, the oldest for {span(oldest)} "
             f"(more than {health.notice_max_age}): see `mailticket outbox list`; is a daemon sending?"
         )
     problems += [f"oauth {t['mailbox']}: {t['problem']}" for t in report.tokens if not t.get("healthy", True)]
@@ -321,7 +321,7 @@ def _source_problems(
     return []
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
     """1234.5 -> '20m 34s': an age in the admin's units."""
     s = int(seconds)
     days, s = divmod(s, 86400)

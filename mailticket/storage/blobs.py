@@ -77,3 +77,8 @@ class BlobStore:
 
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
+
+    def head(self, sha256: str, size: int) -> bytes:
+        """The first `size` bytes: enough for a header block without reading a big message whole."""
+        with self.path(sha256).open("rb") as fh:
+            return fh.read(size)

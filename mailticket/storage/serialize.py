@@ -87,6 +87,7 @@ def outbox_dict(session: Session, row: OutboxMessage) -> dict[str, Any]:
         "attempts": row.attempts,
         "message_id": row.message_id,
         "last_error": row.last_error,
+        "next_attempt_at": iso(row.next_attempt_at) if row.status == "queued" else None,
         "created_at": iso(row.created_at),
         "sent_at": iso(row.sent_at),
     }

@@ -712,7 +712,7 @@ def test_outbox_cli_list_flush_and_retry(smtp_sink: SmtpSink, db_url: str, tmp_p
     }
     assert "not rendered yet" in " ".join(cli("outbox", "list").split())
     smtp_sink.reject_all("550 5.7.1 Relaying denied")
-    assert cli("outbox", "flush").strip().endswith("failed 2")
+    assert cli("outbox", "flush", code=1).strip().endswith("failed 2")  # exit 1: notices stay unsent
     listed = json.loads(cli("outbox", "list", "--json"))
     assert {item["status"] for item in listed} == {"failed"}
     assert {"id", "ticket", "kind", "to", "subject", "status", "attempts"} <= set(listed[0])
