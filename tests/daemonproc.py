@@ -27,13 +27,14 @@ READY_LINE = "mailticket running"
 def write_config(
     path: Path,
     *,
-    db_url: str,
+    db_url: str | None,
     sink: SmtpSink | None = None,
     dovecot: Dovecot | None = None,
     idle: bool = False,
     poll_seconds: int = 1,
     intake_port: int | None = None,
     intake_protocol: str = "smtp",
+    metrics: str | None = None,
 ) -> Path:
     """A complete config for one test: SQLite or PostgreSQL, optional mailbox, sink and intake."""
     sections: dict[str, Any] = {
@@ -45,6 +46,8 @@ def write_config(
             "retry_base_seconds": 1,
         },
     }
+    if metrics is not None:
+        sections["service"] = {"metrics": metrics}
     if intake_port is not None:
         sections["intake"] = {"enabled": True, "host": "127.0.0.1", "port": intake_port,
                               "protocol": intake_protocol}

@@ -39,15 +39,23 @@ WORKERS = 4  # messages processed at once; more wait in their SMTP session
 TEMPFAIL = "451 4.3.0 Temporary failure storing the message, try again later"
 
 
+Observer = Callable[[str, str, float], None]  # (source, outcome status or "failed", seconds)
+
+
 class IntakeHandler:
     """aiosmtpd handler: one pipeline run per DATA, in a small thread pool."""
 
     def __init__(
-        self, ctx: AppContext, protocol: str = "smtp", on_stored: Callable[[Outcome], None] | None = None
+        self,
+        ctx: AppContext,
+        protocol: str = "smtp",
+        on_stored: Callable[[Outcome], None] | None = None,
+        observe: Observer | None = None,
     ) -> None:
         self.ctx = ctx
         self.protocol = protocol
         self.on_stored = on_stored
+        self.observe = observe
         self.health = health.SourceRecorder(ctx, protocol)
         self.executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix=f"{protocol}-intake")
         self._busy = 0
@@ -81,15 +89,19 @@ class IntakeHandler:
             envelope_recipients=tuple(str(r) for r in envelope.rcpt_tos),
         )
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         try:
             outcome = await loop.run_in_executor(self.executor, self._process, raw)
         except Exception as exc:
             logs.failure(log, "message not stored; answered 451", exc, peer=where)
             # Not awaited: with the database locked, recording it would hold the 451 back.
             self.executor.submit(self.health.failed, f"{type(exc).__name__}: {exc}")
-            reply = TEMPFAIL
+            reply, status = TEMPFAIL, "failed"
         else:
             reply = f"250 2.0.0 {outcome.status}{' ' + outcome.ticket_ref if outcome.ticket_ref else ''}"
+            status = outcome.status
+        if self.observe is not None:
+            self.observe(self.protocol, status, time.monotonic() - started)
         if self.protocol == "lmtp":
             return "\r\n".join([reply] * max(len(envelope.rcpt_tos), 1))
         return reply
@@ -143,12 +155,13 @@ class IntakeServer:
         port: int | None = None,
         protocol: str | None = None,
         on_stored: Callable[[Outcome], None] | None = None,
+        observe: Observer | None = None,
     ) -> None:
         cfg = ctx.config.intake
         self.host = host or cfg.host
         self.port = port if port is not None else cfg.port
         self.protocol = protocol or cfg.protocol
-        self.handler = IntakeHandler(ctx, self.protocol, on_stored)
+        self.handler = IntakeHandler(ctx, self.protocol, on_stored, observe)
         self.controller = _Controller(
             self.handler,
             _SERVERS[self.protocol],

@@ -33,6 +33,7 @@ from mailticket.intake.smtp import IntakeServer
 from mailticket.models import Outcome
 from mailticket.outbound.render import Renderer
 from mailticket.service import health, jobs
+from mailticket.service.metrics import Metrics, MetricsServer
 from mailticket.service.reload import ConfigWatcher
 from mailticket.service.scheduler import Scheduler
 
@@ -60,16 +61,24 @@ class Daemon:
         self._idle: dict[str, _IdleWorker] = {}
         self._polled: dict[str, MailboxConfig] = {}
         self._mailbox_lock = threading.Lock()
+        self.metrics = Metrics(ctx) if ctx.config.service.metrics else None
+        self.metrics_server: MetricsServer | None = None
 
     # -- start ---------------------------------------------------------------------------------
 
     def start(self) -> None:
         config = self.ctx.config
-        for job in jobs.periodic(self.ctx, self.scheduler.owner):
+        metrics = self.metrics
+        if metrics is not None and config.service.metrics:
+            self.metrics_server = MetricsServer(self.ctx, metrics, config.service.metrics)
+            self.metrics_server.start()
+        on_flush = metrics.flushed if metrics is not None else None
+        for job in jobs.periodic(self.ctx, self.scheduler.owner, on_flush):
             self.scheduler.add(job.name, job.run, job.seconds, leased=job.leased)
         self._sync_mailboxes(config)
         if config.intake.enabled:
-            intake = IntakeServer(self.ctx, on_stored=self._stored)
+            intake = IntakeServer(self.ctx, on_stored=self._stored,
+                                  observe=metrics.message if metrics is not None else None)
             intake.start()
             self.intake = intake
         self.scheduler.start()
@@ -86,6 +95,7 @@ class Daemon:
                     if config.intake.enabled
                     else None,
                     "transport": config.smtp.transport,
+                    "metrics": config.service.metrics,
                 }
             },
         )
@@ -103,6 +113,8 @@ class Daemon:
         self.scheduler.run_soon("outbox")
 
     def _polled_result(self, result: PollResult) -> None:
+        if self.metrics is not None:
+            self.metrics.polled(result)
         if result.stored:
             self.scheduler.run_soon("outbox")
 
@@ -187,6 +199,8 @@ class Daemon:
         for thread in self._threads:
             thread.join(10.0)
         health.record_heartbeat(self.ctx, self.scheduler.owner, stopped=True)
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         self.ctx.engine.dispose()
         log.info("mailticket stopped")
 

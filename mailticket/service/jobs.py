@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailticket.config import MailboxConfig
 from mailticket.context import AppContext
 from mailticket.intake.imap import PollResult, poll_mailbox
-from mailticket.outbound.send import flush
+from mailticket.outbound.send import FlushResult, flush
 from mailticket.service import health
 from mailticket.tickets.lifecycle import autoclose
 from mailticket.tickets.overdue import sla_check
@@ -39,19 +40,25 @@ class Job:
     leased: bool = False
 
 
-def periodic(ctx: AppContext, owner: str) -> list[Job]:
+FlushObserver = Callable[[FlushResult, float], None]  # (what a flush did, how long it took)
+
+
+def periodic(ctx: AppContext, owner: str, on_flush: FlushObserver | None = None) -> list[Job]:
     """The jobs every daemon runs, whatever its mailboxes; `owner` names this daemon's heartbeat."""
     return [
         Job("heartbeat", lambda: health.record_heartbeat(ctx, owner), health.HEARTBEAT_SECONDS),
-        Job("outbox", lambda: flush_outbox(ctx), OUTBOX_SECONDS),
+        Job("outbox", lambda: flush_outbox(ctx, on_flush), OUTBOX_SECONDS),
         Job("sla_check", lambda: sla_check(ctx), SLA_SECONDS, leased=True),
         Job("autoclose", lambda: autoclose(ctx), AUTOCLOSE_SECONDS, leased=True),
     ]
 
 
-def flush_outbox(ctx: AppContext) -> None:
+def flush_outbox(ctx: AppContext, on_flush: FlushObserver | None = None) -> None:
     """Send what is due; one log line when anything happened."""
+    started = time.monotonic()
     result = flush(ctx)
+    if on_flush is not None:
+        on_flush(result, time.monotonic() - started)
     if result.sent or result.retrying or result.failed:
         log.info(
             "outbox flushed",

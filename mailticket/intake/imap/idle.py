@@ -115,7 +115,9 @@ def _idle_session(
         found = 1
         while found and not stop.is_set():
             result = PollResult(mailbox.name, mailbox.folder)
+            started = time.monotonic()
             found = Poller(ctx, mailbox, result, renew=renew, stop=stop).run(client)
+            result.seconds = time.monotonic() - started
             passed(result)
         renew()
         if can_idle:

@@ -93,6 +93,7 @@ class PollResult:
     failed: int = 0  # raised in the pipeline; left above the cursor for the next poll
     busy: bool = False  # another process holds this mailbox's lease
     backlog: int = 0  # messages above the cursor not done when the pass ended
+    seconds: float = 0.0  # how long the pass took
     error: OperationError | None = None
 
     def count(self, outcome: Outcome) -> None:
@@ -384,6 +385,7 @@ def poll_mailbox(
     owner = lease.owner_id()
     name = lease_name(mailbox)
     poller: Poller | None = None
+    started = time.monotonic()
     try:
         if not lease.acquire(ctx.engine, name, owner, LEASE_SECONDS):
             result.busy = True
@@ -400,6 +402,7 @@ def poll_mailbox(
     except Exception as exc:
         result.error = as_operation_error(exc, mailbox.name, poller.current_uid if poller else None)
         log.error("mailbox could not be read: %s", result.error, extra={"fields": {"mailbox": mailbox.name}})
+    result.seconds = time.monotonic() - started
     record_pass(ctx, result)
     return result
 
