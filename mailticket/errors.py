@@ -36,12 +36,17 @@ class MailticketError(Exception):
 
 
 class ConfigError(MailticketError):
-    """A config file problem; `problems` holds one line per mistake."""
+    """A config file problem; `problems` holds one line per mistake, `lines` the file's line of each
+    (None where unknown), printed compiler-style as `file:line: problem` so editors can jump there."""
 
-    def __init__(self, path: str, problems: list[str]) -> None:
+    def __init__(self, path: str, problems: list[str], lines: list[int | None] | None = None) -> None:
         self.path = path
         self.problems = problems
-        super().__init__("\n".join(f"{path}: {p}" for p in problems))
+        self.lines = lines if lines is not None else [None] * len(problems)  # 1-based, where known
+        super().__init__("\n".join(
+            f"{path}:{line}: {p}" if line else f"{path}: {p}"
+            for p, line in zip(problems, self.lines, strict=True)
+        ))
 
 
 class DurationError(MailticketError, ValueError):

@@ -13,6 +13,8 @@ from mailticket.config.messages import Loc, did_you_mean
 
 EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 DEFAULT_DEPARTMENTS = [{"name": "general"}]
+POLICIES = ("round-robin", "least-open")
+ADDRESS_CUTOFF = 0.85  # alice@exmaple.com suggests alice@example.com; carol@ never suggests alice@
 
 
 def _items(data: dict[str, Any], section: str) -> list[tuple[int, dict[str, Any]]]:
@@ -115,8 +117,9 @@ def _check_departments(names: _Names) -> None:
         names.sla(("departments", i, "sla"), dep.get("sla"))
         for k, email in enumerate(dep.get("agents") or []):
             if isinstance(email, str) and EMAIL.match(email) and email.lower() not in names.agents:
+                hint = did_you_mean(email.lower(), names.agents, ADDRESS_CUTOFF)
                 names.problems.append(
-                    (("departments", i, "agents", k), f"{email!r} is not a configured agent; "
+                    (("departments", i, "agents", k), f"{email!r} is not a configured agent{hint}; "
                      f"add an [[agents]] table with email = {email!r}")
                 )
         if dep.get("assign") in ("round-robin", "least-open") and not names.members.get(dep.get("name")):
@@ -131,9 +134,10 @@ def _check_rule(names: _Names, i: int, rule: dict[str, Any]) -> None:
     names.department(("rules", i, "actions", "department"), act.get("department"))
     names.sla(("rules", i, "actions", "sla"), act.get("sla"))
     assign = act["assign"].strip().lower() if isinstance(act.get("assign"), str) else None
-    if assign is not None and assign not in ("round-robin", "least-open", *names.agents):
+    if assign is not None and assign not in (*POLICIES, *names.agents):
+        hint = did_you_mean(assign, [*POLICIES, *names.agents], ADDRESS_CUTOFF)
         names.problems.append(
-            (("rules", i, "actions", "assign"), f"{act['assign']!r} is not a configured agent; "
+            (("rules", i, "actions", "assign"), f"{act['assign']!r} is not a configured agent{hint}; "
              "use an [[agents]] email, 'round-robin' or 'least-open'")
         )
     target = act.get("department")

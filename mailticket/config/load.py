@@ -12,8 +12,9 @@ from pydantic import ValidationError
 
 from mailticket import CONFIG_ENV
 from mailticket.config.checks import cross_reference_problems
+from mailticket.config.locate import key_lines, line_of
+from mailticket.config.messages import Loc, Problem, problems_from, where
 from mailticket.config.messages import location as _location
-from mailticket.config.messages import problems_from, where
 from mailticket.config.schema import Config
 from mailticket.errors import ConfigError
 
@@ -21,21 +22,19 @@ _SQLITE = "sqlite:///"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand_env(node: Any, path: str, problems: list[str]) -> Any:
+def _expand_env(node: Any, loc: Loc, problems: list[Problem]) -> Any:
     """Replace ${VAR} in every string; a missing variable is a problem, not an empty string."""
     if isinstance(node, dict):
-        return {k: _expand_env(v, f"{path}.{k}" if path else k, problems) for k, v in node.items()}
+        return {k: _expand_env(v, (*loc, k), problems) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand_env(v, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+        return [_expand_env(v, (*loc, i), problems) for i, v in enumerate(node)]
     if isinstance(node, str):
 
         def sub(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in os.environ:
-                problems.append(
-                    f"{path}: environment variable {name} is not set (export {name}=... "
-                    "before starting mailticket)"
-                )
+                fix = f"export {name}=... before starting mailticket"
+                problems.append((loc, f"environment variable {name} is not set ({fix})", loc))
                 return ""
             return os.environ[name]
 
@@ -43,12 +42,12 @@ def _expand_env(node: Any, path: str, problems: list[str]) -> Any:
     return node
 
 
-
 def load_config(path: str | Path | None = None, *, text: str | None = None) -> Config:
     """Read (or take `text` as the file's content), expand, validate; ConfigError lists every problem."""
     location = Path(path or os.environ.get(CONFIG_ENV) or "mailticket.toml")
     try:
-        raw = tomllib.loads(text if text is not None else location.read_text(encoding="utf-8"))
+        source = text if text is not None else location.read_text(encoding="utf-8")
+        raw = tomllib.loads(source)
     except FileNotFoundError:
         raise ConfigError(
             str(location), ["file not found (pass --config or set MAILTICKET_CONFIG)"]
@@ -57,14 +56,14 @@ def load_config(path: str | Path | None = None, *, text: str | None = None) -> C
         raise ConfigError(str(location), [f"not valid TOML: {exc}"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(location), [f"cannot read: {exc}"]) from None
-    problems: list[str] = []
-    expanded = _expand_env(raw, "", problems)
+    problems: list[Problem] = []
+    expanded = _expand_env(raw, (), problems)
     # A disabled mailbox may name variables that are not set on this machine.
-    disabled = [
-        f"mailboxes[{i}]." for i, m in enumerate(raw.get("mailboxes") or [])
+    disabled = {
+        ("mailboxes", i) for i, m in enumerate(raw.get("mailboxes") or [])
         if isinstance(m, dict) and m.get("enabled") is False
-    ]
-    problems = [p for p in problems if not p.startswith(tuple(disabled))] if disabled else problems
+    }
+    problems = [p for p in problems if p[0][:2] not in disabled]
     try:
         config = Config.model_validate(expanded)
     except ValidationError as exc:
@@ -72,14 +71,14 @@ def load_config(path: str | Path | None = None, *, text: str | None = None) -> C
         # some fields are wrong; the model's own check (location ()) would repeat them.
         errors = [e for e in exc.errors() if _location(e)]
         bad = [_location(e) for e in errors]
-        cross = [
-            f"{where(loc, raw)}: {msg}"
-            for loc, msg in cross_reference_problems(expanded)
+        problems += problems_from(Config, errors, raw)
+        problems += [
+            (loc, msg, loc) for loc, msg in cross_reference_problems(expanded)
             if not any(loc[: len(b)] == b for b in bad)
         ]
-        raise ConfigError(str(location), problems + problems_from(Config, errors, raw) + cross) from None
+        raise _located(location, source, raw, problems) from None
     if problems:
-        raise ConfigError(str(location), problems)
+        raise _located(location, source, raw, problems)
     return _anchored(config, location.parent).model_copy(update={"source": location})
 
 
@@ -105,4 +104,14 @@ def _anchored(config: Config, base: Path) -> Config:
             "smtp": config.smtp.model_copy(update={"ca_file": at(config.smtp.ca_file)}),
             "mailboxes": [m.model_copy(update={"ca_file": at(m.ca_file)}) for m in config.mailboxes],
         }
+    )
+
+
+def _located(location: Path, text: str, raw: dict[str, Any], problems: list[Problem]) -> ConfigError:
+    """One ConfigError: each problem as `where: what`, with the line of the file it points at."""
+    lines = key_lines(text)
+    return ConfigError(
+        str(location),
+        [f"{where(place, raw) or 'top level'}: {msg}" for place, msg, _ in problems],
+        [line_of(key, lines) for _, _, key in problems],
     )

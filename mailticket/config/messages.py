@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from typing import Any, get_args
 
@@ -11,9 +12,10 @@ from pydantic import BaseModel
 Loc = tuple[int | str, ...]
 
 
-def did_you_mean(word: str, options: Iterable[str]) -> str:
-    """' (did you mean 'x'?)' for a near miss, else ''."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.7)
+def did_you_mean(word: str, options: Iterable[str], cutoff: float = 0.7) -> str:
+    """' (did you mean 'x'?)' for a near miss, else ''. Addresses need a higher `cutoff`: they
+    share their domain, so two different people's addresses already look alike."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=cutoff)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -64,24 +66,54 @@ def location(err: Any) -> Loc:
     return tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
 
 
-def problems_from(root: type[BaseModel], errors: list[Any], raw: dict[str, Any]) -> list[str]:
-    """One line per validation error, naming the key as the admin wrote it."""
-    problems = []
+Problem = tuple[Loc, str, Loc]  # (what the line names, the message, the key whose line it is on)
+
+
+def problems_from(root: type[BaseModel], errors: list[Any], raw: dict[str, Any]) -> list[Problem]:
+    """One problem per validation error, in the admin's words, naming the key as the admin wrote it."""
+    problems: list[Problem] = []
     for err in errors:
         loc = location(err)
-        place = where(loc, raw)
+        place = loc
         kind = err["type"]
-        msg = err["msg"].removeprefix("Value error, ")
         if kind == "extra_forbidden":
             msg = _unknown_key(root, loc)
-            place = where(loc[:-1], raw) or "top level"
+            place = loc[:-1]
         elif kind == "missing":
             msg = f"required key {str(loc[-1])!r} is missing; add it"
-            place = where(loc[:-1], raw) or "top level"
-        elif kind == "literal_error":
-            msg = f"{msg} (got {err.get('input')!r})"
-        for line in msg.split("\n"):
-            problems.append(f"{place}: {line}" if place else line)
+            place = loc[:-1]
+        else:
+            msg = admin_words(err)
+        problems += [(place, line, loc) for line in msg.split("\n")]
     return problems
 
 
+def admin_words(err: Any) -> str:
+    """A pydantic error as an admin would say it: what the value must be, what it was."""
+    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+    if kind == "literal_error":
+        options = [str(o).strip("'") for o in re.findall(r"'[^']*'", str(ctx.get("expected", "")))]
+        hint = did_you_mean(str(got), options) if isinstance(got, str) else ""
+        return f"must be one of {', '.join(map(repr, options))}{shown}{hint}"
+    for kinds, words in _WORDS:
+        if kind in kinds:
+            return words.format(**ctx) + shown
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+_WORDS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("int_parsing", "int_type", "int_from_float"), "must be a whole number, without quotes"),
+    (("float_parsing", "float_type"), "must be a number, without quotes"),
+    (("bool_parsing", "bool_type"), "must be true or false, without quotes"),
+    (("string_type",), "must be text in quotes"),
+    (("list_type",), "must be a list in brackets, e.g. [\"a\", \"b\"]"),
+    (("dict_type", "model_type", "model_attributes_type"),
+     "must be a table (a [section] or {{ key = value }})"),
+    (("greater_than",), "must be more than {gt:g}"),
+    (("greater_than_equal",), "must be at least {ge:g}"),
+    (("less_than",), "must be less than {lt:g}"),
+    (("less_than_equal",), "must be at most {le:g}"),
+    (("string_too_short",), "must not be empty"),
+    (("path_type",), "must be a path in quotes"),
+)

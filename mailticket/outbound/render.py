@@ -21,6 +21,7 @@ from typing import Any
 
 import jinja2
 
+from mailticket.config.messages import did_you_mean
 from mailticket.errors import ConfigError
 
 # The top-level templates/ folder, reached through the mailticket/templates symlink so
@@ -83,6 +84,19 @@ def _template_line(exc: BaseException) -> tuple[str | None, int | None]:
     return None, None
 
 
+_UNDEFINED = re.compile(r"'(\w+)' is undefined|has no attribute '(\w+)'")
+
+
+def _variable_hint(message: str, kind: str) -> str:
+    """' (did you mean ...?)' for a misspelt variable or field of an undefined-variable error."""
+    found = _UNDEFINED.search(message)
+    if found is None:
+        return ""
+    if found.group(1):
+        return did_you_mean(found.group(1), [*VARIABLES, *KIND_VARIABLES.get(kind, {})])
+    return did_you_mean(found.group(2), [*_TICKET_SAMPLE, *_ENTRY_SAMPLE])
+
+
 class Renderer:
     def __init__(self, templates_dir: Path | None = None) -> None:
         self.templates_dir = templates_dir
@@ -105,7 +119,14 @@ class Renderer:
         problems: list[str] = []
         if self.templates_dir is not None and not self.templates_dir.is_dir():
             problems.append(f"templates_dir {self.templates_dir} is not a directory")
+        expected = [f"{kind}.{part}.j2" for kind in KINDS for part in PARTS]
         for name in sorted(self.env.list_templates(extensions=["j2"])):
+            # A near miss of a notice's name is a typo that would silently leave the default in
+            # use; any other file may be a partial the templates include or extend.
+            if name not in expected and (hint := did_you_mean(name, expected)):
+                problems.append(f"template {name} is not one mailticket uses{hint}: name it "
+                                f"<kind>.<{'|'.join(PARTS)}>.j2 with a kind of {', '.join(KINDS)}")
+                continue
             try:
                 self.env.get_template(name)
             except jinja2.TemplateSyntaxError as exc:
@@ -122,7 +143,7 @@ class Renderer:
                     except jinja2.TemplateError as exc:
                         filename, line = _template_line(exc)
                         where = f"{filename or template.filename}, line {line}" if line else template.filename
-                        problems.append(f"template {where}: {exc}")
+                        problems.append(f"template {where}: {exc}{_variable_hint(str(exc), kind)}")
         if problems:
             raise ConfigError("templates", problems)
 

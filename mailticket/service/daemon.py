@@ -25,6 +25,7 @@ import threading
 from dataclasses import dataclass, field
 from functools import partial
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from mailticket.config import Config, MailboxConfig
 from mailticket.context import AppContext
@@ -33,9 +34,11 @@ from mailticket.intake.smtp import IntakeServer
 from mailticket.models import Outcome
 from mailticket.outbound.render import Renderer
 from mailticket.service import health, jobs
-from mailticket.service.metrics import Metrics, MetricsServer
 from mailticket.service.reload import ConfigWatcher
 from mailticket.service.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from mailticket.service.metrics import Metrics, MetricsServer
 
 log = logging.getLogger("mailticket.service.daemon")
 
@@ -61,8 +64,12 @@ class Daemon:
         self._idle: dict[str, _IdleWorker] = {}
         self._polled: dict[str, MailboxConfig] = {}
         self._mailbox_lock = threading.Lock()
-        self.metrics = Metrics(ctx) if ctx.config.service.metrics else None
+        self.metrics: Metrics | None = None
         self.metrics_server: MetricsServer | None = None
+        if ctx.config.service.metrics:
+            from mailticket.service.metrics import Metrics  # prometheus_client only when asked for
+
+            self.metrics = Metrics(ctx)
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -70,6 +77,8 @@ class Daemon:
         config = self.ctx.config
         metrics = self.metrics
         if metrics is not None and config.service.metrics:
+            from mailticket.service.metrics import MetricsServer
+
             self.metrics_server = MetricsServer(self.ctx, metrics, config.service.metrics)
             self.metrics_server.start()
         on_flush = metrics.flushed if metrics is not None else None

@@ -7,6 +7,7 @@ config is edited from a valid base the way an admin would edit it.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -83,8 +84,9 @@ def check(tmp_path: Path) -> Iterator[Check]:
 
 
 def lines(result: Result) -> list[str]:
+    """The problems without their line numbers (test_line_numbers checks those)."""
     assert result.exit_code == 2, result.output
-    return result.stderr.strip().splitlines()
+    return [re.sub(r"^(.*?\.toml):\d+: ", r"\1: ", line) for line in result.stderr.strip().splitlines()]
 
 
 def test_valid_config_exits_0(check: Check) -> None:
@@ -205,7 +207,7 @@ def test_unknown_sla_and_assignee_in_a_rule(check: Check) -> None:
 def test_bad_priority_value(check: Check) -> None:
     result, path = check('actions = { priority = "urgent" }', 'actions = { priority = "critical" }')
     assert lines(result) == [
-        f"{path}: rules[0] ('Urgent').actions.priority: Input should be 'low', 'normal', 'high' or 'urgent' "
+        f"{path}: rules[0] ('Urgent').actions.priority: must be one of 'low', 'normal', 'high', 'urgent' "
         "(got 'critical')"
     ]
 
@@ -286,8 +288,9 @@ def test_field_and_cross_reference_errors_in_one_run(tmp_path: Path) -> None:
         "rules[1] ('Invoices to billing').conditions[1].op",
         "rules[1] ('Invoices to billing').actions.department",
     ]
+    assert caught.value.lines == [19, 34, 38]
     assert str(caught.value).splitlines()[2] == (
-        f"{path}: rules[1] ('Invoices to billing').actions.department: unknown department 'billing'; "
+        f"{path}:38: rules[1] ('Invoices to billing').actions.department: unknown department 'billing'; "
         "known: general, support"
     )
 
@@ -307,3 +310,79 @@ def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SUPPORT_IMAP_PASSWORD", "x")
     example = Path(__file__).resolve().parents[2] / "config.example.toml"
     assert load_config(example).rules[0].name == "Invoices to billing"
+
+
+def test_line_numbers_point_at_the_key_or_its_table(tmp_path: Path) -> None:
+    """Inline tables, [table] under an array of tables, [[array.of.tables]], dotted keys, strings."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[service]\n'                                       # 1
+        'support_address = "support@example.com"\n'         # 2
+        'support_name = """Multi\nline = "not a key"\n"""\n'  # 3-5
+        '[[rules]]\n'                                       # 6
+        'name = "A"\n'                                      # 7
+        'actions = { priorty = "high" }\n'                  # 8
+        '[[rules]]\n'                                       # 9
+        'name = "B"\n'                                      # 10
+        '[[rules.conditions]]\n'                            # 11
+        'field = "subject"\n'                               # 12
+        'op = "contians"\n'                                 # 13
+        'value = "x"\n'                                     # 14
+        '[rules.actions]\n'                                 # 15
+        'tags = [\n  "a",\n  "b",\n]\n'                   # 16-19
+        'department = "salse"\n'                            # 20
+        '[[rules]]\n'                                       # 21
+        'conditions = [{ field = "subject", op = "equals", value = "y" }]\n'  # 22
+        'tickets.reopen_within_days = "x"\n'                # 23: rules[2].tickets is unknown
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    problems = zip(caught.value.problems, caught.value.lines, strict=True)
+    found = [(p.split(": ")[0], line) for p, line in problems]
+    assert sorted(found) == [
+        ("rules[0] ('A').actions", 8),  # unknown key 'priorty'
+        ("rules[1] ('B').actions.department", 20),
+        ("rules[1] ('B').conditions[0].op", 13),
+        ("rules[2]", 21),  # required key 'name' is missing
+        ("rules[2]", 23),  # unknown key 'tickets'
+    ]
+    assert str(caught.value).splitlines()[0].startswith(f"{path}:8: rules[0] ('A').actions: unknown key")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('support_address = "support@example.com"', 'max_message_mb = "ten"',
+         "service.max_message_mb: must be a number, without quotes (got 'ten')"),
+        ('support_address = "support@example.com"', 'max_message_mb = 0',
+         "service.max_message_mb: must be more than 0 (got 0)"),
+        ('stop = true', 'stop = "maybe"',
+         "rules[1] ('Invoices to billing').stop: must be true or false, without quotes (got 'maybe')"),
+        ('match = "any"', 'match = "anyy"',
+         "rules[1] ('Invoices to billing').match: must be one of 'all', 'any' (got 'anyy') "
+         "(did you mean 'any'?)"),
+        ('tags = ["finance"]', 'tags = "finance"',
+         "rules[1] ('Invoices to billing').actions.tags: must be a list in brackets, e.g. [\"a\", \"b\"] "
+         "(got 'finance')"),
+        ('name = "Alice"', 'name = 7',
+         "agents[0] ('alice@example.com').name: must be text in quotes (got 7)"),
+    ],
+)
+def test_type_errors_in_admin_words(check: Check, old: str, new: str, message: str) -> None:
+    result, path = check(old, new)
+    assert lines(result) == [f"{path}: {message}"]
+
+
+def test_did_you_mean_for_agents(check: Check) -> None:
+    result, path = check('actions = { priority = "urgent" }', 'actions = { assign = "alice@exmaple.com" }')
+    assert lines(result) == [
+        f"{path}: rules[0] ('Urgent').actions.assign: 'alice@exmaple.com' is not a configured agent (did you "
+        "mean 'alice@example.com'?); use an [[agents]] email, 'round-robin' or 'least-open'"
+    ]
+    result, path = check('actions = { priority = "urgent" }', 'actions = { assign = "round-robbin" }')
+    assert "(did you mean 'round-robin'?)" in lines(result)[0]
+    result, path = check('agents = ["alice@example.com"]\nsla', 'agents = ["alice@example.org"]\nsla')
+    assert lines(result) == [
+        f"{path}: departments[0] ('general').agents[0]: 'alice@example.org' is not a configured agent "
+        "(did you mean 'alice@example.com'?); add an [[agents]] table with email = 'alice@example.org'"
+    ]

@@ -78,7 +78,24 @@ def test_unknown_variable_is_a_config_error_naming_file_and_line(tmp_path: Path)
         Renderer(tmp_path).check()
     message = str(caught.value)
     assert f"{tmp_path / 'alert.html.j2'}, line 2" in message
-    assert "tiket" in message
+    assert "'tiket' is undefined (did you mean 'ticket'?)" in message
+
+
+def test_misspelt_field_and_template_name_get_a_did_you_mean(tmp_path: Path) -> None:
+    (tmp_path / "ack.txt.j2").write_text("Your ref: {{ ticket.refs }}\n")
+    (tmp_path / "ack.subjct.j2").write_text("Re: {{ ticket.subject }}\n")
+    (tmp_path / "footer.j2").write_text("-- \n{{ support_name }}\n")  # a partial: not a typo
+    with pytest.raises(ConfigError) as caught:
+        Renderer(tmp_path).check()
+    assert caught.value.problems == [
+        "template ack.subjct.j2 is not one mailticket uses (did you mean 'ack.subject.j2'?): name it "
+        "<kind>.<subject|txt|html>.j2 with a kind of ack, alert, reply, note_alert, resolution, reopened, "
+        "overdue, closed_reject, command_error",
+    ]
+    (tmp_path / "ack.subjct.j2").unlink()
+    with pytest.raises(ConfigError) as caught:
+        Renderer(tmp_path).check()
+    assert "has no attribute 'refs' (did you mean 'ref'?)" in caught.value.problems[0]
 
 
 def test_app_build_refuses_a_broken_templates_dir(tmp_path: Path) -> None:
