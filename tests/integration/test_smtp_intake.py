@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import smtplib
 import socket
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from sqlalchemy import text
@@ -14,9 +17,10 @@ from sqlmodel import Session, select
 
 from mailticket.context import AppContext
 from mailticket.intake.smtp import IntakeServer
+from mailticket.service import health
 from mailticket.storage.db import make_engine
 from mailticket.storage.tables import IntakeRecord, Ticket
-from tests.daemonproc import DaemonProcess, counts, write_config
+from tests.daemonproc import DaemonProcess, counts, wait_until, write_config
 from tests.factories import mail, make_ctx
 from tests.servers import free_port
 
@@ -227,3 +231,36 @@ def test_kill_mid_transaction_never_250_without_commit(tmp_path: Path, db_url: s
         assert any(answered.values()) and not all(answered.values()), answered
     finally:
         engine.dispose()
+
+
+def test_a_locked_database_is_one_log_line_a_451_and_a_failing_source(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite locked by another writer past the busy timeout: the sender gets 451 and retries, the log
+    gets one line without a traceback or SQL, and `status` shows the listener failing until it recovers."""
+    db = tmp_path / "desk.db"
+    with patch("mailticket.storage.db.BUSY_TIMEOUT_MS", 300):
+        ctx = make_ctx(tmp_path, f"sqlite:///{db}")
+    server = IntakeServer(ctx, host="127.0.0.1", port=free_port())
+    server.start()
+    holder = sqlite3.connect(db)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        caplog.clear()
+        code, reply = send(server, mail())
+        assert (code, reply) == (451, "4.3.0 Temporary failure storing the message, try again later")
+        holder.rollback()
+        wait_until(lambda: health.collect(ctx).sources[-1]["failing"], what="the failure recorded")
+        failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert [r.getMessage() for r in failures] == [
+            f"message not stored; answered 451: DatabaseUnavailable: database sqlite:///{db}: "
+            "database is locked"
+        ]
+        assert not any(r.exc_info for r in caplog.records)
+        assert send(server, mail())[0] == 250
+        source = next(s for s in health.collect(ctx).sources if s["source"] == "smtp")
+        assert not source["failing"] and "database is locked" in source["last_error"]
+    finally:
+        holder.close()
+        server.stop()
+        ctx.engine.dispose()
