@@ -44,6 +44,7 @@ HEARTBEAT_SECONDS = 5.0
 OK_EVERY_SECONDS = 10.0  # a busy listener records its good health this often, not per message
 KEEP_STOPPED = timedelta(days=7)  # heartbeats of stopped or vanished daemons are kept this long
 ERROR_CHARS = 2000
+IDLE_PASS_SECONDS = 60.0  # an IDLE mailbox is passed over at least this often (intake.imap.idle)
 
 
 def mailbox_source(mailbox: MailboxConfig | str) -> str:
@@ -310,9 +311,7 @@ def _source_problems(
         return [f"{name}: failing since {src['last_error_at']}: {src['last_error']}"]
     if mailbox is None or not alive:
         return []
-    from mailticket.intake.imap.idle import IDLE_SECONDS  # here: intake imports this module
-
-    every = max(IDLE_SECONDS, mailbox.poll_seconds) if mailbox.idle else float(mailbox.poll_seconds)
+    every = max(IDLE_PASS_SECONDS, mailbox.poll_seconds) if mailbox.idle else float(mailbox.poll_seconds)
     allowed = 3 * every + parse_duration(heartbeat_max_age).total_seconds()
     last = datetime.fromisoformat(src["last_poll_at"]) if src["last_poll_at"] else None
     if last is None or (now - last).total_seconds() > allowed:

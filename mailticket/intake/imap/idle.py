@@ -19,7 +19,9 @@ from mailticket.storage import lease
 
 log = logging.getLogger("mailticket.intake.imap")
 
-IDLE_SECONDS = 60  # IDLE is re-issued (and the folder passed over) this often (RFC 2177: <= 29 min)
+# IDLE is re-issued (and the folder passed over) this often (RFC 2177: at most 29 minutes);
+# `mailticket status` expects a pass at least this often.
+IDLE_SECONDS = health.IDLE_PASS_SECONDS
 STOP_CHECK_SECONDS = 0.5  # how quickly an IDLE wait notices the stop event
 
 
