@@ -180,10 +180,8 @@ def age(now: datetime, then: datetime | None) -> float | None:
 
 
 def oauth_tokens(ctx: AppContext) -> list[dict[str, Any]]:
-    """Each OAuth mailbox's token state (`mailticket.oauth.status.token_status(...)` rows as JSON).
-
-    The hook for the OAuth package: no mailbox can use OAuth yet, so there is nothing to show.
-    """
+    """Each OAuth mailbox's token state as JSON, with `healthy` and `problem` (the OAuth package's
+    `status_for_config(ctx.config)` rows, `.as_json()`): no mailbox can use OAuth before it lands."""
     del ctx
     return []
 
