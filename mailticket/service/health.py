@@ -279,7 +279,9 @@ def _problems(ctx: AppContext, report: Report) -> list[str]:
     alive = any(d["alive"] for d in report.daemons)
     if health.expect_daemon and not alive:
         last = report.daemons[0] if report.daemons else None
-        seen = f"last beat {last['beat_at']} from {last['host']} pid {last['pid']}" if last else "never seen"
+        seen = "never seen"
+        if last:
+            seen = f"last beat {_ago(now, last['beat_at'])} from {last['host']} pid {last['pid']}"
         problems.append(
             f"no daemon heartbeat in the last {health.heartbeat_max_age} ({seen}): start `mailticket run` "
             "(or set [health] expect_daemon = false when cron runs `fetch`)"
@@ -303,19 +305,26 @@ def _source_problems(
 ) -> list[str]:
     name = src["source"]
     if src["paused_reason"]:
-        until = f" until {src['paused_until']}" if src["paused_until"] else ""
-        return [f"{name}: paused{until}: {src['paused_reason']}"]
+        until = src["paused_until"]
+        left = f" for {span((datetime.fromisoformat(until) - now).total_seconds())} more" if until else ""
+        return [f"{name}: paused{left}: {src['paused_reason']}"]
     if src["failing"]:
-        return [f"{name}: failing since {src['last_error_at']}: {src['last_error']}"]
+        return [f"{name}: failing (last error {_ago(now, src['last_error_at'])}): {src['last_error']}"]
     if mailbox is None or not alive:
         return []
     every = max(IDLE_PASS_SECONDS, mailbox.poll_seconds) if mailbox.idle else float(mailbox.poll_seconds)
     allowed = 3 * every + parse_duration(heartbeat_max_age).total_seconds()
     last = datetime.fromisoformat(src["last_poll_at"]) if src["last_poll_at"] else None
     if last is None or (now - last).total_seconds() > allowed:
-        seen = f"since {src['last_poll_at']}" if last else "ever"
+        seen = f"for {_ago(now, src['last_poll_at'], ago='')}" if last else "ever"
         return [f"{name}: not polled {seen} though a daemon runs (expected every {every:g} s)"]
     return []
+
+
+def _ago(now: datetime, then: str, ago: str = " ago") -> str:
+    """How long before `now` an ISO time was, in the admin's units: problems read the same in any
+    time zone (the tables and --json carry the times themselves)."""
+    return span((now - datetime.fromisoformat(then)).total_seconds()) + ago
 
 
 def span(seconds: float) -> str:

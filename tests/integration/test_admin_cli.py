@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -156,8 +157,9 @@ def test_status_healthy_then_each_unhealthy_state(desk: tuple[Path, AppContext])
 
     health.record_source(ctx, "pipe", ok=False, error="DatabaseUnavailable: database is locked")
     failing = json.loads(run(config, "status", "--json", code=1).stdout)
-    since = failing["sources"][0]["last_error_at"]
-    assert failing["problems"] == [f"pipe: failing since {since}: DatabaseUnavailable: database is locked"]
+    assert len(failing["problems"]) == 1
+    assert re.fullmatch(r"pipe: failing \(last error \d+s ago\): DatabaseUnavailable: database is locked",
+                        failing["problems"][0])
     health.record_source(ctx, "pipe", ok=True, paused_reason="data_dir is read-only")
     shown = run(config, "status", code=1).stdout
     assert "pipe: paused: data_dir is read-only" in shown
@@ -171,7 +173,7 @@ def test_status_healthy_then_each_unhealthy_state(desk: tuple[Path, AppContext])
         for row in session.exec(select(OutboxMessage)).all():
             row.created_at -= timedelta(hours=1)
     problems = json.loads(run(config, "status", "--json", code=1).stdout)["problems"]
-    assert problems[0].startswith("no daemon heartbeat in the last 1m (last beat")
+    assert re.match(r"no daemon heartbeat in the last 1m \(last beat 1h( \d+s)? ago from ", problems[0])
     assert problems[1].startswith("outbox: 2 notice(s) queued, the oldest for 1h")
     text = run(config, "status", code=1).stdout
     assert "UNHEALTHY (2 problem(s))" in text and "silent" in text

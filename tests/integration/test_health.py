@@ -60,7 +60,7 @@ def test_stale_or_stopped_heartbeat_is_unhealthy(ctx: AppContext) -> None:
     assert isinstance(ctx.clock, Clock)
     ctx.clock.advance(seconds=61)
     health.record_source(ctx, "imap:support", ok=True)
-    assert "no daemon heartbeat in the last 1m (last beat" in health.collect(ctx).problems[0]
+    assert "no daemon heartbeat in the last 1m (last beat 1m 1s ago from " in health.collect(ctx).problems[0]
     health.record_heartbeat(ctx, "host:1:abc")
     assert health.collect(ctx).healthy
     health.record_heartbeat(ctx, "host:1:abc", stopped=True)
@@ -74,9 +74,7 @@ def test_failing_source_and_recovery(ctx: AppContext) -> None:
     health.record_source(ctx, "imap:support", ok=False, error="IntakeError: connection refused")
     report = health.collect(ctx)
     assert report.sources[0]["failing"]
-    assert report.problems == [
-        f"imap:support: failing since {report.sources[0]['last_error_at']}: IntakeError: connection refused"
-    ]
+    assert report.problems == ["imap:support: failing (last error 0s ago): IntakeError: connection refused"]
     health.record_source(ctx, "imap:support", ok=True)
     report = health.collect(ctx)
     assert report.healthy
@@ -99,7 +97,7 @@ def test_mailbox_not_polled_while_a_daemon_runs(ctx: AppContext) -> None:
     assert isinstance(ctx.clock, Clock)
     ctx.clock.advance(seconds=3 * 60 + 61)
     health.record_heartbeat(ctx, "host:1:abc")
-    assert "imap:support: not polled since" in health.collect(ctx).problems[0]
+    assert health.collect(ctx).problems[0].startswith("imap:support: not polled for 4m 1s though a daemon")
 
 
 def test_old_queued_notice_is_unhealthy_and_ingest_warns(ctx: AppContext) -> None:

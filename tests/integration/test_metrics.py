@@ -95,7 +95,7 @@ def test_healthz_names_the_problem(tmp_path: Path, db_url: str) -> None:
         ctx = build(load_config(config))
         health.record_source(ctx, "pipe", ok=False, error="DatabaseUnavailable: locked")
         code, body = healthz(port)
-        assert code == 503 and body.startswith("pipe: failing since ")
+        assert code == 503 and body.startswith("pipe: failing (last error ")
         ctx.engine.dispose()
 
 
