@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,10 +11,12 @@ import pytest
 from sqlmodel import Session
 
 from mailticket.context import AppContext
+from mailticket.intake.imap import RetryPolicy, poll_mailbox
 from mailticket.service import health
 from mailticket.storage.db import make_engine
 from mailticket.storage.tables import OutboxMessage, SourceHealth
 from tests.factories import Clock, ingest, mail, make_ctx
+from tests.servers import Dovecot
 
 MAILBOX = {"name": "support", "host": "127.0.0.1", "port": 1, "security": "none", "username": "support",
            "password": "x", "poll_seconds": 60}
@@ -132,3 +135,34 @@ def test_health_records_never_raise_into_intake(ctx: AppContext, caplog: pytest.
     assert [r.getMessage().split(":")[0] for r in caplog.records] == ["health of smtp not recorded",
                                                                       "heartbeat not recorded"]
     assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_imap_polls_report_last_poll_backlog_and_errors(tmp_path: Path, dovecot: Dovecot) -> None:
+    """A real Dovecot: a good pass records ok and the backlog it left; a bad password records the error."""
+    entry = {"name": "support", "host": dovecot.host, "port": dovecot.port, "security": "none",
+             "username": dovecot.user, "password": dovecot.password, "batch_size": 2}
+    ctx = make_ctx(tmp_path, mailboxes=[entry])
+    for i in range(5):
+        dovecot.append("INBOX", mail(subject=f"Printer {i}"))
+    stop = threading.Event()
+    calls = 0
+
+    def stop_after_one_batch(done: int, total: int) -> None:  # the daemon stopping mid-pass
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            stop.set()
+
+    result = poll_mailbox(ctx, ctx.config.mailboxes[0], stop=stop, progress=stop_after_one_batch)
+    assert result.stored == 2
+    row = source(ctx, "imap:support")
+    assert row.ok and row.backlog == 3 and row.last_ok_at is not None
+    poll_mailbox(ctx, ctx.config.mailboxes[0])
+    assert source(ctx, "imap:support").backlog == 0
+
+    wrong = make_ctx(tmp_path, mailboxes=[{**entry, "password": "wrong"}])
+    assert poll_mailbox(wrong, wrong.config.mailboxes[0], retry=RetryPolicy(attempts=1)).error is not None
+    row = source(ctx, "imap:support")
+    assert not row.ok and row.backlog == 0 and "authentication" in (row.last_error or "").lower()
+    ctx.engine.dispose()
+    wrong.engine.dispose()
