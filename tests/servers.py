@@ -946,7 +946,7 @@ class Postfix:
         return self.root / "maillog"
 
     def configure(self, **params: str) -> None:
-        """Set main.cf parameters (names as in postconf(5)); reloads a running instance."""
+        """Set main.cf parameters (names as in postconf(5)); restarts a running instance."""
         self.params.update(params)
         self._apply()
 
