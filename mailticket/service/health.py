@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -44,7 +45,13 @@ HEARTBEAT_SECONDS = 5.0
 OK_EVERY_SECONDS = 10.0  # a busy listener records its good health this often, not per message
 KEEP_STOPPED = timedelta(days=7)  # heartbeats of stopped or vanished daemons are kept this long
 ERROR_CHARS = 2000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")  # C0, DEL and C1 (\x9b starts an escape sequence too)
 IDLE_PASS_SECONDS = 60.0  # an IDLE mailbox is passed over at least this often (intake.imap.idle)
+
+
+def one_line(text: str) -> str:
+    """Text for the admin's terminal: one line, no control characters, single spaces."""
+    return " ".join(_CONTROL.sub(" ", text).split())
 
 
 def mailbox_source(mailbox: MailboxConfig | str) -> str:
@@ -97,16 +104,18 @@ def record_source(
 
     `ok`: it worked (`last_ok_at`), else `error` says what failed (`last_error`). Every call
     sets the pause (None: not paused); `backlog` None leaves the last known backlog as it is.
+    Texts are kept on one line without control characters: a server's (or a message's) words
+    in an error must not drive the admin's terminal.
     """
     now = ctx.clock()
     values: dict[str, Any] = {
         "source": source, "last_poll_at": now, "ok": ok,
-        "paused_reason": paused_reason, "paused_until": paused_until,
+        "paused_reason": one_line(paused_reason) if paused_reason else None, "paused_until": paused_until,
     }
     if ok:
         values["last_ok_at"] = now
     else:
-        values["last_error"] = (error or "failed")[:ERROR_CHARS]
+        values["last_error"] = one_line(error or "failed")[:ERROR_CHARS]
         values["last_error_at"] = now
     if backlog is not None:
         values["backlog"] = backlog

@@ -166,3 +166,13 @@ def test_imap_polls_report_last_poll_backlog_and_errors(tmp_path: Path, dovecot:
     assert not row.ok and row.backlog == 0 and "authentication" in (row.last_error or "").lower()
     ctx.engine.dispose()
     wrong.engine.dispose()
+
+
+def test_error_text_cannot_drive_the_terminal(ctx: AppContext) -> None:
+    """A server's (or a message's) words in an error are kept on one line without control characters."""
+    alive(ctx)
+    hostile = "NO \x1b[2J\x1b]0;owned\x07login\r\nfailed\x9b31m"
+    health.record_source(ctx, "imap:support", ok=False, error=hostile, paused_reason="disk\x1b[5m full")
+    row = source(ctx, "imap:support")
+    assert row.last_error == "NO [2J ]0;owned login failed 31m"
+    assert row.paused_reason == "disk [5m full"

@@ -239,7 +239,8 @@ def test_a_locked_database_is_one_log_line_a_451_and_a_failing_source(
     """SQLite locked by another writer past the busy timeout: the sender gets 451 and retries, the log
     gets one line without a traceback or SQL, and `status` shows the listener failing until it recovers."""
     db = tmp_path / "desk.db"
-    with patch("mailticket.storage.db.BUSY_TIMEOUT_MS", 300):
+    # The health write after the 451 waits up to this long for the test to let go of the lock.
+    with patch("mailticket.storage.db.BUSY_TIMEOUT_MS", 2000):
         ctx = make_ctx(tmp_path, f"sqlite:///{db}")
     server = IntakeServer(ctx, host="127.0.0.1", port=free_port())
     server.start()
