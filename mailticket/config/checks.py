@@ -43,6 +43,7 @@ class _Names:
         )
         self.dept_names = [d["name"] for _, d in self.departments if isinstance(d.get("name"), str)]
         self.plans = [s["name"] for _, s in _items(data, "sla") if isinstance(s.get("name"), str)]
+        self.mailboxes = [m["name"] for _, m in _items(data, "mailboxes") if isinstance(m.get("name"), str)]
         self.agents = {
             a["email"].lower() for _, a in _items(data, "agents") if isinstance(a.get("email"), str)
         }
@@ -129,7 +130,26 @@ def _check_departments(names: _Names) -> None:
             )
 
 
+def _check_mailbox_conditions(names: _Names, i: int, rule: dict[str, Any]) -> None:
+    """`field = "mailbox"` compared with a name no [[mailboxes]] table has never matches: a typo."""
+    known = {m.casefold() for m in names.mailboxes}
+    for k, cond in _items(rule, "conditions"):
+        if cond.get("field") != "mailbox":
+            continue
+        if str(cond.get("op", "")).removeprefix("not_") not in ("equals", "in"):
+            continue
+        value = cond.get("value")
+        for name in value if isinstance(value, list) else [value]:
+            if isinstance(name, str) and name.casefold() not in known:
+                listed = ", ".join(names.mailboxes) or "none: add a [[mailboxes]] table"
+                names.problems.append(
+                    (("rules", i, "conditions", k, "value"),
+                     f"unknown mailbox {name!r}{did_you_mean(name, names.mailboxes)}; known: {listed}")
+                )
+
+
 def _check_rule(names: _Names, i: int, rule: dict[str, Any]) -> None:
+    _check_mailbox_conditions(names, i, rule)
     act: dict[str, Any] = rule["actions"] if isinstance(rule.get("actions"), dict) else {}
     names.department(("rules", i, "actions", "department"), act.get("department"))
     names.sla(("rules", i, "actions", "sla"), act.get("sla"))

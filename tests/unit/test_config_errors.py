@@ -386,3 +386,13 @@ def test_did_you_mean_for_agents(check: Check) -> None:
         f"{path}: departments[0] ('general').agents[0]: 'alice@example.org' is not a configured agent "
         "(did you mean 'alice@example.com'?); add an [[agents]] table with email = 'alice@example.org'"
     ]
+
+
+def test_a_rule_naming_an_unknown_mailbox(check: Check) -> None:
+    mailbox = '\n[[mailboxes]]\nname = "support"\nhost = "imap.example.com"\nusername = "u"\npassword = "p"\n'
+    result, path = check('{ field = "to", op = "equals", value = "billing@example.com" }',
+                         '{ field = "mailbox", op = "in", value = ["Support", "suport"] }', append=mailbox)
+    assert lines(result) == [
+        f"{path}: rules[1] ('Invoices to billing').conditions[1].value: unknown mailbox 'suport' "
+        "(did you mean 'support'?); known: support"
+    ]
