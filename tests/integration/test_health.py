@@ -176,3 +176,14 @@ def test_error_text_cannot_drive_the_terminal(ctx: AppContext) -> None:
     row = source(ctx, "imap:support")
     assert row.last_error == "NO [2J ]0;owned login failed 31m"
     assert row.paused_reason == "disk [5m full"
+
+
+def test_cron_set_up_without_a_daemon_can_be_healthy(tmp_path: Path) -> None:
+    """[health] expect_daemon = false: `fetch` from cron, no heartbeat, and still healthy."""
+    ctx = make_ctx(tmp_path, clock=Clock(), mailboxes=[MAILBOX], health={"expect_daemon": False})
+    health.record_source(ctx, "imap:support", ok=True, backlog=0)
+    assert health.collect(ctx).problems == []
+    assert isinstance(ctx.clock, Clock)
+    ctx.clock.advance(hours=2)  # no daemon: an old poll is the cron job's business, not a problem
+    assert health.collect(ctx).healthy
+    ctx.engine.dispose()
