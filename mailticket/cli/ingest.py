@@ -9,13 +9,18 @@ MTA keeps the message in its queue and tries again. Nothing else is ever returne
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import BinaryIO
 
 import click
 
+from mailticket import logs
 from mailticket.cli.state import EX_OK, EX_TEMPFAIL, State, pass_state
 from mailticket.intake.pipe import deliver
+from mailticket.service import health
+
+log = logging.getLogger("mailticket.cli")
 
 # What each outcome says on the MTA's log (Postfix shows the command's output in its log).
 _SAID = {
@@ -46,4 +51,17 @@ def ingest(state: State, file: BinaryIO) -> None:
         sys.exit(EX_TEMPFAIL)
     line = _SAID[outcome.status].format(ref=outcome.ticket_ref or "", reason=outcome.reason or outcome.status)
     click.echo(line.strip())
+    _warn_if_nothing_sends(state)
     sys.exit(EX_OK)
+
+
+def _warn_if_nothing_sends(state: State) -> None:
+    """A pipe-only set-up stores mail but sends no notice: say so on stderr (Postfix logs it).
+    The message is kept already, so no failure here may change the exit status."""
+    try:
+        warning = health.notice_warning(state.ctx())
+    except Exception as exc:
+        logs.failure(log, "could not check for a daemon sending notices", exc, logging.WARNING)
+        return
+    if warning:
+        click.echo(warning, err=True)

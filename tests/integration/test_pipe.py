@@ -127,3 +127,11 @@ def test_a_data_folder_that_cannot_be_written_defers(config: Path) -> None:
     assert b"Traceback" not in result.stderr
     assert statuses(config) == ["stored"]
     assert ingest(config, mail(subject="second")).returncode == 0
+
+
+def test_a_pipe_without_a_daemon_is_told_that_notices_wait(config: Path) -> None:
+    """`ingest` stores and queues the acknowledgement, but only a daemon (or a cron'd flush)
+    sends it: the MTA's log gets a warning line, and the exit status stays 0."""
+    result = ingest(config, mail(subject="Anyone there?"))
+    assert result.returncode == 0
+    assert b"notice(s) wait in the outbox and no daemon has sent any lately" in result.stderr
