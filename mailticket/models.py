@@ -45,6 +45,7 @@ class AuthResult:
     method: str  # dkim, spf, dmarc
     result: str  # pass, fail, none, ...
     domain: str | None  # header.d / header.from / smtp.mailfrom domain
+    received_above: int = 0  # Received fields above its header: 0 = added after the last hop
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class Classification:
     kind: MailKind
     may_auto_reply: bool  # RFC 3834: never answer automatic or list mail
     reason: str = ""
+    token_tickets: frozenset[str] = frozenset()  # an agent proven only by reply tokens: their tickets
 
 
 @dataclass(frozen=True)

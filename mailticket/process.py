@@ -22,7 +22,7 @@ from sqlmodel import Session
 from mailticket.context import AppContext
 from mailticket.errors import ParseError
 from mailticket.models import Classification, MailKind, Outcome, ParsedMessage, RawMail
-from mailticket.pipeline.classify import classify
+from mailticket.pipeline.classify import classify, for_ticket
 from mailticket.pipeline.parse import parse
 from mailticket.pipeline.route import route
 from mailticket.storage import repository
@@ -86,8 +86,9 @@ class Pipeline:
         seen = store.seen(key)
         if seen is not None:
             return seen, parsed.message_id
-        cls = classify(parsed, store.ctx.config, store.ctx.secret)
+        cls = classify(parsed, store.ctx.config, store.ctx.secret, now=store.ctx.clock())
         match = store.find_ticket(parsed, cls)
+        cls = for_ticket(cls, match.ticket.ref if match.ticket else None)
         if match.ticket is None:
             return self._new(store, raw, parsed, cls, key, raw_sha), parsed.message_id
         found = store.session.get(Ticket, match.ticket.id)

@@ -12,9 +12,17 @@ import hashlib
 import hmac
 import re
 import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CONFUSABLE = str.maketrans({"I": "1", "L": "1", "O": "0"})
+# Our outbound Message-IDs (`outbound_message_id`): every part has one fixed shape.
+_REPLY_ID = re.compile(
+    r"mt\.([0-9a-hjkmnp-tv-z]{8})\.([a-z2-7]{1,410})\.([0-9a-f]{1,11})\.([0-9a-f]{12})\.([a-z2-7]{24})"
+    r"@([a-z0-9.-]{1,253})",
+    re.I,
+)
 _TOKEN = re.compile(
     r"\[\s*#\s*([0-9A-Za-z]{4})\s*-\s*([0-9A-Za-z]{4})\s*\]",
 )
@@ -52,37 +60,72 @@ def with_token(subject: str, ref: str) -> str:
     return subject if find_token(subject) == ref else f"{subject} {token}".strip()
 
 
-def _sign(secret: bytes, payload: str) -> str:
-    digest = hmac.new(secret, payload.encode(), hashlib.sha256).digest()[:10]
-    return base64.b32encode(digest).decode().rstrip("=").lower()
+@dataclass(frozen=True)
+class ReplyToken:
+    """What a verified reply token proves: we sent `recipient` a notice about `ref` at `issued`."""
+
+    ref: str
+    recipient: str
+    issued: datetime
 
 
-def reply_token(secret: bytes, ref: str, recipient: str) -> str:
-    """A token for our outbound Message-ID that proves which ticket and recipient a reply answers."""
-    rcpt = base64.b32encode(recipient.lower().encode()).decode().rstrip("=").lower()
-    return f"{ref.replace('-', '').lower()}.{rcpt}.{_sign(secret, f'{ref}|{recipient.lower()}')}"
+def _b32(data: bytes) -> str:
+    return base64.b32encode(data).decode().rstrip("=").lower()
 
 
-def verify_reply_token(secret: bytes, message_id: str) -> tuple[str, str] | None:
-    """(ref, recipient) if a Message-ID carries a valid token we signed, else None."""
-    local = message_id.split("@", 1)[0]
-    parts = local.split(".")
-    if len(parts) < 4 or parts[0] != "mt":
+def _sign(secret: bytes, *parts: str) -> str:
+    """HMAC over every part of the Message-ID, so no part can be swapped or cut."""
+    payload = "|".join(("mailticket-reply-token", *parts)).encode()
+    return _b32(hmac.new(secret, payload, hashlib.sha256).digest()[:15])
+
+
+def outbound_message_id(secret: bytes, ref: str, recipient: str, domain: str, issued: datetime) -> str:
+    """mt.<ref>.<recipient>.<issued>.<random>.<hmac>@domain: unique, and verifiable on the way back.
+
+    The signature covers the ticket, the recipient, the issue time, the random part and our
+    domain: a reply proves who answered which notice of which ticket, and when it was sent.
+    """
+    compact = ref.replace("-", "").lower()
+    rcpt = recipient.lower()
+    seconds = f"{int(issued.timestamp()):x}"
+    nonce = secrets.token_hex(6)
+    domain = domain.lower()
+    sig = _sign(secret, compact, rcpt, seconds, nonce, domain)
+    return f"mt.{compact}.{_b32(rcpt.encode())}.{seconds}.{nonce}.{sig}@{domain}"
+
+
+def _fields(message_id: str) -> tuple[str, str, str, str, str, str] | None:
+    """The parts of one of our Message-IDs (ref, recipient, issued, nonce, signature, domain), unchecked."""
+    match = _REPLY_ID.fullmatch(message_id)
+    if match is None:
         return None
-    ref_part, rcpt_part, sig = parts[1], parts[2], parts[3]
-    ref = normalise_ref(ref_part)
-    if not ref:
-        return None
+    compact, rcpt, seconds, nonce, sig, domain = match.groups()
     try:
-        pad = "=" * (-len(rcpt_part) % 8)
-        recipient = base64.b32decode(rcpt_part.upper() + pad).decode()
+        recipient = base64.b32decode(rcpt.upper() + "=" * (-len(rcpt) % 8)).decode("ascii")
     except (ValueError, UnicodeDecodeError):
         return None
-    if not hmac.compare_digest(sig, _sign(secret, f"{ref}|{recipient}")):
+    return compact, recipient, seconds, nonce, sig, domain.lower()
+
+
+def token_recipient(message_id: str) -> str | None:
+    """Whom one of our Message-IDs was sent to, read without checking it (for our own References)."""
+    fields = _fields(message_id)
+    return fields[1] if fields else None
+
+
+def verify_reply_token(
+    secret: bytes, message_id: str, *, domain: str, now: datetime, max_age: timedelta
+) -> ReplyToken | None:
+    """The token a Message-ID carries if we signed all of it, for our domain, within `max_age`."""
+    fields = _fields(message_id)
+    if fields is None:
         return None
-    return ref, recipient
-
-
-def outbound_message_id(secret: bytes, ref: str, recipient: str, domain: str) -> str:
-    """mt.<ref>.<recipient>.<hmac>.<random>@domain: unique, and verifiable on the way back."""
-    return f"mt.{reply_token(secret, ref, recipient)}.{secrets.token_hex(6)}@{domain}"
+    compact, recipient, seconds, nonce, sig, their_domain = fields
+    expected = _sign(secret, compact, recipient, seconds, nonce, their_domain)
+    if not hmac.compare_digest(sig, expected) or their_domain != domain.lower():
+        return None
+    ref = normalise_ref(compact)
+    issued = datetime.fromtimestamp(int(seconds, 16), UTC)
+    if ref is None or now - issued > max_age:
+        return None
+    return ReplyToken(ref, recipient, issued)

@@ -149,6 +149,9 @@ class SecurityConfig(_Model):
     trusted_authserv_ids: list[str] = []
     agent_auth: list[Literal["dkim", "dmarc", "spf"]] = ["dkim", "dmarc"]
     reply_token_secret: SecretStr | None = None
+    reply_token_days: int = Field(default=30, ge=1)
+    hops_after_border: int = Field(default=0, ge=0)
+    verify_dkim: bool = False
 
 
 class DepartmentConfig(_Model):

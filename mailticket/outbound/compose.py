@@ -78,7 +78,7 @@ def compose(ctx: AppContext, row: Row[Any], ticket: Ticket, chain: list[tuple[st
     to_name = about["requester_name"] if to == about["requester"] else ""
     copies = [box for c in row.recipients[1:] if (box := _deliverable(c)) is not None]
     to_box = mailbox(to_name, to)
-    message_id = outbound_message_id(ctx.secret, ticket.ref, to, service.id_domain)
+    message_id = outbound_message_id(ctx.secret, ticket.ref, to, service.id_domain, ctx.clock())
 
     sender = mailbox(service.support_name, from_address)
     headers = [

@@ -37,7 +37,7 @@ from mailticket.context import AppContext
 from mailticket.errors import UndeliverableAddress
 from mailticket.outbound.caps import suppressed_reason
 from mailticket.outbound.compose import Built, compose, mailbox
-from mailticket.outbound.thread_headers import thread_refs
+from mailticket.outbound.thread_headers import seen_by, thread_refs
 from mailticket.storage import repository
 from mailticket.storage.tables import MessageRef, OutboxMessage, Ticket
 
@@ -143,7 +143,7 @@ def render_pending(ctx: AppContext, ids: Sequence[int]) -> dict[int, Built]:
             for_agent = ctx.config.is_agent(row.to_addr)
             known = refs[row.ticket_id]
             try:
-                done = compose(ctx, row, ticket, [(m, d) for m, d, seen in known if for_agent or seen])
+                done = compose(ctx, row, ticket, seen_by(known, row.to_addr, for_agent))
             except Exception as exc:
                 # A template error, or any other (a filter given None, a custom template's bug): the
                 # same inputs would fail the same way on every retry, and must not hold up the batch.

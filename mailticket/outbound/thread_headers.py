@@ -18,6 +18,7 @@ from sqlmodel import Session, and_, col, or_, select
 
 from mailticket.context import AppContext
 from mailticket.outbound import mime
+from mailticket.refs import token_recipient
 from mailticket.storage.tables import Entry, MessageRef, OutboxMessage, Ticket
 
 MAX_REFERENCES = 20
@@ -63,6 +64,16 @@ def thread_refs(
         if _MSGID_SAFE.fullmatch(message_id):
             refs[ticket_id].append((message_id, direction, bool(seen)))
     return refs
+
+
+def seen_by(known: list[tuple[str, str, bool]], to: str, for_agent: bool) -> list[tuple[str, str]]:
+    """The thread as `to` has seen it, without a Message-ID that carries someone else's reply token:
+    a notice's References must never hand one recipient the proof that verifies another."""
+    return [
+        (m, direction)
+        for m, direction, seen in known
+        if (for_agent or seen) and token_recipient(m) in (None, to)
+    ]
 
 
 def thread_index(ticket: Ticket) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 from mailticket.config import Config
-from mailticket.models import Classification, MailKind, ParsedMessage
-from mailticket.refs import verify_reply_token
+from mailticket.models import AuthResult, Classification, MailKind, ParsedMessage
+from mailticket.refs import ReplyToken, verify_reply_token
 
 # RFC 3834 section 2: daemons, list machinery (owner-*, *-request, *-bounces) and noreply senders,
 # also as a tag ("noreply+x@", "notifications-noreply@", "do_not_reply@").
@@ -22,38 +25,91 @@ def is_unanswerable_address(address: str, own: set[str]) -> bool:
     return address.lower() in own or bool(_NO_AUTO_REPLY.match(address))
 
 
-def agent_verified(
-    msg: ParsedMessage, config: Config, agent: str, secret: bytes | None = None
-) -> tuple[bool, str]:
-    """Is this mail really from `agent`? (verified, why) — the why goes on the entry.
+def counted_results(msg: ParsedMessage, config: Config) -> list[AuthResult]:
+    """The Authentication-Results our own servers added: a trusted authserv-id, above the border.
 
-    Only Authentication-Results stamped by a trusted authserv-id count (RFC 8601: the
-    receiving server removes forged ones with its own id), and only a configured method
-    passing for the agent's own domain. The alternative proof is a reply to one of our
-    notices whose HMAC-signed Message-ID names this agent. Mail whose Reply-To points
-    elsewhere is never an agent's: answering it would not reach the agent.
+    The border server adds its `Received` line, then its results above it (RFC 8601 sec. 5);
+    `hops_after_border` more `Received` lines may come from our own delivery (LMTP). Anything
+    lower down was in the mail when it reached us, and anyone can write it.
+    """
+    security = config.security
+    trusted = {t.lower() for t in security.trusted_authserv_ids}
+    return [
+        r for r in msg.auth_results
+        if r.authserv_id in trusted and r.received_above <= security.hops_after_border
+    ]
+
+
+def agent_verified(
+    msg: ParsedMessage,
+    config: Config,
+    agent: str,
+    secret: bytes | None = None,
+    *,
+    now: datetime,
+    own_results: Sequence[AuthResult] = (),
+) -> tuple[bool, str, frozenset[str]]:
+    """Is this mail really from `agent`? (verified, why, tickets its reply tokens name).
+
+    Proof is a configured method passing for the agent's own domain in results we can believe:
+    `counted_results`, and `own_results` (mailticket's own DKIM check). Any other result for
+    that domain there (fail, softfail, none...) refuses the mail whatever else passes. The
+    alternative proof is a reply to a notice whose signed Message-ID names this agent; it holds
+    only for the ticket it names (the third value; empty for header proof) and expires. Mail
+    whose Reply-To points elsewhere is never an agent's: answering it would not reach the agent.
     """
     if msg.reply_to and any(r.email != agent for r in msg.reply_to):
-        return False, "Reply-To differs from From"
+        return False, "Reply-To differs from From", frozenset()
     domain = agent.rsplit("@", 1)[-1]
-    trusted = {t.lower() for t in config.security.trusted_authserv_ids}
-    for result in msg.auth_results:
-        if (
-            result.authserv_id in trusted
-            and result.method in config.security.agent_auth
-            and result.result == "pass"
-            and result.domain == domain
-        ):
-            return True, f"{result.method}=pass from {result.authserv_id}"
-    if secret is not None:
-        for mid in (*msg.in_reply_to, *msg.references):
-            found = verify_reply_token(secret, mid)
-            if found and found[1] == agent:
-                return True, "signed reply token"
-    return False, "no passing Authentication-Results from a trusted server and no reply token"
+    results = [r for r in (*own_results, *counted_results(msg, config)) if r.domain == domain]
+    for r in results:
+        if r.result != "pass":
+            return False, f"{r.method}={r.result} for {domain} from {r.authserv_id}", frozenset()
+    for r in results:
+        if r.method in config.security.agent_auth:
+            return True, f"{r.method}=pass from {r.authserv_id}", frozenset()
+    tickets = frozenset(
+        token.ref for token in _tokens(msg, config, secret, now) if token.recipient == agent
+    )
+    if tickets:
+        return True, "signed reply token", tickets
+    return False, "no passing Authentication-Results from a trusted server and no reply token", tickets
 
 
-def classify(msg: ParsedMessage, config: Config, secret: bytes | None = None) -> Classification:
+def _tokens(msg: ParsedMessage, config: Config, secret: bytes | None, now: datetime) -> list[ReplyToken]:
+    if secret is None:
+        return []
+    found = (
+        verify_reply_token(
+            secret,
+            mid,
+            domain=config.service.id_domain,
+            now=now,
+            max_age=timedelta(days=config.security.reply_token_days),
+        )
+        for mid in dict.fromkeys((*msg.in_reply_to, *msg.references))
+    )
+    return [token for token in found if token is not None]
+
+
+def for_ticket(cls: Classification, ref: str | None) -> Classification:
+    """An agent verified only by reply tokens acts only on the tickets those tokens name."""
+    if cls.kind is not MailKind.AGENT or not cls.token_tickets or ref in cls.token_tickets:
+        return cls
+    named = ", ".join(sorted(cls.token_tickets))
+    why = f"the reply token is for ticket {named}, not {ref or 'a new ticket'}"
+    return replace(cls, kind=MailKind.UNVERIFIED_AGENT, reason=why)
+
+
+def classify(
+    msg: ParsedMessage,
+    config: Config,
+    secret: bytes | None = None,
+    *,
+    now: datetime,
+    own_results: Sequence[AuthResult] = (),
+) -> Classification:
+    """The kind of mail; `own_results` are mailticket's own DKIM results for it (see agent_verified)."""
     sender = msg.sender or ""
     own = config.own_addresses
     if sender in own:
@@ -65,6 +121,7 @@ def classify(msg: ParsedMessage, config: Config, secret: bytes | None = None) ->
         return Classification(MailKind.AUTO_REPLY, False, why)
     answerable = bool(sender) and not is_unanswerable_address(sender, own)
     if sender and config.is_agent(sender):
-        ok, why = agent_verified(msg, config, sender, secret)
-        return Classification(MailKind.AGENT if ok else MailKind.UNVERIFIED_AGENT, answerable, why)
+        ok, why, tickets = agent_verified(msg, config, sender, secret, now=now, own_results=own_results)
+        kind = MailKind.AGENT if ok else MailKind.UNVERIFIED_AGENT
+        return Classification(kind, answerable, why, tickets)
     return Classification(MailKind.CUSTOMER, answerable, "" if answerable else "no-reply sender")

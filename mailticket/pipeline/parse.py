@@ -30,12 +30,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import Message
 from email.parser import BytesHeaderParser
+from typing import Any
 
+import authres
 import html2text
 import nh3
 from mailparser.utils import (
@@ -60,8 +62,16 @@ MAX_ID_CHARS = 900  # Message-IDs are stored in 998-character columns with a key
 MAX_EMAIL_CHARS = 254  # RFC 5321 path limit; longer "addresses" are not mail addresses
 MAX_NAME_CHARS = 200
 MAX_SUBJECT_CHARS = 1000
+MAX_AUTH_RESULTS_CHARS = 8192  # one Authentication-Results field; real ones are a few hundred
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
+_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+# Methods that can verify an agent, and the properties naming their domain, in order of preference.
+_AUTH_DOMAIN_PROPERTIES = {
+    "dkim": ("header.d", "header.i"),
+    "dmarc": ("header.from",),
+    "spf": ("smtp.mailfrom", "smtp.helo"),
+}
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _AUTO_SUBJECT = re.compile(
@@ -245,30 +255,47 @@ def _walk(msg: Message, defects: list[str]) -> Iterator[Message]:
             yield part
 
 
-def parse_auth_results(values: list[str]) -> tuple[AuthResult, ...]:
-    """Authentication-Results (RFC 8601) -> one AuthResult per method; comments dropped."""
+def parse_auth_results(items: Sequence[tuple[str, str]], defects: list[str]) -> tuple[AuthResult, ...]:
+    """Authentication-Results (RFC 8601) -> one AuthResult per method, with its header's place.
+
+    `items` are the raw header fields in order. The grammar (quoted strings, comments, a `;`
+    inside either) is read by `authres`, never split by hand, so a crafted `smtp.mailfrom`
+    cannot smuggle in a second result. Each result records how many `Received` fields stand
+    above its header: only a header our own border server added (above its `Received` line)
+    can be believed, and classify decides which count. An unreadable header is a defect.
+    """
     results: list[AuthResult] = []
-    for value in values:
-        clean = re.sub(r"\([^()]*\)", " ", value[:8192])
-        fields = [f.strip() for f in clean.split(";")]
-        if not fields or not fields[0]:
+    received = 0
+    for name, value in items:
+        lname = name.lower()
+        if lname == "received":
+            received += 1
             continue
-        authserv = fields[0].split()[0].lower()
-        for item in fields[1:]:
-            m = re.match(r"(dkim|spf|dmarc)\s*=\s*(\w+)", item, re.I)
-            if not m:
-                continue
-            props = dict(re.findall(r"([\w.]+)\s*=\s*\"?([^\s\";]+)", item[m.end() :]))
-            domain = (
-                props.get("header.d")
-                or props.get("header.from")
-                or props.get("smtp.mailfrom")
-                or props.get("header.i")
-                or ""
-            )
-            domain = domain.rsplit("@", 1)[-1].lower() or None
-            results.append(AuthResult(authserv, m.group(1).lower(), m.group(2).lower(), domain))
+        if lname != "authentication-results":
+            continue
+        try:
+            header = authres.parse_value(_UNFOLD.sub("", value[:MAX_AUTH_RESULTS_CHARS]))
+        except (authres.AuthResError, ValueError) as exc:
+            defects.append(f"AuthenticationResultsDefect: {str(exc)[:200]}")
+            continue
+        authserv = str(header.authserv_id or "").lower()
+        for result in header.results:
+            method = str(getattr(result, "method", "") or "").lower()
+            if method in _AUTH_DOMAIN_PROPERTIES:
+                results.append(
+                    AuthResult(authserv, method, str(result.result).lower(), _auth_domain(result), received)
+                )
     return tuple(results)
+
+
+def _auth_domain(result: Any) -> str | None:
+    """The domain a result speaks for: the first property its method names it by (RFC 8601 sec. 2.7)."""
+    props = {f"{p.type}.{p.name}".lower(): str(p.value or "") for p in result.properties}
+    for key in _AUTH_DOMAIN_PROPERTIES[str(result.method).lower()]:
+        if value := props.get(key, "").strip():
+            # smtp.mailfrom and header.i may be addresses, with a quoted local part holding '@'.
+            return value.rsplit("@", 1)[-1].strip().lower() or None
+    return None
 
 
 def _header_end(data: bytes) -> int | None:
@@ -506,7 +533,7 @@ def _build(msg: Message, raw: bytes, defects: list[str], *, whole: bool) -> Pars
         html=sanitized,
         visible_text=visible,
         attachments=tuple(attachments),
-        auth_results=parse_auth_results(values("Authentication-Results")),
+        auth_results=parse_auth_results(raw_items, defects),
         return_path=return_path,
         is_auto_reply=is_auto,
         is_bounce=is_bounce,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -58,6 +58,14 @@ def refs(msg: EmailMessage) -> list[str]:
     return re.findall(r"<([^<>\s]+)>", str(msg["References"] or ""))
 
 
+def token(message_id: str, secret: bytes = SECRET) -> tuple[str, str] | None:
+    """(ticket, recipient) of a notice's reply token, if it verifies now."""
+    found = verify_reply_token(
+        secret, message_id, domain="example.com", now=datetime.now(UTC), max_age=timedelta(days=30)
+    )
+    return (found.ref, found.recipient) if found else None
+
+
 def to_addr(msg: EmailMessage) -> str:
     return msg["To"].addresses[0].addr_spec
 
@@ -93,9 +101,9 @@ def test_ack_and_alert_headers_parts_and_token(smtp_sink: SmtpSink, db_url: str,
     assert str(ack["To"]) == "Carol Customer <carol@customer.example>"
     assert str(alert["To"]) == "alice@example.com"
     assert str(ack["Subject"]) == f"Re: Cannot log in [#{ref}]"
-    assert verify_reply_token(SECRET, mid(ack)) == (ref, "carol@customer.example")
-    assert verify_reply_token(SECRET, mid(alert)) == (ref, "alice@example.com")
-    assert verify_reply_token(b"other-secret", mid(ack)) is None
+    assert token(mid(ack)) == (ref, "carol@customer.example")
+    assert token(mid(alert)) == (ref, "alice@example.com")
+    assert token(mid(ack), b"other-secret") is None
     # Every sent Message-ID is stored, so replies to it thread.
     with Session(ctx.engine) as session:
         known = set(session.exec(select(MessageRef.message_id).where(MessageRef.direction == "out")).all())
@@ -239,7 +247,7 @@ def test_threading_chain_over_three_rounds(smtp_sink: SmtpSink, db_url: str, tmp
     assert ack["Auto-Submitted"] == "auto-replied"
     # Every notice to Carol carries her signed token.
     ref = str(ack["X-Mailticket-Ticket"])
-    assert all(verify_reply_token(SECRET, mid(m)) == (ref, "carol@customer.example") for m in to_carol)
+    assert all(token(mid(m)) == (ref, "carol@customer.example") for m in to_carol)
 
 
 # -- queued as inputs, rendered once by the sender ------------------------------------------
