@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from mailticket.config import Config
+from mailticket.dkim_verify import DnsLookup
 from mailticket.outbound.render import Renderer
 from mailticket.storage.blobs import BlobStore
 from mailticket.storage.tables import utcnow
@@ -29,6 +30,7 @@ class AppContext:
     renderer: Renderer
     secret: bytes
     clock: Callable[[], datetime] = field(default=utcnow)
+    dns: DnsLookup | None = None  # TXT look-ups for `verify_dkim`; None: dnspython (tests give a stub)
 
     @property
     def data_dir(self) -> Path:

@@ -21,7 +21,8 @@ from sqlmodel import Session
 
 from mailticket.context import AppContext
 from mailticket.errors import ParseError
-from mailticket.models import Classification, MailKind, Outcome, ParsedMessage, RawMail
+from mailticket.dkim_verify import dkim_results
+from mailticket.models import AuthResult, Classification, MailKind, Outcome, ParsedMessage, RawMail
 from mailticket.pipeline.classify import classify, for_ticket
 from mailticket.pipeline.parse import parse
 from mailticket.pipeline.route import route
@@ -86,7 +87,8 @@ class Pipeline:
         seen = store.seen(key)
         if seen is not None:
             return seen, parsed.message_id
-        cls = classify(parsed, store.ctx.config, store.ctx.secret, now=store.ctx.clock())
+        own = self._dkim(raw, parsed)
+        cls = classify(parsed, store.ctx.config, store.ctx.secret, now=store.ctx.clock(), own_results=own)
         match = store.find_ticket(parsed, cls)
         cls = for_ticket(cls, match.ticket.ref if match.ticket else None)
         if match.ticket is None:
@@ -101,6 +103,13 @@ class Pipeline:
             ticket = linked
         store.record(raw, key, raw_sha, "stored", ticket_id=ticket.id, entry_id=entry.id)
         return Outcome("stored", ticket.ref, entry.id, reason=match.how.value), parsed.message_id
+
+    def _dkim(self, raw: RawMail, parsed: ParsedMessage) -> tuple[AuthResult, ...]:
+        """Our own DKIM results (`verify_dkim`): asked of DNS only for mail From a configured agent."""
+        config = self.ctx.config
+        if not (config.security.verify_dkim and parsed.sender and config.is_agent(parsed.sender)):
+            return ()
+        return dkim_results(raw.data, dns=self.ctx.dns)
 
     def _new(
         self, store: Store, raw: RawMail, parsed: ParsedMessage, cls: Classification, key: str, raw_sha: str
