@@ -1,0 +1,181 @@
+"""Forged agent mail, one variant per attack class, through `ingest` and through IMAP.
+
+Each variant is the mail an attacker would send as Alice (a configured agent) to ticket B:
+commands that would close, escalate, reassign and move it, a secret-looking text, and a
+stranger on Cc. Every variant must be stored, none may change the ticket, and no notice may
+go to anyone but the agents (the requester hears nothing, the stranger nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlmodel import Session, col, select
+
+from mailticket.app import build
+from mailticket.cli import main
+from mailticket.config import load_config
+from mailticket.context import AppContext
+from mailticket.outbound.send import flush
+from mailticket.refs import outbound_message_id
+from mailticket.storage import repository
+from mailticket.storage.tables import OutboxMessage
+from tests.factories import ingest, mail, write_config
+from tests.servers import Dovecot
+
+ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@customer.example"
+STRANGERS = "eve@evil.example, " + ", ".join(f"x{i}@evil.example" for i in range(50))
+BORDER = (
+    "Received: from mail.evil.example (mail.evil.example [203.0.113.9])\r\n"
+    "\tby mx.example.com (Postfix) with ESMTP id 4XyZ; Mon, 23 Nov 2026 09:00:00 +0000\r\n"
+)
+PASS = "Authentication-Results: mx.example.com; dkim=pass header.d=example.com\r\n"
+FAIL = "Authentication-Results: mx.example.com; dkim=fail header.d=example.com\r\n"
+INJECTED = (
+    'Authentication-Results: mx.example.com; spf=pass smtp.mailfrom="x;dkim=pass header.d=example.com"'
+    "@evil.example\r\n"
+)
+COMMANDS = (
+    "#close\n#priority urgent\n#assign bob@example.com\n#department billing\nThe password is hunter2.\n"
+)
+
+
+@dataclass
+class Tickets:
+    """Two tickets of Carol's, and the notice Message-IDs an attacker may have seen or made."""
+
+    ctx: AppContext
+    a: str
+    b: str
+    alice_on_a: str  # Alice's alert about ticket A (a valid token, for the wrong ticket)
+    alice_on_b: str  # Alice's alert about ticket B (valid: only its truncations are used)
+
+
+def forged(
+    t: Tickets, name: str, *, top: str = "", below: str = "", in_reply_to: str | None = None,
+    references: str = "",
+) -> bytes:
+    """Alice's forged mail to ticket B as it reaches the mailbox: `top` above the border's line."""
+    body = mail(
+        sender=f"Alice <{ALICE}>",
+        subject=f"Re: Cannot log in [#{t.b}]",
+        body=COMMANDS,
+        message_id=f"{name}@evil.example",
+        in_reply_to=in_reply_to,
+        references=references or None,
+        headers={"Cc": STRANGERS},
+    )
+    return (top + BORDER + below).encode() + body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def _token(t: Tickets, recipient: str, age: timedelta) -> str:
+    secret = t.ctx.secret
+    return outbound_message_id(secret, t.b, recipient, "example.com", t.ctx.clock() - age)
+
+
+ATTACKS: dict[str, Callable[[Tickets], bytes]] = {
+    # Authentication-Results
+    "ar-below-received": lambda t: forged(t, "ar-below-received", below=PASS),
+    "ar-fail-above-pass-below": lambda t: forged(t, "ar-fail-above-pass-below", top=FAIL, below=PASS),
+    "ar-two-trusted-fail-and-pass": lambda t: forged(t, "ar-two-trusted-fail-and-pass", top=PASS + FAIL),
+    "ar-semicolon-injection": lambda t: forged(t, "ar-semicolon-injection", top=INJECTED),
+    "plain-smtp-client": lambda t: forged(t, "plain-smtp-client"),
+    # reply tokens
+    # Alice's real token for ticket A, on a mail that threads onto B (by Carol's Message-ID).
+    "token-of-ticket-a": lambda t: forged(
+        t, "token-of-ticket-a", references=f"<{t.alice_on_a}>", in_reply_to="carol-b@customer.example"
+    ),
+    "token-of-another-agent": lambda t: forged(
+        t, "token-of-another-agent", in_reply_to=_token(t, BOB, timedelta(0))
+    ),
+    "token-truncated": lambda t: forged(
+        t, "token-truncated", in_reply_to=t.alice_on_b[:-14] + "@example.com"
+    ),
+    "token-expired": lambda t: forged(
+        t, "token-expired", in_reply_to=_token(t, ALICE, timedelta(days=30, minutes=1))
+    ),
+}
+
+
+def open_tickets(config: Path) -> Tickets:
+    ctx = build(load_config(config))
+    refs = []
+    for n in ("a", "b"):
+        outcome = ingest(ctx, mail(sender=f"Carol <{CAROL}>", message_id=f"carol-{n}@customer.example"))
+        assert outcome.ticket_ref
+        refs.append(outcome.ticket_ref)
+    flush(ctx, ignore_backoff=True)
+    with Session(ctx.engine) as session:
+        alerts = {r.ticket_id: r.message_id for r in session.exec(
+            select(OutboxMessage).where(OutboxMessage.kind == "alert", OutboxMessage.to_addr == ALICE)
+        ).all()}
+        ids = [alerts[t.id] for r in refs if (t := repository.ticket_by_ref(session, r)) is not None]
+    return Tickets(ctx, refs[0], refs[1], ids[0], ids[1])
+
+
+def check_nothing_changed(t: Tickets, since_outbox_id: int) -> None:
+    with Session(t.ctx.engine) as session:
+        for ref in (t.a, t.b):
+            ticket = repository.ticket_by_ref(session, ref)
+            assert ticket is not None
+            state = (ticket.status, ticket.priority, ticket.assignee, ticket.department)
+            assert state == ("open", "normal", None, "general"), ref
+            assert repository.view(session, ticket).participants == {CAROL}, ref
+        ticket = repository.ticket_by_ref(session, t.b)
+        assert ticket is not None
+        entries = {e.message_id: e for e in repository.entries(session, ticket)}
+        for name in ATTACKS:
+            entry = entries[f"{name}@evil.example"]
+            assert (entry.kind, entry.flags[:1]) == ("note", ["unverified"]), name
+        new = session.exec(select(OutboxMessage).where(col(OutboxMessage.id) > since_outbox_id)).all()
+        assert {a for row in new for a in row.recipients} <= {ALICE, BOB}
+        assert {row.kind for row in new} <= {"note_alert", "unverified_agent"}
+
+
+def last_outbox_id(ctx: AppContext) -> int:
+    with Session(ctx.engine) as session:
+        return max(session.exec(select(OutboxMessage.id)).all(), default=0) or 0
+
+
+@pytest.fixture
+def config(tmp_path: Path, dovecot: Dovecot) -> Iterator[Path]:
+    mailbox = {"name": "support", "host": dovecot.host, "port": dovecot.port, "security": "none",
+               "username": dovecot.user, "password": dovecot.password, "department": "general"}
+    yield write_config(tmp_path / "mailticket.toml", mailboxes=[mailbox])
+
+
+def test_forged_agent_mail_through_ingest(config: Path, tmp_path: Path) -> None:
+    t = open_tickets(config)
+    since = last_outbox_id(t.ctx)
+    for name, make in ATTACKS.items():
+        path = tmp_path / f"{name}.eml"
+        path.write_bytes(make(t))
+        result = CliRunner().invoke(main, ["--config", str(config), "ingest", str(path)])
+        assert result.exit_code == 0, (name, result.output)
+    check_nothing_changed(t, since)
+
+
+def test_forged_agent_mail_through_imap(config: Path, dovecot: Dovecot) -> None:
+    t = open_tickets(config)
+    since = last_outbox_id(t.ctx)
+    dovecot.append_many("INBOX", [make(t) for make in ATTACKS.values()])
+    result = CliRunner().invoke(main, ["--config", str(config), "fetch"])
+    assert result.exit_code == 0, result.output
+    check_nothing_changed(t, since)
+
+
+def test_the_same_mail_with_the_border_pass_on_top_does_act(config: Path, tmp_path: Path) -> None:
+    """The control: the checks above fail for the forgery, not for every agent mail."""
+    t = open_tickets(config)
+    path = tmp_path / "real.eml"
+    path.write_bytes(forged(t, "real", top=PASS))
+    assert CliRunner().invoke(main, ["--config", str(config), "ingest", str(path)]).exit_code == 0
+    with Session(t.ctx.engine) as session:
+        ticket = repository.ticket_by_ref(session, t.b)
+        assert ticket is not None
+        assert (ticket.status, ticket.priority, ticket.assignee) == ("closed", "urgent", BOB)
