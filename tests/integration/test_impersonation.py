@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from email import message_from_bytes
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,10 @@ from mailticket.cli import main
 from mailticket.config import load_config
 from mailticket.context import AppContext
 from mailticket.outbound.send import flush
-from mailticket.refs import outbound_message_id
+from mailticket.refs import outbound_message_id, token_recipient
 from mailticket.storage import repository
 from mailticket.storage.tables import OutboxMessage
-from tests.factories import ingest, mail, write_config
+from tests.factories import ingest, mail, make_ctx, write_config
 from tests.servers import Dovecot
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@customer.example"
@@ -179,3 +180,24 @@ def test_the_same_mail_with_the_border_pass_on_top_does_act(config: Path, tmp_pa
         ticket = repository.ticket_by_ref(session, t.b)
         assert ticket is not None
         assert (ticket.status, ticket.priority, ticket.assignee) == ("closed", "urgent", BOB)
+
+
+def test_a_notice_carries_no_other_recipients_token(tmp_path: Path) -> None:
+    """Alice's alerts name the thread, but never Bob's (or Carol's) notices: their tokens prove them."""
+    departments = [{"name": "general", "address": "support@example.com", "agents": [ALICE, BOB]}]
+    ctx = make_ctx(tmp_path, departments=departments)
+    ref = ingest(ctx, mail(sender=CAROL, message_id="c1@customer.example")).ticket_ref
+    flush(ctx, ignore_backoff=True)
+    for n in (2, 3):
+        reply = mail(sender=CAROL, subject=f"Re: Cannot log in [#{ref}]", message_id=f"c{n}@customer.example")
+        ingest(ctx, reply)
+        flush(ctx, ignore_backoff=True)
+    with Session(ctx.engine) as session:
+        rows = session.exec(select(OutboxMessage).order_by(col(OutboxMessage.id))).all()
+    assert {r.to_addr for r in rows} == {ALICE, BOB, CAROL}
+    for row in rows:
+        named = message_from_bytes(row.raw)["References"].split()
+        assert "<c1@customer.example>" in named
+        others = {token_recipient(m.strip("<>")) for m in named} - {None, row.to_addr}
+        assert others == set(), (row.kind, row.to_addr)
+    assert len([r for r in rows if r.to_addr == ALICE]) == 3
