@@ -127,7 +127,7 @@ class ThreadHow(StrEnum):
 class ThreadMatch:
     ticket: TicketView | None
     how: ThreadHow
-    non_participant: bool = False  # token matched but the sender is a stranger
+    non_participant: bool = False  # a ticket matched, but the sender is not one of its participants
 
 
 @dataclass(frozen=True)
