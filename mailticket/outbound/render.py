@@ -29,7 +29,7 @@ from mailticket.errors import ConfigError
 DEFAULT_TEMPLATES = Path(__file__).parents[1] / "templates"
 KINDS = (
     "ack", "alert", "reply", "note_alert", "resolution", "reopened", "overdue", "closed_reject",
-    "command_error",
+    "command_error", "unverified_agent",
 )
 PARTS = ("subject", "txt", "html")
 
@@ -61,6 +61,7 @@ VARIABLES: dict[str, Any] = {
 KIND_VARIABLES: dict[str, dict[str, Any]] = {
     "overdue": {"which": "first response", "due": "2026-11-23 17:00 UTC"},
     "command_error": {"problems": ["unknown command '#frobnicate'"], "known": ["#note", "#close"]},
+    "unverified_agent": {"reason": "dkim=fail for example.com from mx.example.com", "token_days": 30},
 }
 
 
