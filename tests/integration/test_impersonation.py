@@ -1,9 +1,12 @@
-"""Forged agent mail, one variant per attack class, through `ingest` and through IMAP.
+"""Forged agent mail and strangers' mail, one variant per attack class, through `ingest` and IMAP.
 
-Each variant is the mail an attacker would send as Alice (a configured agent) to ticket B:
-commands that would close, escalate, reassign and move it, a secret-looking text, and a
-stranger on Cc. Every variant must be stored, none may change the ticket, and no notice may
-go to anyone but the agents (the requester hears nothing, the stranger nothing).
+Each agent variant is the mail an attacker would send as Alice (a configured agent) to ticket
+B: commands that would close, escalate, reassign and move it, a secret-looking text, and
+strangers on Cc. Each stranger variant names ticket B the way a quoted mail shows it (its
+subject token, or the customer's Message-ID) and copies in strangers. Ticket B waits for
+its customer (pending), so a follow-up taken for the customer's would reopen it. Every
+variant must be stored, none may change a ticket or add a participant, and no notice may go
+to anyone but the agents (the requester hears nothing, the strangers nothing).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from sqlmodel import Session, col, select
 
+from mailticket import actions
 from mailticket.app import build
 from mailticket.cli import main
 from mailticket.config import load_config
@@ -55,16 +59,17 @@ class Tickets:
     b: str
     alice_on_a: str  # Alice's alert about ticket A (a valid token, for the wrong ticket)
     alice_on_b: str  # Alice's alert about ticket B (valid: only its truncations are used)
+    carol_on_b: str  # Carol's acknowledgement of ticket B (a customer's token, quoted to a stranger)
 
 
 def forged(
     t: Tickets, name: str, *, top: str = "", below: str = "", in_reply_to: str | None = None,
-    references: str = "",
+    references: str = "", sender: str = f"Alice <{ALICE}>", subject_token: bool = True,
 ) -> bytes:
     """Alice's forged mail to ticket B as it reaches the mailbox: `top` above the border's line."""
     body = mail(
-        sender=f"Alice <{ALICE}>",
-        subject=f"Re: Cannot log in [#{t.b}]",
+        sender=sender,
+        subject=f"Re: Cannot log in [#{t.b}]" if subject_token else "Re: Cannot log in",
         body=COMMANDS,
         message_id=f"{name}@evil.example",
         in_reply_to=in_reply_to,
@@ -79,6 +84,7 @@ def _token(t: Tickets, recipient: str, age: timedelta) -> str:
     return outbound_message_id(secret, t.b, recipient, "example.com", t.ctx.clock() - age)
 
 
+EVE = "Eve <eve@evil.example>"
 ATTACKS: dict[str, Callable[[Tickets], bytes]] = {
     # Authentication-Results
     "ar-below-received": lambda t: forged(t, "ar-below-received", below=PASS),
@@ -100,39 +106,52 @@ ATTACKS: dict[str, Callable[[Tickets], bytes]] = {
     "token-expired": lambda t: forged(
         t, "token-expired", in_reply_to=_token(t, ALICE, timedelta(days=30, minutes=1))
     ),
+    # strangers: knowing the ticket's token or a Message-ID of it makes no one a participant
+    "stranger-token": lambda t: forged(t, "stranger-token", sender=EVE),
+    "stranger-references": lambda t: forged(
+        t, "stranger-references", sender=EVE, subject_token=False, in_reply_to="carol-b@customer.example"
+    ),
+    "stranger-with-customer-token": lambda t: forged(
+        t, "stranger-with-customer-token", sender=EVE, subject_token=False,
+        in_reply_to=t.carol_on_b,
+    ),
 }
 
 
 def open_tickets(config: Path) -> Tickets:
+    """Tickets A (open) and B (pending: waiting for Carol), and their alerts sent."""
     ctx = build(load_config(config))
     refs = []
     for n in ("a", "b"):
         outcome = ingest(ctx, mail(sender=f"Carol <{CAROL}>", message_id=f"carol-{n}@customer.example"))
         assert outcome.ticket_ref
         refs.append(outcome.ticket_ref)
+    with Session(ctx.engine) as session, session.begin():
+        pending = repository.ticket_by_ref(session, refs[1])
+        assert pending is not None
+        actions.set_pending(session, ctx, pending, None)
     flush(ctx, ignore_backoff=True)
     with Session(ctx.engine) as session:
-        alerts = {r.ticket_id: r.message_id for r in session.exec(
-            select(OutboxMessage).where(OutboxMessage.kind == "alert", OutboxMessage.to_addr == ALICE)
-        ).all()}
-        ids = [alerts[t.id] for r in refs if (t := repository.ticket_by_ref(session, r)) is not None]
-    return Tickets(ctx, refs[0], refs[1], ids[0], ids[1])
+        sent = {(r.ticket_id, r.to_addr): r.message_id for r in session.exec(select(OutboxMessage)).all()}
+        ids = [t.id for r in refs if (t := repository.ticket_by_ref(session, r)) is not None]
+    return Tickets(ctx, refs[0], refs[1], sent[ids[0], ALICE], sent[ids[1], ALICE], sent[ids[1], CAROL])
 
 
 def check_nothing_changed(t: Tickets, since_outbox_id: int) -> None:
     with Session(t.ctx.engine) as session:
-        for ref in (t.a, t.b):
+        for ref, status in ((t.a, "open"), (t.b, "pending")):
             ticket = repository.ticket_by_ref(session, ref)
             assert ticket is not None
             state = (ticket.status, ticket.priority, ticket.assignee, ticket.department)
-            assert state == ("open", "normal", None, "general"), ref
+            assert state == (status, "normal", None, "general"), ref
             assert repository.view(session, ticket).participants == {CAROL}, ref
         ticket = repository.ticket_by_ref(session, t.b)
         assert ticket is not None
         entries = {e.message_id: e for e in repository.entries(session, ticket)}
         for name in ATTACKS:
             entry = entries[f"{name}@evil.example"]
-            assert (entry.kind, entry.flags[:1]) == ("note", ["unverified"]), name
+            flag = "non-participant" if name.startswith("stranger") else "unverified"
+            assert (entry.kind, entry.flags[:1]) == ("note", [flag]), name
         new = session.exec(select(OutboxMessage).where(col(OutboxMessage.id) > since_outbox_id)).all()
         assert {a for row in new for a in row.recipients} <= {ALICE, BOB}
         assert {row.kind for row in new} <= {"note_alert", "unverified_agent"}
@@ -180,6 +199,12 @@ def test_the_same_mail_with_the_border_pass_on_top_does_act(config: Path, tmp_pa
         ticket = repository.ticket_by_ref(session, t.b)
         assert ticket is not None
         assert (ticket.status, ticket.priority, ticket.assignee) == ("closed", "urgent", BOB)
+    # And Carol's own reply (her Message-ID known, no token) reopens B, as a customer's does.
+    path.write_bytes(mail(sender=CAROL, subject="Re: Cannot log in", in_reply_to="carol-b@customer.example"))
+    assert CliRunner().invoke(main, ["--config", str(config), "ingest", str(path)]).exit_code == 0
+    with Session(t.ctx.engine) as session:
+        ticket = repository.ticket_by_ref(session, t.b)
+        assert ticket is not None and ticket.status == "open"
 
 
 def test_a_notice_carries_no_other_recipients_token(tmp_path: Path) -> None:
