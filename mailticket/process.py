@@ -20,8 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from mailticket.context import AppContext
-from mailticket.errors import ParseError
 from mailticket.dkim_verify import dkim_results
+from mailticket.errors import ParseError
 from mailticket.models import AuthResult, Classification, MailKind, Outcome, ParsedMessage, RawMail
 from mailticket.pipeline.classify import classify, for_ticket
 from mailticket.pipeline.parse import parse

@@ -21,7 +21,6 @@ import pytest
 from click.testing import CliRunner
 from sqlmodel import Session, col, select
 
-from mailticket import actions
 from mailticket.app import build
 from mailticket.cli import main
 from mailticket.config import load_config
@@ -30,6 +29,7 @@ from mailticket.outbound.send import flush
 from mailticket.refs import outbound_message_id, token_recipient
 from mailticket.storage import repository
 from mailticket.storage.tables import OutboxMessage
+from mailticket.tickets import actions
 from tests.factories import ingest, mail, make_ctx, write_config
 from tests.servers import Dovecot
 
