@@ -1,7 +1,8 @@
 """Loop safety for automatic notices: RFC 3834 addresses, and backstop caps counted in the outbox.
 
 The caps count outbox rows by `created_at` on the context's clock, in one query per notice:
-acks per sender per hour, automatic mail per recipient per day, per ticket per hour.
+acks per sender per hour (and `unverified_agent` notices per agent per hour), automatic mail
+per recipient per day, per ticket per hour.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from mailticket.pipeline.classify import is_unanswerable_address
 from mailticket.storage.tables import OutboxMessage, Ticket
 
 _OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+# Kinds with a limit per recipient per hour besides `ack` (acks_per_sender_per_hour). A forger
+# sending mail as an agent must not turn the agent's "could not verify" notices into a flood.
+PER_RECIPIENT_PER_HOUR = {"unverified_agent": 1}
 
 
 def _recent_counts_query() -> Select[int, int, int]:
@@ -26,7 +30,7 @@ def _recent_counts_query() -> Select[int, int, int]:
     last_hour = o.created_at >= bindparam("hour")
     to_customers = o.to_addr.not_in(bindparam("agents", expanding=True))
     return sa_select(
-        func.count().filter(to_them, last_hour, o.kind == "ack"),
+        func.count().filter(to_them, last_hour, o.kind == bindparam("kind")),
         func.count().filter(to_them),
         func.count().filter(about_ticket, last_hour, to_customers),
     ).where(o.automatic == True, o.created_at >= bindparam("day"), or_(to_them, about_ticket))  # noqa: E712
@@ -36,18 +40,19 @@ _RECENT_COUNTS = _recent_counts_query()  # built once: every notice runs it
 
 
 def _recent_counts(
-    session: Session, ctx: AppContext, to: str, ticket_id: int | None
+    session: Session, ctx: AppContext, to: str, ticket_id: int | None, kind: str
 ) -> tuple[int, int, int]:
     """Automatic mail counted for the caps, in one query (every notice passes here).
 
-    Returns (acks to `to` in the last hour, mail to `to` in the last day, mail about the
-    ticket to customers in the last hour: agents' alerts do not count against the ticket).
+    Returns (notices of this kind to `to` in the last hour, mail to `to` in the last day, mail
+    about the ticket to customers in the last hour: agents' alerts do not count against the ticket).
     """
     now = ctx.clock()
     row = session.connection().execute(
         _RECENT_COUNTS,
         {
             "to": to,
+            "kind": kind,
             "ticket_id": ticket_id,
             "hour": now - timedelta(hours=1),
             "day": now - timedelta(days=1),
@@ -63,11 +68,12 @@ def suppressed_reason(session: Session, ctx: AppContext, ticket: Ticket, kind: s
     if is_unanswerable_address(to, ctx.config.own_addresses):
         return f"{to} never receives automatic mail"
     for_agent = ctx.config.is_agent(to)
-    if for_agent and kind != "ack":
+    limit = tickets.acks_per_sender_per_hour if kind == "ack" else PER_RECIPIENT_PER_HOUR.get(kind)
+    if for_agent and limit is None:
         return None  # the caps protect customers from loops; agents' alerts must flow
-    acks, daily, hourly = _recent_counts(session, ctx, to, ticket.id)
-    if kind == "ack" and acks >= tickets.acks_per_sender_per_hour:
-        return f"ack limit of {tickets.acks_per_sender_per_hour} per hour reached for {to}"
+    same_kind, daily, hourly = _recent_counts(session, ctx, to, ticket.id, kind)
+    if limit is not None and same_kind >= limit:
+        return f"{kind} limit of {limit} per hour reached for {to}"
     if for_agent:
         return None
     if daily >= tickets.auto_mail_per_recipient_per_day:

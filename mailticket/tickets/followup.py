@@ -106,7 +106,9 @@ def followup(
             session, ctx.clock(), ticket, "unverified_agent_mail", sender,
             entry_id=entry.id, reason=cls.reason,
         )
-        notices.note_alert(session, ctx, ticket, entry, also=[sender] if sender else [])
+        notices.note_alert(session, ctx, ticket, entry, exclude=sender)
+        if sender:
+            notices.unverified_agent(session, ctx, ticket, entry, sender, cls.reason)
         return entry
     if cls.kind is MailKind.AGENT:
         return agent_mail(store, ticket, parsed)

@@ -11,6 +11,8 @@ Who hears what:
     overdue        SLA missed            -> agents; the escalation contact
     closed_reject  reply to a closed ticket under the `reject` policy -> its sender
     command_error  an agent's bad #command -> that agent (never automatic)
+    unverified_agent  mail from an agent's address that is not verified -> that agent, why and
+                   how to get verified (at most one an hour per agent: a forger cannot flood)
 
 A notice that must not go out (loop safety, caps, an undeliverable address) becomes a
 `notice_suppressed` event inside `enqueue`; the ticket change still commits.
@@ -80,11 +82,10 @@ def note_alert(
     entry: Entry,
     *,
     exclude: str | None = None,
-    also: list[str] | None = None,
     flags: list[str] | None = None,
 ) -> None:
-    """Agents hear of a note or a customer's reply; `also` adds recipients (an unverified agent)."""
-    to = agents_to_alert(ctx, ticket, exclude=exclude) + (also or [])
+    """Agents hear of a note or a customer's reply (never `exclude`, who wrote it)."""
+    to = agents_to_alert(ctx, ticket, exclude=exclude)
     enqueue(session, ctx, ticket, "note_alert", to, entry_context(entry, flags))
 
 
@@ -118,6 +119,14 @@ def closed_reject(
     session: Session, ctx: AppContext, ticket: Ticket, entry: Entry, sender: str | None
 ) -> None:
     enqueue(session, ctx, ticket, "closed_reject", [sender] if sender else [], entry_context(entry))
+
+
+def unverified_agent(
+    session: Session, ctx: AppContext, ticket: Ticket, entry: Entry, agent: str, reason: str
+) -> None:
+    """Tell the agent their mail did nothing, why, and how to get verified."""
+    context = {**entry_context(entry), "reason": reason, "token_days": ctx.config.security.reply_token_days}
+    enqueue(session, ctx, ticket, "unverified_agent", [agent], context)
 
 
 def command_error(

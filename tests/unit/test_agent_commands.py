@@ -239,8 +239,25 @@ def test_unverified_agent_mail_is_a_flagged_note_and_commands_are_ignored(
     assert t.status == "open"
     assert entries[-1].kind == "note" and "unverified" in entries[-1].flags
     assert len(outbox(ctx, to=CAROL)) == before
-    assert any(e.kind == "unverified_agent_mail" for e in events)
-    assert outbox(ctx, "note_alert", ALICE), "the agent is alerted"
+    [event] = [e for e in events if e.kind == "unverified_agent_mail"]
+    # The agent is told why, and how to get verified; no note_alert to the (claimed) writer.
+    [notice] = outbox(ctx, "unverified_agent", ALICE)
+    assert event.data["reason"] in body(notice) and "reply to a notice" in body(notice)
+    assert notice.raw and b"Auto-Submitted: auto-replied" in notice.raw
+    assert outbox(ctx, "note_alert", ALICE) == []
+
+
+def test_unverified_notices_are_rate_limited_per_agent(ctx: AppContext) -> None:
+    """A forger sending as Alice all day gets Alice one notice an hour, each suppression an event."""
+    ref = open_ticket(ctx)
+    for _ in range(3):
+        agent_reply(ctx, ref, "#close\nDone.", auth=None, reply_to_alert=False)
+    assert len(outbox(ctx, "unverified_agent", ALICE)) == 1
+    _, entries, events = ticket(ctx, ref)
+    assert len([e for e in entries if "unverified" in e.flags]) == 3
+    suppressed = [e.data for e in events if e.kind == "notice_suppressed"]
+    assert suppressed == [{"notice": "unverified_agent", "to": ALICE,
+                           "reason": f"unverified_agent limit of 1 per hour reached for {ALICE}"}] * 2
 
 
 def test_spf_counts_when_configured(tmp_path: Path) -> None:
