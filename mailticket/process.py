@@ -30,7 +30,7 @@ from mailticket.storage import repository
 from mailticket.storage.tables import Ticket
 from mailticket.tickets.followup import followup
 from mailticket.tickets.open import open_ticket
-from mailticket.tickets.store import Store, dedup_key
+from mailticket.tickets.store import Store
 
 log = logging.getLogger("mailticket.pipeline")
 T = TypeVar("T")
@@ -83,8 +83,7 @@ class Pipeline:
             parsed = parse(raw.data, max_bytes=self.max_bytes)
         except ParseError as exc:
             return store.quarantine(raw, str(exc), raw_sha), None
-        key = dedup_key(parsed)
-        seen = store.seen(key)
+        key, seen = store.dedup(parsed)
         if seen is not None:
             return seen, parsed.message_id
         own = self._dkim(raw, parsed)

@@ -143,6 +143,7 @@ class TicketsConfig(_Model):
     acks_per_sender_per_hour: int = Field(default=5, ge=0)
     auto_mail_per_recipient_per_day: int = Field(default=40, ge=0)
     auto_mail_per_ticket_per_hour: int = Field(default=10, ge=0)
+    max_cc_per_ticket: int = Field(default=10, ge=0)
 
 
 class SecurityConfig(_Model):

@@ -64,14 +64,10 @@ def ticket_by_message_ids(session: Session, ids: Iterable[str]) -> Ticket | None
     return session.get(Ticket, ticket_id)
 
 
-def add_participant(session: Session, ticket: Ticket, email: str, role: str, *, fresh: bool = False) -> None:
-    """Add a participant once; `fresh` (a ticket opened in this transaction) needs no conflict check."""
+def add_participant(session: Session, ticket: Ticket, email: str, role: str) -> None:
+    """Add a participant once (a concurrent writer may have added the same address)."""
     assert ticket.id is not None
-    row = {"ticket_id": ticket.id, "email": email, "role": role}
-    if fresh:
-        add_row(session, Participant, **row)
-    else:
-        add_row_once(session, Participant, **row)
+    add_row_once(session, Participant, ticket_id=ticket.id, email=email, role=role)
 
 
 def remember_message_id(session: Session, ticket: Ticket, message_id: str | None, direction: str) -> None:

@@ -67,8 +67,9 @@ def check_command(config: Config, cmd: Command) -> str | None:
     return None
 
 
-def agent_mail(store: Store, ticket: Ticket, parsed: ParsedMessage) -> Entry:
-    """A verified agent's mail: its commands checked (all or nothing), then applied in order."""
+def agent_mail(store: Store, ticket: Ticket, parsed: ParsedMessage, known: frozenset[str]) -> Entry:
+    """A verified agent's mail: its commands checked (all or nothing), then applied in order.
+    A public reply's CCs join the ticket (`known`: its participants) before it is relayed."""
     session, ctx = store.session, store.ctx
     agent = parsed.sender or ""
     commands, rest, unknown = split_commands(parsed.visible_text)
@@ -90,8 +91,10 @@ def agent_mail(store: Store, ticket: Ticket, parsed: ParsedMessage) -> Entry:
         if rest:
             repository.record_event(session, ctx.clock(), ticket, "note", agent, entry_id=entry.id)
             notices.note_alert(session, ctx, ticket, entry, exclude=agent)
-    elif closing is None:
-        actions.relay_reply(session, ctx, ticket, entry)
+    else:
+        store.add_ccs(ticket, (a.email for a in parsed.cc), known)
+        if closing is None:
+            actions.relay_reply(session, ctx, ticket, entry)
     for cmd in commands:
         if cmd.name == "assign":
             actions.assign(session, ctx, ticket, cmd.arg.lower(), agent)

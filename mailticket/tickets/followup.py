@@ -111,21 +111,20 @@ def followup(
             notices.unverified_agent(session, ctx, ticket, entry, sender, cls.reason)
         return entry
     if cls.kind is MailKind.AGENT:
-        return agent_mail(store, ticket, parsed)
+        return agent_mail(store, ticket, parsed, match.ticket.participants if match.ticket else frozenset())
     return _customer_followup(store, raw, parsed, match, ticket)
 
 
 def _customer_followup(
     store: Store, raw: RawMail, parsed: ParsedMessage, match: ThreadMatch, ticket: Ticket
 ) -> Entry:
-    """The customer's reply: new CCs join, a pending or resolved ticket reopens, agents hear of it."""
+    """The customer's reply: the requester's new CCs join, a pending or resolved ticket reopens,
+    agents hear of it."""
     session, ctx = store.session, store.ctx
     entry = store.entry(ticket, parsed, "customer", [])
-    # Threading already read the ticket's participants: new CCs are added without a look-up each.
-    known = match.ticket.participants if match.ticket else frozenset()
-    for cc in {a.email for a in parsed.cc} - ctx.config.own_addresses - {ticket.requester} - known:
-        if not ctx.config.is_agent(cc):
-            repository.add_participant(session, ticket, cc, "cc", fresh=True)
+    if parsed.sender == ticket.requester:  # a CC's reply-all adds no one: only the requester does
+        known = match.ticket.participants if match.ticket else frozenset()
+        store.add_ccs(ticket, (a.email for a in parsed.cc), known)
     if ticket.status in ("pending", "resolved"):
         actions.reopen(session, ctx, ticket, parsed.sender, "customer replied")
     elif ticket.status == "closed":

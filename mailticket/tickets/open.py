@@ -29,15 +29,8 @@ def open_ticket(
         requester_name=parsed.from_.name if parsed.from_ else "",
         tags=list(decision.tags),
     )
-    copied = {a.email for a in (*parsed.to, *parsed.cc)} - ctx.config.own_addresses - {requester}
-    repository.add_rows(
-        session,
-        Participant,
-        [
-            {"ticket_id": ticket.id, "email": email, "role": role}
-            for email, role in [(requester, "requester"), *((cc, "cc") for cc in sorted(copied))]
-        ],
-    )
+    repository.add_row(session, Participant, ticket_id=ticket.id, email=requester, role="requester")
+    store.add_ccs(ticket, (a.email for a in (*parsed.to, *parsed.cc)), frozenset({requester}))
     flags = ["auto-reply"] if cls.kind is MailKind.AUTO_REPLY else []
     entry = store.entry(ticket, parsed, "customer", flags)
     created = repository.event(

@@ -7,15 +7,18 @@ a helper thread while the message is stored, joined by the batch before the comm
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
 
-from sqlalchemy import Table, bindparam, update
+from sqlalchemy import Row, Table, bindparam, func, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session
 
 from mailticket.context import AppContext
+from mailticket.errors import ParseError
 from mailticket.models import (
     Classification,
     MailKind,
@@ -25,24 +28,32 @@ from mailticket.models import (
     ThreadMatch,
     TicketView,
 )
+from mailticket.pipeline.parse import parse
 from mailticket.pipeline.thread import thread
 from mailticket.refs import find_token
 from mailticket.storage import repository
-from mailticket.storage.tables import Attachment, Entry, IntakeRecord, Ticket
+from mailticket.storage.tables import Attachment, Entry, IntakeRecord, Participant, Ticket
 from mailticket.tickets import actions
 
 _INTAKE: Table = IntakeRecord.__table__  # type: ignore[attr-defined]
 _TICKETS: Table = Ticket.__table__  # type: ignore[attr-defined]
+_PARTICIPANTS: Table = Participant.__table__  # type: ignore[attr-defined]
 # Every message runs these: built once.
 _SEEN = (
-    sa_select(_INTAKE.c.id, _INTAKE.c.status, _INTAKE.c.entry_id, _TICKETS.c.ref)
+    sa_select(_INTAKE.c.id, _INTAKE.c.status, _INTAKE.c.entry_id, _INTAKE.c.raw_sha256, _TICKETS.c.ref)
     .select_from(_INTAKE.outerjoin(_TICKETS, _TICKETS.c.id == _INTAKE.c.ticket_id))
     .where(_INTAKE.c.dedup_key == bindparam("key"))
+)
+_CC_COUNT = (
+    sa_select(func.count())
+    .select_from(_PARTICIPANTS)
+    .where(_PARTICIPANTS.c.ticket_id == bindparam("ticket_id"), _PARTICIPANTS.c.role == "cc")
 )
 _COUNT_DUPLICATE = (
     update(_INTAKE).where(_INTAKE.c.id == bindparam("row_id")).values(duplicates=_INTAKE.c.duplicates + 1)
 )
 
+MAX_LOGGED_ADDRESSES = 50  # of the CCs refused by one message, named in its event
 _PREFIX = re.compile(r"^\s*((re|aw|sv|vs|wg|tr|rv|fwd?|antw|odp|r)\s*(\[\d+\])?\s*:\s*)+", re.I)
 _TOKEN_TEXT = re.compile(r"\s*\[\s*#\s*[0-9A-Za-z]{4}\s*-\s*[0-9A-Za-z]{4}\s*\]\s*")
 
@@ -56,6 +67,12 @@ def dedup_key(parsed: ParsedMessage) -> str:
     return f"mid:{parsed.message_id}" if parsed.message_id else f"sha256:{parsed.raw_sha256}"
 
 
+def fingerprint(parsed: ParsedMessage) -> str:
+    """Who wrote what: equal for copies of one message however they travelled (other Received,
+    Delivered-To, a second support address), different for another message under its Message-ID."""
+    return hashlib.sha256(f"{parsed.sender}\0{parsed.text}".encode("utf-8", "replace")).hexdigest()[:32]
+
+
 class Store:
     """One message's writes: intake record, entries with attachments, blobs; no commit of its own."""
 
@@ -63,6 +80,7 @@ class Store:
         self.ctx = ctx
         self.session = session
         self._writes = writes  # the transaction's pending blob writes
+        self.flags: list[str] = []  # on every entry of this message (see `dedup`)
 
     def put(self, data: bytes) -> str:
         """Start writing a blob; its sha256 at once (the transaction waits for the write)."""
@@ -72,12 +90,66 @@ class Store:
 
     def seen(self, key: str) -> Outcome | None:
         """A duplicate's outcome (its count raised), or None for a key never stored before."""
+        row = self.session.connection().execute(_SEEN, {"key": key}).first()
+        return None if row is None else self._duplicate(row)
+
+    def _duplicate(self, row: Row[Any, Any, Any, Any, Any]) -> Outcome:
+        self.session.connection().execute(_COUNT_DUPLICATE, {"row_id": row.id})
+        return Outcome("duplicate", ticket_ref=row.ref, entry_id=row.entry_id, reason=row.status)
+
+    def dedup(self, parsed: ParsedMessage) -> tuple[str, Outcome | None]:
+        """The message's de-duplication key, and its outcome if it was stored before.
+
+        A Message-ID is the sender's to choose: whoever uses one first must not make a later,
+        different message with it (another sender or another text) a dropped "duplicate". Such a
+        message is keyed by its Message-ID and its fingerprint, and its entry is flagged.
+        """
+        key = dedup_key(parsed)
         conn = self.session.connection()
         row = conn.execute(_SEEN, {"key": key}).first()
         if row is None:
+            return key, None
+        if row.raw_sha256 == parsed.raw_sha256 or self._fingerprint_of(row.raw_sha256) == fingerprint(parsed):
+            return key, self._duplicate(row)
+        own_key = f"{key}#{fingerprint(parsed)}"
+        again = conn.execute(_SEEN, {"key": own_key}).first()
+        if again is not None:
+            return own_key, self._duplicate(again)
+        self.flags.append("message-id-reused")
+        return own_key, None
+
+    def _fingerprint_of(self, raw_sha: str) -> str | None:
+        """The fingerprint of a stored message, read back from its raw bytes (rare: only on a
+        Message-ID seen before with other bytes); None when they cannot be read or parsed."""
+        try:
+            return fingerprint(parse(self.ctx.blobs.get(raw_sha)))
+        except (OSError, ParseError):
             return None
-        conn.execute(_COUNT_DUPLICATE, {"row_id": row.id})
-        return Outcome("duplicate", ticket_ref=row.ref, entry_id=row.entry_id, reason=row.status)
+
+    def add_ccs(self, ticket: Ticket, addresses: Iterable[str], known: frozenset[str]) -> None:
+        """New CCs from the requester's or an agent's mail, up to `max_cc_per_ticket` per ticket.
+
+        `known` are the ticket's participants. Our own addresses and agents never become CCs;
+        addresses beyond the cap are named in a `cc_refused` event, not added.
+        """
+        config = self.ctx.config
+        new = sorted(
+            a for a in set(addresses) - config.own_addresses - known - {ticket.requester}
+            if not config.is_agent(a)
+        )
+        if not new:
+            return
+        limit = config.tickets.max_cc_per_ticket
+        have = int(self.session.connection().execute(_CC_COUNT, {"ticket_id": ticket.id}).scalar_one())
+        room = max(0, limit - have)
+        for email in new[:room]:
+            repository.add_participant(self.session, ticket, email, "cc")
+        if new[room:]:
+            repository.record_event(
+                self.session, self.ctx.clock(), ticket, "cc_refused", None,
+                reason=f"max_cc_per_ticket ({limit}) reached", count=len(new) - room,
+                addresses=new[room:][:MAX_LOGGED_ADDRESSES],
+            )
 
     def record(self, raw: RawMail, key: str, raw_sha: str, status: str, reason: str = "", **ids: Any) -> None:
         """The intake record: which source position became which outcome (and ticket, entry)."""
@@ -151,7 +223,7 @@ class Store:
             subject=parsed.subject,
             body_html=parsed.html,
             raw_sha256=parsed.raw_sha256,
-            flags=flags + (["defects"] if parsed.defects else []),
+            flags=flags + self.flags + (["defects"] if parsed.defects else []),
         )
         repository.remember_message_id(self.session, ticket, parsed.message_id, "in")
         assert entry.id is not None  # flushed by add_entry
