@@ -151,7 +151,7 @@ class SecurityConfig(_Model):
     agent_auth: list[Literal["dkim", "dmarc", "spf"]] = ["dkim", "dmarc"]
     reply_token_secret: SecretStr | None = None
     reply_token_days: int = Field(default=30, ge=1)
-    hops_after_border: int = Field(default=0, ge=0)
+    hops_after_border: int = Field(default=0, ge=0, le=10)  # parse.MAX_HOPS_AFTER_BORDER
     verify_dkim: bool = False
 
 

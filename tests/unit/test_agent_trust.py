@@ -107,6 +107,16 @@ def test_unreadable_header_is_a_defect_not_a_result(config: Config) -> None:
     assert any(d.startswith("AuthenticationResultsDefect") for d in parsed.defects)
 
 
+def test_hostile_headers_are_defects_and_bounded(config: Config) -> None:
+    nested = "Authentication-Results: mx.example.com; " + "(" * 4000 + ")" * 4000 + " dkim=pass\r\n"
+    many = "".join(f"Authentication-Results: mx.example.com; dkim=pass header.d=x{i}.example\r\n"
+                   for i in range(30))
+    parsed = parse(agent_mail(top=nested + many))
+    assert any(d.startswith("AuthenticationResultsDefect: RecursionError") for d in parsed.defects)
+    assert len(parsed.auth_results) == 19  # 20 fields read, the first of them unreadable
+    assert kind(config, agent_mail(top=nested + PASS)) is MailKind.AGENT
+
+
 def test_folded_header_parses_and_counts_its_position() -> None:
     folded = ("Authentication-Results: mx.example.com;\r\n\tdkim=pass (good signature)\r\n"
               " header.d=example.com\r\n")
