@@ -101,7 +101,7 @@ def _fields(message_id: str) -> tuple[str, str, str, str, str, str] | None:
         return None
     compact, rcpt, seconds, nonce, sig, domain = match.groups()
     try:
-        recipient = base64.b32decode(rcpt.upper() + "=" * (-len(rcpt) % 8)).decode("ascii")
+        recipient = base64.b32decode(rcpt.upper() + "=" * (-len(rcpt) % 8)).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
         return None
     return compact, recipient, seconds, nonce, sig, domain.lower()
