@@ -24,6 +24,7 @@ from tests.servers import (
 SERVER_FIXTURES = {
     "dovecot": {"dovecot", "dovecot_session"},
     "postfix": {"postfix"},
+    "opendkim": set(),  # marked by hand (tests/integration/test_border_mta.py)
     "postgres": {"postgres_binaries"},
 }
 

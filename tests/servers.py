@@ -1372,6 +1372,7 @@ def _sbin(name: str) -> bool:
 SERVER_PACKAGES: dict[str, tuple[str, Callable[[], bool]]] = {
     "dovecot": ("dovecot-imapd", lambda: _sbin("dovecot")),
     "postfix": ("postfix", lambda: _sbin("postfix")),
+    "opendkim": ("opendkim", lambda: _sbin("opendkim")),
     "postgres": ("postgresql", lambda: postgres_bin_dir() is not None),
 }
 
