@@ -45,7 +45,16 @@ class AuthResult:
     method: str  # dkim, spf, dmarc
     result: str  # pass, fail, none, ...
     domain: str | None  # header.d / header.from / smtp.mailfrom domain
-    received_above: int = 0  # Received fields above its header: 0 = added after the last hop
+
+
+@dataclass(frozen=True)
+class AuthHeader:
+    """One Authentication-Results field as it came, unparsed: the RFC 8601 parser is slow
+    (milliseconds a field), so classify reads only the fields that can count, of agents' mail."""
+
+    received_above: int  # Received fields above it: 0 = added after the last hop
+    authserv_id: str  # its first word, lower-cased (read without the parser)
+    value: str
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,7 @@ class ParsedMessage:
     html: str | None  # sanitised HTML body
     visible_text: str  # what the sender wrote, quotes and signature stripped
     attachments: tuple[AttachmentPart, ...]
-    auth_results: tuple[AuthResult, ...]
+    auth_headers: tuple[AuthHeader, ...]
     return_path: str | None
     is_auto_reply: bool
     is_bounce: bool

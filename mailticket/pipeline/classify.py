@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from mailticket.config import Config
 from mailticket.models import AuthResult, Classification, MailKind, ParsedMessage
+from mailticket.pipeline.parse import read_auth_results
 from mailticket.refs import ReplyToken, verify_reply_token
 
 # RFC 3834 section 2: daemons, list machinery (owner-*, *-request, *-bounces) and noreply senders,
@@ -25,8 +26,9 @@ def is_unanswerable_address(address: str, own: set[str]) -> bool:
     return address.lower() in own or bool(_NO_AUTO_REPLY.match(address))
 
 
-def counted_results(msg: ParsedMessage, config: Config) -> list[AuthResult]:
-    """The Authentication-Results our own servers added: a trusted authserv-id, above the border.
+def counted_results(msg: ParsedMessage, config: Config) -> tuple[list[AuthResult], str | None]:
+    """The Authentication-Results our own servers added (a trusted authserv-id, above the border),
+    and the id of one of them that cannot be read, if any (which refuses the mail).
 
     The border server adds its `Received` line, then its results above it (RFC 8601 sec. 5);
     `hops_after_border` more `Received` lines may come from our own delivery (LMTP). Anything
@@ -34,10 +36,14 @@ def counted_results(msg: ParsedMessage, config: Config) -> list[AuthResult]:
     """
     security = config.security
     trusted = {t.lower() for t in security.trusted_authserv_ids}
-    return [
-        r for r in msg.auth_results
-        if r.authserv_id in trusted and r.received_above <= security.hops_after_border
-    ]
+    results: list[AuthResult] = []
+    for header in msg.auth_headers:
+        if header.authserv_id in trusted and header.received_above <= security.hops_after_border:
+            found = read_auth_results(header)
+            if found is None:
+                return results, header.authserv_id
+            results.extend(r for r in found if r.authserv_id in trusted)
+    return results, None
 
 
 def agent_verified(
@@ -61,7 +67,10 @@ def agent_verified(
     if msg.reply_to and any(r.email != agent for r in msg.reply_to):
         return False, "Reply-To differs from From", frozenset()
     domain = agent.rsplit("@", 1)[-1]
-    results = [r for r in (*own_results, *counted_results(msg, config)) if r.domain == domain]
+    counted, unreadable = counted_results(msg, config)
+    if unreadable:
+        return False, f"unreadable Authentication-Results from {unreadable}", frozenset()
+    results = [r for r in (*own_results, *counted) if r.domain == domain]
     for r in results:
         if r.result != "pass":
             return False, f"{r.method}={r.result} for {domain} from {r.authserv_id}", frozenset()

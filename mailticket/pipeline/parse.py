@@ -47,7 +47,7 @@ from mailparser.utils import (
 )
 
 from mailticket.errors import ParseError
-from mailticket.models import Address, AttachmentPart, AuthResult, ParsedMessage
+from mailticket.models import Address, AttachmentPart, AuthHeader, AuthResult, ParsedMessage
 from mailticket.pipeline.reply import visible_reply, visible_reply_html
 
 MAX_PARTS = 1000  # MIME parts read; the corpus maximum is 3,039 (a never-ending enclosure)
@@ -63,11 +63,12 @@ MAX_EMAIL_CHARS = 254  # RFC 5321 path limit; longer "addresses" are not mail ad
 MAX_NAME_CHARS = 200
 MAX_SUBJECT_CHARS = 1000
 MAX_AUTH_RESULTS_CHARS = 8192  # one Authentication-Results field; real ones are a few hundred
-MAX_AUTH_RESULTS_FIELDS = 20  # read per message (~0.1 s for a field of 8 KB of results)
+MAX_AUTH_RESULTS_FIELDS = 20  # kept per message (parsing one of 8 KB takes ~0.1 s)
 MAX_HOPS_AFTER_BORDER = 10  # Received lines above a result that can still count (config limit)
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+_AUTHSERV_ID = re.compile(r"[ \t]*([^\s;()]+)")
 # Methods that can verify an agent, and the properties naming their domain, in order of preference.
 _AUTH_DOMAIN_PROPERTIES = {
     "dkim": ("header.d", "header.i"),
@@ -257,40 +258,45 @@ def _walk(msg: Message, defects: list[str]) -> Iterator[Message]:
             yield part
 
 
-def parse_auth_results(items: Sequence[tuple[str, str]], defects: list[str]) -> tuple[AuthResult, ...]:
-    """Authentication-Results (RFC 8601) -> one AuthResult per method, with its header's place.
+def auth_headers(items: Sequence[tuple[str, str]]) -> tuple[AuthHeader, ...]:
+    """The Authentication-Results fields, each with the number of `Received` fields above it.
 
-    `items` are the raw header fields in order. The grammar (quoted strings, comments, a `;`
-    inside either) is read by `authres`, never split by hand, so a crafted `smtp.mailfrom`
-    cannot smuggle in a second result. Each result records how many `Received` fields stand
-    above its header: only a header our own border server added (above its `Received` line)
-    can be believed, and classify decides which count. An unreadable header is a defect; fields
-    below MAX_HOPS_AFTER_BORDER Received lines, or past MAX_AUTH_RESULTS_FIELDS, are not read.
+    Only a field our own border server added (above its `Received` line, give or take our own
+    later hops) can be believed; classify decides which count and parses only those
+    (`read_auth_results`). Fields below MAX_HOPS_AFTER_BORDER Received lines, or past
+    MAX_AUTH_RESULTS_FIELDS, are not kept.
     """
-    results: list[AuthResult] = []
-    received = read = 0
+    found: list[AuthHeader] = []
+    received = 0
     for name, value in items:
         lname = name.lower()
         if lname == "received":
             received += 1
-            continue
-        if lname != "authentication-results" or received > MAX_HOPS_AFTER_BORDER:
-            continue
-        read += 1
-        if read > MAX_AUTH_RESULTS_FIELDS:
-            break
-        try:
-            header = authres.parse_value(_UNFOLD.sub("", value[:MAX_AUTH_RESULTS_CHARS]))
-        except (authres.AuthResError, ValueError, RecursionError) as exc:  # nested comments recurse
-            defects.append(f"AuthenticationResultsDefect: {type(exc).__name__}: {str(exc)[:200]}")
-            continue
-        authserv = str(header.authserv_id or "").lower()
-        for result in header.results:
-            method = str(getattr(result, "method", "") or "").lower()
-            if method in _AUTH_DOMAIN_PROPERTIES:
-                results.append(
-                    AuthResult(authserv, method, str(result.result).lower(), _auth_domain(result), received)
-                )
+        elif lname == "authentication-results" and received <= MAX_HOPS_AFTER_BORDER:
+            value = _UNFOLD.sub("", value[:MAX_AUTH_RESULTS_CHARS])
+            first = _AUTHSERV_ID.match(value)
+            found.append(AuthHeader(received, first.group(1).lower() if first else "", value))
+            if len(found) == MAX_AUTH_RESULTS_FIELDS:
+                break
+    return tuple(found)
+
+
+def read_auth_results(header: AuthHeader) -> tuple[AuthResult, ...] | None:
+    """One field's results (RFC 8601), or None when it cannot be read.
+
+    The grammar (quoted strings, comments, a `;` inside either) is read by `authres`, never
+    split by hand, so a crafted `smtp.mailfrom` cannot smuggle in a second result.
+    """
+    try:
+        parsed = authres.parse_value(header.value)
+    except (authres.AuthResError, ValueError, RecursionError):  # nested comments recurse
+        return None
+    authserv = str(parsed.authserv_id or "").lower()
+    results = []
+    for result in parsed.results:
+        method = str(getattr(result, "method", "") or "").lower()
+        if method in _AUTH_DOMAIN_PROPERTIES:
+            results.append(AuthResult(authserv, method, str(result.result).lower(), _auth_domain(result)))
     return tuple(results)
 
 
@@ -539,7 +545,7 @@ def _build(msg: Message, raw: bytes, defects: list[str], *, whole: bool) -> Pars
         html=sanitized,
         visible_text=visible,
         attachments=tuple(attachments),
-        auth_results=parse_auth_results(raw_items, defects),
+        auth_headers=auth_headers(raw_items),
         return_path=return_path,
         is_auto_reply=is_auto,
         is_bounce=is_bounce,

@@ -15,7 +15,7 @@ import pytest
 from mailticket.config import Config
 from mailticket.models import AuthResult, MailKind
 from mailticket.pipeline.classify import classify, for_ticket
-from mailticket.pipeline.parse import parse
+from mailticket.pipeline.parse import parse, read_auth_results
 from mailticket.refs import outbound_message_id, token_recipient, verify_reply_token
 from tests.factories import make_config
 
@@ -89,8 +89,8 @@ def test_two_trusted_headers_one_failing_do_not_verify(config: Config, order: st
 )
 def test_semicolon_injection_in_quoted_strings_and_comments(config: Config, header: str) -> None:
     raw = agent_mail(top=f"Authentication-Results: {header}\r\n")
-    results = parse(raw).auth_results
-    assert [(r.method, r.result, r.domain) for r in results] == [("spf", "pass", "evil.example")]
+    results = read_auth_results(parse(raw).auth_headers[0])
+    assert [(r.method, r.result, r.domain) for r in results or ()] == [("spf", "pass", "evil.example")]
     assert kind(config, raw) is MailKind.UNVERIFIED_AGENT
 
 
@@ -101,27 +101,35 @@ def test_untrusted_authserv_id_and_other_domains_do_not_count(config: Config) ->
     assert kind(config, agent_mail(top=foreign)) is MailKind.UNVERIFIED_AGENT
 
 
-def test_unreadable_header_is_a_defect_not_a_result(config: Config) -> None:
-    parsed = parse(agent_mail(top="Authentication-Results: ; dkim=pass header.d=example.com\r\n"))
-    assert parsed.auth_results == ()
-    assert any(d.startswith("AuthenticationResultsDefect") for d in parsed.defects)
-
-
-def test_hostile_headers_are_defects_and_bounded(config: Config) -> None:
+def test_an_unreadable_trusted_header_refuses_the_mail(config: Config) -> None:
     nested = "Authentication-Results: mx.example.com; " + "(" * 4000 + ")" * 4000 + " dkim=pass\r\n"
+    for bad in ("Authentication-Results: mx.example.com; dkim\r\n", nested):  # syntax, recursion
+        cls = classify(parse(agent_mail(top=bad + PASS)), config, SECRET, now=NOW)
+        assert (cls.kind, cls.reason) == (
+            MailKind.UNVERIFIED_AGENT, "unreadable Authentication-Results from mx.example.com"
+        )
+    # One without a readable authserv-id is nobody's: it neither counts nor refuses.
+    assert kind(config, agent_mail(top="Authentication-Results: ; dkim=pass\r\n" + PASS)) is MailKind.AGENT
+
+
+def test_authentication_results_are_bounded_and_read_only_for_agents(config: Config) -> None:
     many = "".join(f"Authentication-Results: mx.example.com; dkim=pass header.d=x{i}.example\r\n"
                    for i in range(30))
-    parsed = parse(agent_mail(top=nested + many))
-    assert any(d.startswith("AuthenticationResultsDefect: RecursionError") for d in parsed.defects)
-    assert len(parsed.auth_results) == 19  # 20 fields read, the first of them unreadable
-    assert kind(config, agent_mail(top=nested + PASS)) is MailKind.AGENT
+    assert len(parse(agent_mail(top=many)).auth_headers) == 20
+    deep = BORDER * 10 + "Authentication-Results: mx.example.com; dkim=pass header.d=example.com\r\n"
+    assert parse(agent_mail(below=deep)).auth_headers == ()  # 11 Received lines above it
+    # A customer's mail is never parsed further: a field that would raise changes nothing.
+    bad = "Authentication-Results: mx.example.com; dkim\r\n"
+    customer = agent_mail(top=bad, sender="carol@customer.example")
+    assert classify(parse(customer), config, SECRET, now=NOW).kind is MailKind.CUSTOMER
 
 
 def test_folded_header_parses_and_counts_its_position() -> None:
     folded = ("Authentication-Results: mx.example.com;\r\n\tdkim=pass (good signature)\r\n"
               " header.d=example.com\r\n")
-    parsed = parse(agent_mail(top=LMTP + folded))
-    assert parsed.auth_results == (AuthResult("mx.example.com", "dkim", "pass", "example.com", 1),)
+    [header] = parse(agent_mail(top=LMTP + folded)).auth_headers
+    assert header.received_above == 1
+    assert read_auth_results(header) == (AuthResult("mx.example.com", "dkim", "pass", "example.com"),)
 
 
 def test_hops_after_border_lets_our_own_lmtp_received_stand_on_top(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ import pytest
 import mailticket.pipeline.parse as parse_module
 from mailticket.errors import ParseError
 from mailticket.models import ParsedMessage
-from mailticket.pipeline.parse import MAX_DEPTH, MAX_HEADER_BYTES, MAX_PARTS, parse
+from mailticket.pipeline.parse import MAX_DEPTH, MAX_HEADER_BYTES, MAX_PARTS, parse, read_auth_results
 from tests.factories import CORPUS, mail
 
 CATEGORIES: dict[str, list[str]] = json.loads((CORPUS / "categories.json").read_text())
@@ -454,7 +454,9 @@ def test_auth_results_and_flags() -> None:
         },
     )
     parsed = parse(raw)
-    assert [(r.authserv_id, r.method, r.result, r.domain) for r in parsed.auth_results] == [
+    [header] = parsed.auth_headers
+    assert (header.authserv_id, header.received_above) == ("mx.example.com", 0)
+    assert [(r.authserv_id, r.method, r.result, r.domain) for r in read_auth_results(header) or ()] == [
         ("mx.example.com", "dkim", "pass", "example.com"),
         ("mx.example.com", "spf", "fail", "other.example"),
         ("mx.example.com", "dmarc", "pass", "example.com"),
