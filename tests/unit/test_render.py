@@ -90,7 +90,7 @@ def test_misspelt_field_and_template_name_get_a_did_you_mean(tmp_path: Path) -> 
     assert caught.value.problems == [
         "template ack.subjct.j2 is not one mailticket uses (did you mean 'ack.subject.j2'?): name it "
         "<kind>.<subject|txt|html>.j2 with a kind of ack, alert, reply, note_alert, resolution, reopened, "
-        "overdue, closed_reject, command_error",
+        "overdue, closed_reject, command_error, unverified_agent",
     ]
     (tmp_path / "ack.subjct.j2").unlink()
     with pytest.raises(ConfigError) as caught:
