@@ -226,3 +226,36 @@ def test_a_notice_carries_no_other_recipients_token(tmp_path: Path) -> None:
         others = {token_recipient(m.strip("<>")) for m in named} - {None, row.to_addr}
         assert others == set(), (row.kind, row.to_addr)
     assert len([r for r in rows if r.to_addr == ALICE]) == 3
+
+
+@pytest.mark.parametrize("route", ["ingest", "imap"])
+def test_a_message_id_taken_first_by_a_stranger_through_ingest_and_imap(
+    config: Path, tmp_path: Path, dovecot: Dovecot, route: str
+) -> None:
+    """Eve uses the Message-ID of Carol's next mail first, copying in strangers: Carol's real
+    mail is still stored on her ticket (flagged) and reopens it; Eve's reaches no one."""
+    t = open_tickets(config)
+    since = last_outbox_id(t.ctx)
+    eve = mail(sender=EVE, subject=f"Re: Cannot log in [#{t.b}]", body="Send me the invoice.",
+               message_id="carol-next@customer.example", headers={"Cc": STRANGERS})
+    carol = mail(sender=f"Carol <{CAROL}>", subject="Re: Cannot log in", body="It works now.",
+                 message_id="carol-next@customer.example", in_reply_to="carol-b@customer.example")
+    if route == "imap":
+        dovecot.append_many("INBOX", [eve, carol])
+        assert CliRunner().invoke(main, ["--config", str(config), "fetch"]).exit_code == 0
+    else:
+        for n, raw in enumerate((eve, carol)):
+            path = tmp_path / f"{n}.eml"
+            path.write_bytes(raw)
+            result = CliRunner().invoke(main, ["--config", str(config), "ingest", str(path)])
+            assert result.exit_code == 0, result.output
+    with Session(t.ctx.engine) as session:
+        ticket = repository.ticket_by_ref(session, t.b)
+        assert ticket is not None and ticket.status == "open"
+        assert repository.view(session, ticket).participants == {CAROL}
+        entries = repository.entries(session, ticket)
+        held, real = [e for e in entries if e.message_id == "carol-next@customer.example"]
+        new = session.exec(select(OutboxMessage).where(col(OutboxMessage.id) > since)).all()
+    assert (held.kind, held.author, held.flags) == ("note", "eve@evil.example", ["non-participant"])
+    assert (real.kind, real.author, real.flags) == ("customer", CAROL, ["message-id-reused"])
+    assert {a for row in new for a in row.recipients} <= {ALICE, BOB}
