@@ -12,6 +12,10 @@
         ├── StoreError               the database refused a transaction
         │   └── DatabaseUnavailable  down, unreachable or locked too long: retry later
         ├── ScheduleError            an SLA plan cannot place a due time
+        ├── OAuthError               an OAuth 2.0 mailbox has no token (`fix` says what to do)
+        │   ├── GrantError           no usable grant: `mailticket auth login NAME` is needed
+        │   ├── TokenStoreError      the token file is unsafe or unreadable; it is left as it is
+        │   └── TokenEndpointError   the token endpoint failed (timeout, garbage): retried
         └── DeliveryError            outbound mail could not be handed over
             ├── TemporaryDeliveryError   4xx or connection trouble: retry later
             │   └── ConnectionDown       no usable SMTP connection: stop this flush
@@ -95,6 +99,30 @@ class DatabaseUnavailable(StoreError):
 
 class ScheduleError(OperationError):
     """An SLA plan's business hours cannot place a due time."""
+
+
+class OAuthError(OperationError):
+    """A mailbox with `auth = "oauth2"` has no access token; only that mailbox is affected."""
+
+    def __init__(
+        self, message: str, *, mailbox: str, fix: str | None = None, reason: str | None = None
+    ) -> None:
+        self.mailbox = mailbox
+        self.fix = fix
+        self.reason = reason  # the provider's own words (error code and description), when it gave some
+        super().__init__(f"{message} (mailbox={mailbox})" + (f"; {fix}" if fix else ""))
+
+
+class GrantError(OAuthError):
+    """The provider refused the grant (revoked, expired, never obtained): log in again."""
+
+
+class TokenStoreError(OAuthError):
+    """The stored token cannot be used safely (permissions, corrupt JSON); nothing was changed."""
+
+
+class TokenEndpointError(OAuthError):
+    """The token endpoint did not answer usefully (down, slow, garbage, too large); try later."""
 
 
 class DeliveryError(OperationError):
