@@ -12,6 +12,7 @@ packages behind them when they are missing (as root), so a bare machine runs the
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import email
 import email.policy
@@ -131,7 +132,7 @@ protocols = imap
 listen = {host}
 ssl = no
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth_mechanisms}
 mail_location = maildir:~/Maildir
 default_internal_user = {internal_user}
 default_internal_group = {internal_group}
@@ -146,7 +147,7 @@ passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {root}/users
 }}
-userdb {{
+{oauth_passdb}userdb {{
   driver = passwd-file
   args = username_format=%u {root}/users
 }}
@@ -166,6 +167,10 @@ service imap-login {{
 class Dovecot:
     """A private Dovecot IMAP server (Maildir, plaintext auth) in its own temp directory.
 
+    With `introspection_url` it also takes XOAUTH2 and OAUTHBEARER, asking that endpoint
+    (RFC 7662 introspection, as Dovecot's `passdb oauth2` does) whether a token is active
+    and whose it is; passwords keep working beside it.
+
     Runs as root (mail owned by the system `mail` user, login processes as dovenull) or as
     any other user (everything as that user). `start()` picks a free port and retries if
     another process grabs it first; `restart()` keeps the port so clients can reconnect.
@@ -179,6 +184,7 @@ class Dovecot:
         binary: str | None = None,
         root: str | os.PathLike[str] | None = None,
         start_timeout: float = 15.0,
+        introspection_url: str | None = None,
     ) -> None:
         found = binary or shutil.which("dovecot") or "/usr/sbin/dovecot"
         if not os.access(found, os.X_OK):
@@ -189,6 +195,7 @@ class Dovecot:
         self.user = user
         self.password = password
         self.start_timeout = start_timeout
+        self.introspection_url = introspection_url  # set: users may also log in with OAuth tokens
         self._own_root = root is None
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="mailticket-dovecot-"))
         self.instance = f"mt-{uuid.uuid4().hex[:10]}"
@@ -253,8 +260,27 @@ class Dovecot:
                 gid=self.mail_gid,
                 login_chroot=login_chroot,
                 extra=extra,
+                **self._oauth_settings(),
             )
         )
+
+    def _oauth_settings(self) -> dict[str, str]:
+        """XOAUTH2 / OAUTHBEARER checked by Dovecot against `introspection_url` (RFC 7662, POST)."""
+        if self.introspection_url is None:
+            return {"oauth_mechanisms": "", "oauth_passdb": ""}
+        settings = self.root / "oauth2.conf"
+        settings.write_text(
+            f"introspection_mode = post\nintrospection_url = {self.introspection_url}\n"
+            "force_introspection = yes\nusername_attribute = username\n"
+            "active_attribute = active\nactive_value = true\ntokeninfo_url =\n"
+        )
+        os.chmod(settings, 0o644)
+        return {
+            # No 2 s pause after a refused token: the refusal tests would spend it every time.
+            "oauth_mechanisms": " xoauth2 oauthbearer\nauth_failure_delay = 0",
+            "oauth_passdb": f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+            f"  args = {settings}\n}}\n",
+        }
 
     def _write_users(self) -> None:
         lines = [
@@ -636,7 +662,9 @@ class SmtpSink:
     server: `script(["451 try later", "250 OK"])` answers in order and then falls back to
     the default, `reject_all("550 no such user")` refuses everything, `respond_with(fn)`
     decides per message. Only messages answered with 2xx land in `received`/`messages`;
-    every DATA attempt is in `attempts`. AUTH PLAIN/LOGIN is accepted without TLS.
+    every DATA attempt is in `attempts`. AUTH PLAIN/LOGIN is accepted without TLS; with
+    `bearer(user, token) -> bool` so is AUTH XOAUTH2, answering a refused token the way
+    Gmail does (a 334 with a JSON error, then 535 after the client's empty line).
     """
 
     def __init__(
@@ -644,8 +672,10 @@ class SmtpSink:
         *,
         credentials: tuple[str, str] | None = None,
         data_size_limit: int = 64 * 1024 * 1024,
+        bearer: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.host = LOCALHOST
+        self.bearer = bearer
         self.port = 0
         self.credentials = credentials
         self.data_size_limit = data_size_limit
@@ -719,6 +749,21 @@ class SmtpSink:
             with self._lock:
                 self.logins.append(login)
         return AuthResult(success=ok)
+
+    async def auth_XOAUTH2(self, server: Any, args: list[str]) -> Any:
+        from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
+
+        blob = base64.b64decode(args[1]) if len(args) > 1 else await server.challenge_auth("")
+        if blob is MISSING or self.bearer is None:
+            return AuthResult(success=False, handled=False)
+        fields = dict(p.split("=", 1) for p in blob.decode().split("\x01") if "=" in p)
+        user, token = fields.get("user", ""), fields.get("auth", "").removeprefix("Bearer ")
+        if not self.bearer(user, token):
+            await server.challenge_auth('{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}')
+            return AuthResult(success=False, handled=False)
+        with self._lock:
+            self.logins.append(f"xoauth2:{user}")
+        return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
 
     # -- lifecycle -----------------------------------------------------------------------
 
