@@ -11,12 +11,15 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
 from sqlalchemy import Engine
 
 from mailticket.config import Config
 from mailticket.dkim_verify import DnsLookup
+from mailticket.oauth.store import TokenStore
+from mailticket.oauth.tokens import TokenSource
 from mailticket.outbound.render import Renderer
 from mailticket.storage.blobs import BlobStore
 from mailticket.storage.tables import utcnow
@@ -35,6 +38,11 @@ class AppContext:
     @property
     def data_dir(self) -> Path:
         return self.config.service.data_dir
+
+    @cached_property
+    def tokens(self) -> TokenSource:
+        """Access tokens of the mailboxes with auth = "oauth2" (and of SMTP borrowing one)."""
+        return TokenSource(TokenStore(self.data_dir), self.engine)
 
 
 def load_secret(config: Config) -> bytes:

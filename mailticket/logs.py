@@ -29,6 +29,7 @@ def setup(level: str = "INFO") -> None:
     root.setLevel(level)
     logging.getLogger("mailparser").setLevel(logging.CRITICAL)  # it logs every odd header as an error
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per OAuth token request otherwise
 
 
 def failure(

@@ -63,13 +63,12 @@ class AuthServer:
         self._devices: dict[str, _Device] = {}  # device code -> device
         self._codes: dict[str, tuple[str, str, str, str]] = {}  # code -> client, user, challenge, redirect
         self.user_for_authorize = "support"
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _HTTPServer | None = None
 
     # -- control -------------------------------------------------------------------------
 
     def start(self) -> AuthServer:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
+        self._server = _HTTPServer(self)
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
@@ -218,97 +217,104 @@ class AuthServer:
         return f"{query['redirect_uri']}?{urlencode({'code': code, 'state': query.get('state', '')})}"
 
 
-def _handler(server: AuthServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+    def __init__(self, auth: AuthServer) -> None:
+        self.auth = auth
+        super().__init__(("127.0.0.1", 0), _Handler)
 
-        def _form(self) -> dict[str, str]:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length).decode()
-            form = {k: v[0] for k, v in parse_qs(body).items()}
-            basic = self.headers.get("Authorization", "")
-            if basic.startswith("Basic "):
-                user, _, password = base64.b64decode(basic[6:]).decode().partition(":")
-                form.setdefault("client_id", user)
-                form.setdefault("client_secret", password)
-            return form
 
-        def _json(self, status: int, data: dict[str, Any]) -> None:
-            self._send(status, json.dumps(data).encode(), "application/json")
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"
 
-        def _send(self, status: int, body: bytes, kind: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _form(self) -> dict[str, str]:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode()
+        form = {k: v[0] for k, v in parse_qs(body).items()}
+        basic = self.headers.get("Authorization", "")
+        if basic.startswith("Basic "):
+            user, _, password = base64.b64decode(basic[6:]).decode().partition(":")
+            form.setdefault("client_id", user)
+            form.setdefault("client_secret", password)
+        return form
+
+    def _json(self, status: int, data: dict[str, Any]) -> None:
+        self._send(status, json.dumps(data).encode(), "application/json")
+
+    def _send(self, status: int, body: bytes, kind: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path == "/authorize":
+            query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+            self.send_response(302)
+            self.send_header("Location", self.server.auth.authorize(query))
+            self.send_header("Content-Length", "0")
             self.end_headers()
-            self.wfile.write(body)
+            return
+        self._send(404, b"not found", "text/plain")
 
-        def do_GET(self) -> None:
-            parts = urlsplit(self.path)
-            if parts.path == "/authorize":
-                query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-                self.send_response(302)
-                self.send_header("Location", server.authorize(query))
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
+    def do_POST(self) -> None:
+        form = self._form()
+        path = urlsplit(self.path).path
+        if path == "/device":
+            self._json(*self.server.auth.device(form))
+        elif path == "/introspect":
+            token = form.get("token", "")
+            self.server.auth.introspections.append(token)
+            user = self.server.auth.is_active(token)
+            self._json(200, {"active": True, "username": user} if user else {"active": False})
+        elif path == "/token":
+            with self.server.auth.lock:
+                self.server.auth.token_requests += 1
+            if self.server.auth.fault:
+                self._misbehave(self.server.auth.fault)
+            else:
+                self._json(*self.server.auth.token(form))
+        else:
             self._send(404, b"not found", "text/plain")
 
-        def do_POST(self) -> None:
-            form = self._form()
-            path = urlsplit(self.path).path
-            if path == "/device":
-                self._json(*server.device(form))
-            elif path == "/introspect":
-                token = form.get("token", "")
-                server.introspections.append(token)
-                user = server.is_active(token)
-                self._json(200, {"active": True, "username": user} if user else {"active": False})
-            elif path == "/token":
-                with server.lock:
-                    server.token_requests += 1
-                if server.fault:
-                    self._misbehave(server.fault)
-                else:
-                    self._json(*server.token(form))
-            else:
-                self._send(404, b"not found", "text/plain")
+    def _misbehave(self, fault: str) -> None:
+        if fault == "garbage":
+            self._send(200, b"<html>\x00\xff not json", "application/json")
+        elif fault == "error500":
+            self._send(500, b"<html>Internal Server Error</html>", "text/html")
+        elif fault == "no_token":
+            self._json(200, {"token_type": "Bearer", "access_token": "a b\r\nA1 LOGOUT"})
+        elif fault == "huge":
+            self._send(200, b'{"access_token": "' + b"x" * (8 * 1024 * 1024) + b'"}', "application/json")
+        elif fault == "huge_chunked":
+            self._stream(b"x" * 65536 for _ in range(128))
+        elif fault == "slow":
+            time.sleep(15)
+            self._json(200, {"access_token": "late", "token_type": "Bearer"})
+        elif fault == "drip":
+            self._stream(_drip())
 
-        def _misbehave(self, fault: str) -> None:
-            if fault == "garbage":
-                self._send(200, b"<html>\x00\xff not json", "application/json")
-            elif fault == "error500":
-                self._send(500, b"<html>Internal Server Error</html>", "text/html")
-            elif fault == "no_token":
-                self._json(200, {"token_type": "Bearer", "access_token": "a b\r\nA1 LOGOUT"})
-            elif fault == "huge":
-                self._send(200, b'{"access_token": "' + b"x" * (8 * 1024 * 1024) + b'"}', "application/json")
-            elif fault == "huge_chunked":
-                self._stream(b"x" * 65536 for _ in range(128))
-            elif fault == "slow":
-                time.sleep(15)
-                self._json(200, {"access_token": "late", "token_type": "Bearer"})
-            elif fault == "drip":
-                self._stream(_drip())
+    def _stream(self, chunks: Iterator[bytes]) -> None:
+        """A chunked answer without Content-Length: its size is known only by reading it."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for chunk in chunks:
+                self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the client gave up, as it should
 
-        def _stream(self, chunks: Iterator[bytes]) -> None:
-            """A chunked answer without Content-Length: its size is known only by reading it."""
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            try:
-                for chunk in chunks:
-                    self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-                    self.wfile.flush()
-                self.wfile.write(b"0\r\n\r\n")
-            except OSError:
-                pass  # the client gave up, as it should
-
-    return Handler
 
 
 def _drip() -> Iterator[bytes]:

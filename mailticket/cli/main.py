@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("mailticket.cli.status", "status",
                "Daemons, mailboxes and listener, outbox, quarantine, OAuth tokens; exit 1 when unhealthy."),
     "tickets": ("mailticket.cli.tickets", "tickets", "List, show and work tickets."),
+    "auth": ("mailticket.cli.auth", "auth", 'OAuth 2.0 grants of the mailboxes with auth = "oauth2".'),
 }
 
 

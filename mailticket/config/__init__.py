@@ -5,11 +5,13 @@
     checks.py      cross-references between sections (unknown department, duplicate names, ...)
     messages.py    problems worded for the admin: where, what, the fix
     durations.py   '8h', '3d', '1d12h'
+    oauth2.py      the `oauth2` table of a mailbox with auth = "oauth2"
 """
 
 from mailticket import CONFIG_ENV
 from mailticket.config.durations import parse_duration
 from mailticket.config.load import load_config
+from mailticket.config.oauth2 import OAuth2Config
 from mailticket.config.schema import (
     PRIORITIES,
     ActionsConfig,
@@ -40,6 +42,7 @@ __all__ = [
     "HealthConfig",
     "IntakeConfig",
     "MailboxConfig",
+    "OAuth2Config",
     "RuleConfig",
     "SecurityConfig",
     "ServiceConfig",

@@ -80,6 +80,7 @@ def cross_reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
         )
     for i, box in _items(data, "mailboxes"):
         names.department(("mailboxes", i, "department"), box.get("department"))
+    names.problems += _smtp_oauth_mailbox(data)
     _check_departments(names)
     for i, agent in _items(data, "agents"):
         for k, dep in enumerate(agent.get("departments") or []):
@@ -87,6 +88,21 @@ def cross_reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
     for i, rule in _items(data, "rules"):
         _check_rule(names, i, rule)
     return names.problems
+
+
+def _smtp_oauth_mailbox(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """`[smtp] oauth2_mailbox` must name a mailbox whose OAuth tokens SMTP can borrow."""
+    smtp = data.get("smtp")
+    name = smtp.get("oauth2_mailbox") if isinstance(smtp, dict) else None
+    if not isinstance(name, str) or not name:
+        return []
+    oauth = [b["name"] for _, b in _items(data, "mailboxes") if b.get("auth") == "oauth2" and "name" in b]
+    if name in oauth:
+        return []
+    known = ", ".join(str(n) for n in oauth) or "none"
+    hint = did_you_mean(name, oauth)
+    text = f"no mailbox {name!r} with auth = 'oauth2'{hint}; those with it: {known}"
+    return [(("smtp", "oauth2_mailbox"), text)]
 
 
 def _duplicates(data: dict[str, Any]) -> list[tuple[Loc, str]]:

@@ -26,6 +26,7 @@ from pydantic import (
 from mailticket.config.checks import DEFAULT_DEPARTMENTS, EMAIL, agent_departments, cross_reference_problems
 from mailticket.config.durations import parse_duration
 from mailticket.config.messages import did_you_mean, where
+from mailticket.config.oauth2 import OAuth2Config
 
 
 def _check_duration(value: str) -> str:
@@ -74,6 +75,23 @@ class ServiceConfig(_Model):
 
 
 Security = Literal["ssl", "starttls", "none"]
+Auth = Literal["password", "oauth2"]
+
+
+def _auth_problem(auth: Auth, password: SecretStr | None, oauth2: bool) -> str | None:
+    """A password mailbox needs a password; an OAuth mailbox needs its oauth2 table and no password."""
+    if auth == "oauth2":
+        if password is not None:
+            return "password is not used with auth = 'oauth2'; remove it"
+        if not oauth2:
+            return ("auth = 'oauth2' needs an oauth2 table, e.g. "
+                    "oauth2 = { provider = 'microsoft', client_id = '...' }")
+        return None
+    if oauth2:
+        return "an oauth2 table is only used with auth = 'oauth2': set auth = 'oauth2' or remove the table"
+    if password is None:
+        return "required key 'password' is missing; add it (or use auth = 'oauth2')"
+    return None
 
 
 class MailboxConfig(_Model):
@@ -83,7 +101,9 @@ class MailboxConfig(_Model):
     port: int = Field(default=993, gt=0, lt=65536)
     security: Security = "ssl"
     username: str
-    password: SecretStr
+    auth: Auth = "password"
+    password: SecretStr | None = None
+    oauth2: OAuth2Config | None = None
     ca_file: Path | None = None
     folder: str = "INBOX"
     processed_folder: str | None = None
@@ -93,20 +113,38 @@ class MailboxConfig(_Model):
     batch_size: int = Field(default=100, ge=1, le=1000)
     department: str | None = None
 
+    @model_validator(mode="after")
+    def _auth(self) -> MailboxConfig:
+        problem = _auth_problem(self.auth, self.password, self.oauth2 is not None)
+        if problem:
+            raise ValueError(problem)
+        return self
+
 
 class SmtpConfig(_Model):
     transport: Literal["smtp", "file", "console"] = "smtp"
     host: str = "localhost"
     port: int = Field(default=587, gt=0, lt=65536)
     security: Security = "starttls"
-    username: str | None = None
+    username: str | None = None  # with auth = "oauth2": default, the oauth2_mailbox's username
     password: SecretStr | None = None
+    auth: Auth = "password"
+    oauth2_mailbox: str | None = None  # the mailbox whose OAuth tokens SMTP logs in with
     ca_file: Path | None = None
     timeout_seconds: float = Field(default=30, gt=0)
     retry_base_seconds: float = Field(default=60, gt=0)
     retry_max_seconds: float = Field(default=3600, gt=0)
     max_attempts: int = Field(default=10, ge=1)
     batch_size: int = Field(default=100, ge=1)
+
+    @model_validator(mode="after")
+    def _auth(self) -> SmtpConfig:
+        if self.auth == "oauth2" and self.password is not None:
+            raise ValueError("password is not used with auth = 'oauth2'; remove it")
+        if self.auth == "oauth2" and not self.oauth2_mailbox:
+            raise ValueError("auth = 'oauth2' needs oauth2_mailbox = the name of a mailbox with "
+                             "auth = 'oauth2'")
+        return self
 
 
 def listen_address(value: str) -> tuple[str, int]:

@@ -1,6 +1,7 @@
 """OAuth 2.0 for IMAP and SMTP logins (Google Workspace, Microsoft 365, any RFC 6749 server).
 
-    settings   the `oauth2` table of a mailbox
+The `oauth2` table of a mailbox is mailticket.config.oauth2.OAuth2Config.
+
     providers  endpoints and scopes per provider
     flows      device code, authorization code + PKCE, client credentials, refresh (authlib)
     http       the bounded HTTP client the flows use

@@ -33,10 +33,10 @@ from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import OAuth2Client
 from authlib.oauth2.rfc8628 import DEVICE_CODE_GRANT_TYPE
 
+from mailticket.config.oauth2 import OAuth2Config
 from mailticket.errors import GrantError, OAuthError, TokenEndpointError
 from mailticket.oauth.http import client_options
 from mailticket.oauth.providers import Endpoints, endpoints
-from mailticket.oauth.settings import OAuth2Config
 from mailticket.oauth.store import login_fix
 
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 b64token

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from mailticket.config.oauth2 import OAuth2Config
 from mailticket.errors import TokenStoreError
 from mailticket.oauth import flows
 from mailticket.oauth.flows import DevicePrompt
-from mailticket.oauth.settings import OAuth2Config
 from mailticket.oauth.store import StoredToken, TokenStore
 
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
+from mailticket.config.oauth2 import Mechanism, OAuth2Config
 from mailticket.errors import OAuthError
-from mailticket.oauth.settings import Mechanism, OAuth2Config
 from mailticket.oauth.tokens import TokenSource
 
 _REFUSED_FIX = (

@@ -1,8 +1,8 @@
 """Each OAuth token's state without touching the network: what `mailticket status` shows.
 
-    from mailticket.oauth.status import token_status
-    for row in token_status(data_dir, [(name, oauth2_config), ...]):
-        row.healthy, row.state, row.expires_at, row.problem
+    from mailticket.oauth.status import status_for_config
+    for row in status_for_config(config):        # or token_status(data_dir, [(name, cfg), ...])
+        row.healthy, row.state, row.expires_at, row.problem, row.as_json()
 
 States: `valid` (the access token has time left), `refresh-due` (it expired and the
 next login refreshes it: healthy), `expired` (expired, nothing to refresh it with),
@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from mailticket.config import Config
+from mailticket.config.oauth2 import OAuth2Config
 from mailticket.errors import TokenStoreError
-from mailticket.oauth.settings import OAuth2Config
 from mailticket.oauth.store import TokenStore, login_fix
 
 TokenState = Literal["valid", "refresh-due", "expired", "refused", "missing", "unreadable"]
@@ -60,6 +61,12 @@ def token_status(
     """One row per (mailbox name, oauth2 table), in the order given."""
     store = TokenStore(data_dir)
     return [_one(store, name, cfg, time.time() if now is None else now) for name, cfg in mailboxes]
+
+
+def status_for_config(config: Config, now: float | None = None) -> list[TokenStatus]:
+    """One row per mailbox with auth = "oauth2" (SMTP borrows one of them, so it has no row of its own)."""
+    boxes = [(m.name, m.oauth2) for m in config.mailboxes if m.oauth2 is not None]
+    return token_status(config.service.data_dir, boxes, now)
 
 
 def _one(store: TokenStore, name: str, cfg: OAuth2Config, now: float) -> TokenStatus:

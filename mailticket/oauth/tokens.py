@@ -22,9 +22,8 @@ from dataclasses import replace
 
 from sqlalchemy import Engine
 
+from mailticket.config.oauth2 import OAuth2Config
 from mailticket.errors import GrantError, TokenEndpointError
-from mailticket.oauth import flows
-from mailticket.oauth.settings import OAuth2Config
 from mailticket.oauth.store import StoredToken, TokenStore, login_fix
 from mailticket.storage import lease
 
@@ -69,6 +68,9 @@ class TokenSource:
         return token
 
     def _renew(self, mailbox: str, cfg: OAuth2Config, token: StoredToken) -> StoredToken:
+        # authlib and its HTTP client load only when a token is fetched (~0.4 s, not on every start).
+        from mailticket.oauth import flows
+
         now = time.time()
         if cfg.chosen_flow == "client_credentials":
             return token.refreshed(flows.client_credentials(mailbox, cfg), now)

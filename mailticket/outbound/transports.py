@@ -11,13 +11,16 @@ import contextlib
 import smtplib
 import ssl
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 from mailticket.config import SmtpConfig
 from mailticket.context import AppContext
-from mailticket.errors import ConnectionDown, PermanentDeliveryError, TemporaryDeliveryError
+from mailticket.errors import ConnectionDown, OAuthError, PermanentDeliveryError, TemporaryDeliveryError
+from mailticket.oauth.sasl import smtp_login
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,9 @@ class Transport(Protocol):
 class SmtpTransport:
     """One SMTP connection reused for a whole flush; opened lazily, TLS certificates verified."""
 
-    def __init__(self, cfg: SmtpConfig) -> None:
+    def __init__(self, cfg: SmtpConfig, oauth_login: Callable[[smtplib.SMTP], None] | None = None) -> None:
         self.cfg = cfg
+        self.oauth_login = oauth_login  # with auth = "oauth2": XOAUTH2 with a mailbox's token
         self.conn: smtplib.SMTP | None = None
 
     def _tls(self) -> ssl.SSLContext:
@@ -60,12 +64,15 @@ class SmtpTransport:
                 conn = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout_seconds)
                 if cfg.security == "starttls":
                     conn.starttls(context=self._tls())
-            if cfg.username and cfg.password is not None:
+            if self.oauth_login is not None:
+                self.oauth_login(conn)
+            elif cfg.username and cfg.password is not None:
                 conn.login(cfg.username, cfg.password.get_secret_value())
-        except (OSError, smtplib.SMTPException) as exc:
+        except (OSError, smtplib.SMTPException, OAuthError) as exc:
             if conn is not None:
                 conn.close()
-            # A refused login is a config problem, not the message's: the mail waits for the fix.
+            # A refused login (or a revoked OAuth grant) is a config problem, not the message's:
+            # the mail waits for the fix.
             raise ConnectionDown(f"SMTP {cfg.host}:{cfg.port}: {_describe(exc)}") from exc
         return conn
 
@@ -162,4 +169,10 @@ def make_transport(ctx: AppContext) -> Transport:
         return FileTransport(ctx.data_dir / "sent")
     if cfg.transport == "console":
         return ConsoleTransport()
+    if cfg.auth == "oauth2":
+        box = next(m for m in ctx.config.mailboxes if m.name == cfg.oauth2_mailbox)
+        assert box.oauth2 is not None  # the config checks that oauth2_mailbox names an oauth2 mailbox
+        login = partial(smtp_login, source=ctx.tokens, mailbox=box.name, user=cfg.username or box.username,
+                        cfg=box.oauth2)
+        return SmtpTransport(cfg, login)
     return SmtpTransport(cfg)

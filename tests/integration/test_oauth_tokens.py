@@ -16,12 +16,13 @@ from typing import Any
 import httpx2
 import pytest
 
+from mailticket.config import Config
+from mailticket.config.oauth2 import OAuth2Config
 from mailticket.errors import GrantError, OAuthError, TokenEndpointError, TokenStoreError
 from mailticket.oauth import http as oauth_http
 from mailticket.oauth.flows import DevicePrompt
 from mailticket.oauth.login import login
-from mailticket.oauth.settings import OAuth2Config
-from mailticket.oauth.status import token_status
+from mailticket.oauth.status import status_for_config, token_status
 from mailticket.oauth.store import StoredToken, TokenStore
 from mailticket.oauth.tokens import TokenSource
 from tests.authserver import AuthServer
@@ -223,6 +224,16 @@ def test_corrupt_token_file_is_refused_and_set_aside_by_login(auth: AuthServer, 
     assert store.load("support") == token
 
 
+def test_status_for_config_has_one_row_per_oauth_mailbox(auth: AuthServer, tmp_path: Path) -> None:
+    oauth2 = custom(auth).model_dump(mode="json", exclude_none=True)
+    boxes = [{"name": "support", "host": "h", "username": "u", "auth": "oauth2", "oauth2": oauth2},
+             {"name": "sales", "host": "h", "username": "u", "password": "p"}]
+    config = Config.model_validate({"service": {"data_dir": str(tmp_path)}, "mailboxes": boxes})
+    stored(auth, tmp_path)
+    (row,) = status_for_config(config)
+    assert (row.mailbox, row.state, row.healthy) == ("support", "valid", True)
+
+
 def test_status_rows(auth: AuthServer, tmp_path: Path) -> None:
     stored(auth, tmp_path, "valid")
     stored(auth, tmp_path, "due", expires_at=time.time() - 10)
@@ -239,7 +250,7 @@ def test_status_rows(auth: AuthServer, tmp_path: Path) -> None:
 _REFRESHER = """
 import contextlib, sys
 from sqlalchemy import create_engine
-from mailticket.oauth.settings import OAuth2Config
+from mailticket.config.oauth2 import OAuth2Config
 from mailticket.oauth.store import TokenStore
 from mailticket.oauth.tokens import TokenSource
 from pathlib import Path

@@ -26,6 +26,8 @@ from tenacity.stop import stop_base
 
 from mailticket.config import MailboxConfig
 from mailticket.errors import IntakeError, OperationError, StoreError
+from mailticket.oauth.sasl import imap_login
+from mailticket.oauth.tokens import TokenSource
 
 log = logging.getLogger("mailticket.intake.imap")
 
@@ -49,8 +51,12 @@ def tls_context(mailbox: MailboxConfig) -> ssl.SSLContext:
         raise IntakeError(f"cannot load ca_file {mailbox.ca_file}: {exc}", mailbox=mailbox.name) from exc
 
 
-def connect(mailbox: MailboxConfig, timeout: float = SOCKET_TIMEOUT) -> IMAPClient:
-    """A logged-in client. `starttls` refuses a server without STARTTLS: no silent plaintext."""
+def connect(mailbox: MailboxConfig, tokens: TokenSource, timeout: float = SOCKET_TIMEOUT) -> IMAPClient:
+    """A logged-in client. `starttls` refuses a server without STARTTLS: no silent plaintext.
+
+    A mailbox with auth = "oauth2" authenticates with XOAUTH2 or OAUTHBEARER and a token
+    from `tokens` (refreshed first when it is about to expire); the others with LOGIN.
+    """
     context = tls_context(mailbox) if mailbox.security != "none" else None
     client = IMAPClient(
         mailbox.host,
@@ -62,7 +68,11 @@ def connect(mailbox: MailboxConfig, timeout: float = SOCKET_TIMEOUT) -> IMAPClie
     try:
         if mailbox.security == "starttls":
             client.starttls(context)
-        client.login(mailbox.username, mailbox.password.get_secret_value())
+        if mailbox.oauth2 is not None:
+            imap_login(client, tokens, mailbox.name, mailbox.username, mailbox.oauth2)
+        else:
+            assert mailbox.password is not None  # the config model requires one without oauth2
+            client.login(mailbox.username, mailbox.password.get_secret_value())
     except BaseException:
         close(client)
         raise
@@ -79,8 +89,8 @@ def close(client: IMAPClient) -> None:
 
 
 @contextmanager
-def connected(mailbox: MailboxConfig) -> Iterator[IMAPClient]:
-    client = connect(mailbox)
+def connected(mailbox: MailboxConfig, tokens: TokenSource) -> Iterator[IMAPClient]:
+    client = connect(mailbox, tokens)
     try:
         yield client
     finally:

@@ -86,7 +86,7 @@ def idle_mailbox(
                 stop_event.wait(mailbox.poll_seconds)
                 continue
             try:
-                with connected(mailbox) as client:
+                with connected(mailbox, ctx.tokens) as client:
                     _idle_session(ctx, mailbox, client, stop_event, owner, passed, idle_seconds)
             finally:
                 lease.release(ctx.engine, name, owner)

@@ -395,7 +395,7 @@ def poll_mailbox(
             poller = Poller(ctx, mailbox, result, renew=renewer(ctx, mailbox, owner), stop=stop,
                              progress=progress)
             for attempt in retrying(mailbox, retry, stop):
-                with attempt, connected(mailbox) as client:
+                with attempt, connected(mailbox, ctx.tokens) as client:
                     poller.run(client)
         finally:
             lease.release(ctx.engine, name, owner)

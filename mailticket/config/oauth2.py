@@ -7,9 +7,9 @@ HTTP) before anyone tries to log in.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from authlib.common.security import is_secure_transport
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 Provider = Literal["google", "microsoft", "custom"]
@@ -17,6 +17,8 @@ Flow = Literal["device", "browser", "client_credentials"]
 Mechanism = Literal["xoauth2", "oauthbearer"]
 
 DEFAULT_FLOW: dict[str, Flow] = {"google": "browser", "microsoft": "device"}
+# https anywhere; plain http only to this machine (RFC 8252 loopback), where nothing is on the wire.
+_SAFE_URL = re.compile(r"https://[^\s/]+(/\S*)?|http://(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d+)?(/\S*)?")
 
 
 class OAuth2Config(BaseModel):
@@ -40,7 +42,7 @@ class OAuth2Config(BaseModel):
     @classmethod
     def _https(cls, value: str | None) -> str | None:
         # A refresh token sent over plain HTTP can be read on the way; only loopback is exempt.
-        if value is not None and not is_secure_transport(value):
+        if value is not None and not _SAFE_URL.fullmatch(value):
             raise ValueError(f"{value!r} is not an https:// URL (plain http is only allowed on loopback)")
         return value
 
