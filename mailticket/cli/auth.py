@@ -5,14 +5,16 @@ from __future__ import annotations
 import sys
 import webbrowser
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from mailticket.cli.state import State, pass_state
 from mailticket.errors import OAuthError
-from mailticket.oauth.flows import DevicePrompt
-from mailticket.oauth.login import login
 from mailticket.oauth.store import TokenStore
+
+if TYPE_CHECKING:
+    from mailticket.oauth.flows import DevicePrompt
 
 
 @click.group()
@@ -28,6 +30,9 @@ def auth() -> None:
 @pass_state
 def auth_login(state: State, mailbox: str, paste: bool, no_browser: bool) -> None:
     """Sign in once for MAILBOX (device code, browser or client credentials) and store its tokens."""
+    # authlib and its HTTP client load here, not on every command's start (~0.3 s).
+    from mailticket.oauth.login import login
+
     config = state.config()
     box = next((m for m in config.mailboxes if m.name == mailbox), None)
     if box is None or box.oauth2 is None:

@@ -185,3 +185,11 @@ def test_notices_go_out_with_the_mailboxs_token(
         assert flush(ctx, ignore_backoff=True).sent == 2
         assert sink.logins == ["xoauth2:support"]
         assert sorted(r.rcpt_tos[0] for r in sink.received) == ["alice@example.com", "c0@customer.example"]
+
+
+def test_auth_login_names_the_oauth_mailboxes_when_given_another(tmp_path: Path) -> None:
+    box = {"name": "sales", "host": "127.0.0.1", "username": "sales", "password": "pw"}
+    path = write_config(tmp_path / "mailticket.toml", mailboxes=[box])
+    result = CliRunner().invoke(main, ["--config", str(path), "auth", "login", "sales"])
+    assert result.exit_code == 2
+    assert "no mailbox 'sales' with auth = 'oauth2' in the config (those: none)" in result.output
