@@ -35,6 +35,7 @@ from mailticket import logs
 from mailticket.config import MailboxConfig, parse_duration
 from mailticket.context import AppContext
 from mailticket.errors import DatabaseUnavailable, MailticketError
+from mailticket.oauth.status import status_for_config
 from mailticket.storage.db import upsert
 from mailticket.storage.serialize import iso
 from mailticket.storage.tables import Heartbeat, IntakeRecord, OutboxMessage, SourceHealth
@@ -189,10 +190,9 @@ def age(now: datetime, then: datetime | None) -> float | None:
 
 
 def oauth_tokens(ctx: AppContext) -> list[dict[str, Any]]:
-    """Each OAuth mailbox's token state as JSON, with `healthy` and `problem` (the OAuth package's
-    `status_for_config(ctx.config)` rows, `.as_json()`): no mailbox can use OAuth before it lands."""
-    del ctx
-    return []
+    """Each OAuth mailbox's token state as JSON, with `healthy` and `problem` (read from the token
+    files, no network: docs/oauth.md)."""
+    return [row.as_json() for row in status_for_config(ctx.config)]
 
 
 def collect(ctx: AppContext) -> Report:

@@ -193,3 +193,20 @@ def test_auth_login_names_the_oauth_mailboxes_when_given_another(tmp_path: Path)
     result = CliRunner().invoke(main, ["--config", str(path), "auth", "login", "sales"])
     assert result.exit_code == 2
     assert "no mailbox 'sales' with auth = 'oauth2' in the config (those: none)" in result.output
+
+
+def test_status_shows_each_token_and_a_missing_one_is_a_problem(auth: AuthServer, tmp_path: Path) -> None:
+    from mailticket.service import health
+
+    box = {"name": "support", "host": "127.0.0.1", "port": 1, "security": "none", "username": "support",
+           "auth": "oauth2", "oauth2": {"provider": "custom", "client_id": "mailticket",
+                                         "token_url": auth.url("token"),
+                                         "device_authorization_url": auth.url("device"), "scopes": ["imap"]}}
+    ctx = make_ctx(tmp_path, mailboxes=[box])
+    report = health.collect(ctx)
+    assert [t["state"] for t in report.tokens] == ["missing"] and not report.healthy
+    assert any("oauth support:" in p and "mailticket auth login support" in p for p in report.problems)
+    grant(auth, ctx.data_dir)
+    (token,) = health.collect(ctx).tokens
+    assert token["state"] == "valid" and token["healthy"] and token["expires_at"]
+    assert not [p for p in health.collect(ctx).problems if p.startswith("oauth")]
