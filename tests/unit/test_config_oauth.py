@@ -66,9 +66,9 @@ def test_valid_oauth_mailboxes_and_smtp() -> None:
          'scopes = ["imap"] }', "flow = 'browser' needs authorization_url"),
         (OAUTH + '{ provider = "microsoft", client_id = "c", token_url = "https://x.example/t" }',
          "only for provider = 'custom'"),
-        (OAUTH + '{ provider = "aol", client_id = "c" }', "'google', 'microsoft' or 'custom'"),
+        (OAUTH + '{ provider = "aol", client_id = "c" }', "must be one of 'google', 'microsoft', 'custom'"),
         (OAUTH + '{ provider = "microsoft", client_id = "c", mechanism = "plain" }',
-         "'xoauth2' or 'oauthbearer'"),
+         "must be one of 'xoauth2', 'oauthbearer'"),
     ],
 )
 def test_mailbox_mistakes(mailbox: str, expected: str) -> None:
