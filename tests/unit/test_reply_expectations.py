@@ -47,12 +47,6 @@ TARGET = 0.90
 
 # talon keeps what mailticket drops on purpose, or relies on what neither library has.
 TALON_KNOWN_FAILURES = {
-    # Russian quote headers ("написал:", "от ... :", "От:", date + name line): both candidate
-    # libraries know English only (mail-parser-reply has no Russian either).
-    ("mailgun_talon/standard_replies/android.eml", "expected_reply"),
-    ("mailgun_talon/html_replies/mail_ru.html", "expected_reply_text"),
-    ("mailgun_talon/html_replies/windows_mail.html", "expected_reply_text"),
-    ("mailgun_talon/html_replies/yandex_ru.html", "expected_reply_text"),
     # talon keeps signatures ("Sent from my iPhone", "-- \nxxx"); mailticket strips them.
     ("mailgun_talon/standard_replies/iphone.eml", "expected_reply"),
     ("mailgun_talon/standard_replies/sparrow.eml", "expected_reply"),

@@ -1,0 +1,263 @@
+"""Where quoted history starts, in the languages of the major mail clients.
+
+``email_reply_parser`` knows English only. This module finds, line by line, the first place
+below which everything is history, so ``reply.visible_reply`` can cut there before the English
+parser runs. Three kinds of places, all language-independent in shape:
+
+* the reply marker every notice carries (``##- ... -##``, whatever language it is written in):
+  everything from it down is removed, quoted or not;
+* a separator line ("-----Original Message-----", "---------- Forwarded message ---------",
+  their translations) or a forwarded-header block (a From line, then Sent/Date/To/Subject lines
+  within a few lines, in the client's language: Outlook, Gmail, Apple Mail, Thunderbird);
+* an attribution line ("On ... wrote:", "Am ... schrieb ...:", "Le ... a écrit :", Gmail's
+  "пн, 15 янв. 2025 г. в 17:03, Name <a@b>:", "... 写道：") over up to three lines, when what
+  follows is only quotation, or only unquoted text (clients that quote without ``>``). When the
+  writer answered inline (text after quoted lines), nothing is cut: the English parser keeps
+  the quote the answer refers to.
+
+Every pattern is matched against one line, or at most three joined lines of bounded length, so
+the work is linear in the body. The phrases were collected from the clients' own output; the
+expectation set in tests/reply_i18n/ holds an example of each.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+#: The reply marker: any text between ``##-`` and ``-##`` on one line, quoted or not.
+MARKER: Final = re.compile(r"^[>\s]*##-\s.{1,200}\s-##\s*$")
+
+_QUOTED: Final = re.compile(r"^\s*>")
+_MAX_LINE: Final = 300
+
+_VERBS: Final = (
+    r"wrote|schrieb|a\s+écrit|escribió|ha\s+scritto|schreef|escreveu|skrev|kirjoitti|"
+    r"napisał\(a\)|napisała?|написал\(а\)|написала?|写道|寫道|のメール|さんは書きました|書きました"
+)
+#: A line that ends an attribution: the verb and a colon, or (Gmail in Russian, Japanese and
+#: Polish without a verb) a date with digits and an address in angle brackets, then a colon.
+_ATTRIBUTION: Final = re.compile(
+    rf"(?:(?:^|[\s>)(,]|\d)(?:{_VERBS})\s*[:：]|^\D{{0,40}}\d[^<>]{{0,160}}<[^<>\s@]+@[^<>\s]+>\)?\s*[:：])\s*$",
+    re.IGNORECASE,
+)
+#: The verb before the name ("Am ... schrieb Support:", "15.01.2025 17:03, Support пишет:").
+#: Counted only on a line with a date, see ``_attribution_cut``.
+_VERB_FIRST: Final = re.compile(
+    r"\b(?:schrieb|skrev|schreef|geschreven|pisze|пишет|написал\(а\)|написала?|napisał\(a\)|napsal\(a\)|"
+    r"escribió|escreveu|wrote|écrit|scritto|kirjoitti)\b[^:：]{0,160}[:：]\s*$",
+    re.IGNORECASE,
+)
+
+_SEPARATOR_PHRASES: Final = (
+    r"original message|forwarded message|ursprüngliche nachricht|original-nachricht|"
+    r"weitergeleitete nachricht|message d'origine|message transféré|mensaje original|"
+    r"mensaje reenviado|messaggio originale|messaggio inoltrato|oorspronkelijk bericht|"
+    r"doorgestuurd bericht|mensagem original|mensagem encaminhada|ursprungligt meddelande|"
+    r"vidarebefordrat meddelande|oryginalna wiadomość|wiadomość oryginalna|przekazana wiadomość|"
+    r"исходное сообщение|пересылаемое сообщение|переадресованное сообщение|原始邮件|原始郵件|"
+    r"转发邮件|轉寄郵件|元のメッセージ|転送メッセージ|オリジナル メッセージ"
+)
+#: "-----Original Message-----" and its translations, and Apple Mail's "Begin forwarded message:".
+_SEPARATOR: Final = re.compile(
+    rf"^[>\s]*(?:[-—_=]{{2,}}\s*(?:{_SEPARATOR_PHRASES})\s*[-—_=]{{2,}}"
+    r"|(?:begin forwarded message|anfang der weitergeleiteten nachricht|début du message réexpédié"
+    r"|inicio del mensaje reenviado|inizio messaggio inoltrato|begin doorgestuurd bericht"
+    r"|início da mensagem reencaminhada|vidarebefordrat brev|początek przekazywanej wiadomości"
+    r"|начало переадресованного сообщения|転送されたメッセージ|转发的邮件)\s*[:：])\s*$",
+    re.IGNORECASE,
+)
+
+_FROM_KEYS: Final = (
+    r"from|von|de|da|van|från|fra|od|от|差出人|发件人|發件人|寄件者|寄件人|expéditeur|remitente|mittente|"
+    r"afzender|avsändare|nadawca|отправитель"
+)
+_OTHER_KEYS: Final = (
+    r"sent|date|to|subject|cc|gesendet|datum|an|betreff|envoyé|à|objet|enviado(?:\s+el|\s+em)?|"
+    r"enviada\s+em|fecha|para|asunto|assunto|inviato|data|a|oggetto|verzonden|aan|onderwerp|skickat|"
+    r"till|ämne|wysłano|wysłane|do|temat|dw|kopia|отправлено|дата|кому|тема|копия|送信日時|日時|宛先|"
+    r"件名|日付|发送时间|发送日期|时间|日期|收件人|主题|抄送|寄件日期|傳送時間|收件者|主旨|副本"
+)
+_HEADER_KEY: Final = r"^[>\s*]*(?:{keys})\s*[*]*\s*[:：]"
+_FROM_LINE: Final = re.compile(_HEADER_KEY.format(keys=_FROM_KEYS), re.IGNORECASE)
+_OTHER_LINE: Final = re.compile(_HEADER_KEY.format(keys=_OTHER_KEYS) + r"\s*\S", re.IGNORECASE)
+
+#: A header block's From line is followed by another header line within this many lines.
+_HEADER_REACH: Final = 4
+
+_DEVICE: Final = r"[^\s,;:!?]+(?:\s+[^\s,;:!?]+){0,4}"
+#: "Sent from my iPhone", "Get Outlook for Android" and their translations, as a whole line.
+_SENT_FROM: Final = re.compile(
+    r"^(?:"
+    + "|".join(
+        p.replace("DEVICE", _DEVICE)
+        for p in (
+            r"sent (?:from|via|with|using) (?:my|outlook|mail|yahoo|gmail|aol|proton|superhuman|"
+            r"samsung|bluemail|spark|blackberry|iphone|ipad|android)\b(?:\s+DEVICE)?",
+            r"get outlook for DEVICE",
+            r"von meinem DEVICE gesendet",
+            r"gesendet (?:von|mit|vom|über|aus) DEVICE",
+            r"outlook für DEVICE (?:beziehen|herunterladen)",
+            r"envoyé (?:de|depuis|à partir de|avec) DEVICE",
+            r"(?:obtenir|télécharger) outlook pour DEVICE",
+            r"enviado (?:desde|con|do|pelo|via|a partir do) DEVICE",
+            r"(?:obtener|descargar|obter|baixar|obtenha|baixe) (?:o )?outlook (?:para|pro) DEVICE",
+            r"inviato (?:da|dal|con) DEVICE",
+            r"scarica outlook per DEVICE",
+            r"(?:verzonden|verstuurd) (?:vanaf|met|via|van) DEVICE",
+            r"outlook voor DEVICE (?:downloaden|ophalen)",
+            r"skickat (?:från|via|med) DEVICE",
+            r"skaffa outlook för DEVICE",
+            r"wysłane (?:z|ze|przez) DEVICE",
+            r"wysłano (?:z|ze|przez) DEVICE",
+            r"pobierz (?:aplikację )?outlook dla DEVICE",
+            r"отправлено (?:с|из|через) DEVICE",
+            r"получите? outlook для DEVICE",
+            r"\S{1,30}\s?から送信",
+            r"\S{1,30}\s?outlook\s?を入手",
+            r"发自我的\s?\S{1,30}",
+            r"从我的\s?\S{1,30}\s?发送",
+            r"從我的\s?\S{1,30}\s?傳送",
+            r"获取\s?\S{0,20}\s?outlook\s?\S{0,20}",
+        )
+    )
+    + r")\.?$",
+    re.IGNORECASE,
+)
+#: Lines that only rule a signature off: "-- ", underscores, em dashes (Chinese clients).
+_RULE: Final = re.compile(r"^\s*(?:--\s*|[_—－=]{8,}|-{8,})\s*$")
+_WIDE_RULE: Final = re.compile(r"^\s*[—－＿]{8,}\s*$")
+#: How far above the end an em-dash rule may start a signature.
+_SIGNATURE_LINES: Final = 7
+
+
+def _is_quoted(line: str) -> bool:
+    return _QUOTED.match(line) is not None
+
+
+def _has_date(text: str) -> bool:
+    return sum(ch.isdigit() for ch in text) >= 2
+
+
+def _inline_answer(rest: list[str]) -> bool:
+    """True when unquoted text follows quoted lines: the writer answered inside the quote."""
+    seen_quote = False
+    for line in rest:
+        if _is_quoted(line):
+            seen_quote = True
+        elif seen_quote and line.strip():
+            return True
+    return False
+
+
+def _attribution_end(lines: list[str], index: int) -> int | None:
+    """The index after an attribution that starts at ``index`` (one to three lines), or None."""
+    joined = ""
+    for end in range(index, min(index + 3, len(lines))):
+        line = lines[end].strip()
+        if not line or len(line) > _MAX_LINE or (end > index and _is_quoted(lines[end])):
+            return None
+        joined = f"{joined} {line}" if joined else line
+        if _ATTRIBUTION.search(joined) or (_VERB_FIRST.search(joined) and _has_date(joined)):
+            return end + 1
+    return None
+
+
+def _attribution_cut(lines: list[str], index: int) -> bool:
+    """An attribution at ``index`` whose following lines are all history."""
+    if _is_quoted(lines[index]):
+        return False
+    end = _attribution_end(lines, index)
+    if end is None:
+        return False
+    rest = lines[end:]
+    if _inline_answer(rest):
+        return False
+    quoted = any(_is_quoted(line) for line in rest)
+    # An unquoted "Bob wrote:" could be the writer's own sentence; a date or an address
+    # (or a quotation below) makes it an attribution.
+    return quoted or _has_date(lines[index]) or "@" in lines[index]
+
+
+def _header_block(lines: list[str], index: int) -> bool:
+    if _FROM_LINE.match(lines[index]) is None:
+        return False
+    reach = lines[index + 1 : index + 1 + _HEADER_REACH]
+    return any(_OTHER_LINE.match(line) for line in reach)
+
+
+_HEADERISH: Final = re.compile(r"^\s*[*]*[^\s:：][^:：]{0,30}[:：]\s*\S|[:：]\s*$")
+#: At most this many lines directly above the marker are taken for the client's own header.
+_CLIENT_HEADER_LINES: Final = 6
+
+
+def _client_header_start(lines: list[str], marker: int) -> int:
+    """Where an unknown client's attribution or header block directly above the marker starts.
+
+    The marker is the first line of every notice, so the paragraph right above it, when every
+    line of it looks like ``Key: value`` or it ends in a colon, is what the writer's client put
+    there (in a language the tables above do not know), not the writer's text.
+    """
+    start = marker
+    while start > 0 and (not lines[start - 1].strip() or _RULE.match(lines[start - 1])):
+        start -= 1
+    top = start
+    while top > 0 and lines[top - 1].strip() and marker - top < _CLIENT_HEADER_LINES:
+        top -= 1
+    block = lines[top:start]
+    own_paragraph = bool(block) and (top == 0 or not lines[top - 1].strip())
+    if own_paragraph and (
+        all(_HEADERISH.match(line) for line in block) or block[-1].rstrip().endswith((":", "："))
+    ):
+        return top
+    return marker
+
+
+def history_start(text: str) -> int | None:
+    """The offset in ``text`` where quoted history starts, or None when there is none.
+
+    The marker always counts. The other places count only below some written text: a body
+    that starts with a header block is a forward with nothing added, and is kept whole.
+    """
+    lines = text.split("\n")
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line) + 1)
+    written = False
+    for index, line in enumerate(lines):
+        offset = offsets[index]
+        if MARKER.match(line):
+            return offsets[_client_header_start(lines, index)]
+        if written and (
+            _SEPARATOR.match(line) or _header_block(lines, index) or _attribution_cut(lines, index)
+        ):
+            return offset
+        written = written or bool(line.strip())
+    return None
+
+
+def strip_device_signature(text: str) -> str:
+    """Drop a trailing "Sent from my ..." line (any language) and a rule line above it."""
+    lines = text.rstrip().split("\n")
+    if lines and len(lines[-1]) <= 80 and _SENT_FROM.match(lines[-1].strip().lstrip("> ")):
+        lines.pop()
+        while lines and (not lines[-1].strip() or _RULE.match(lines[-1])):
+            lines.pop()
+    return "\n".join(lines)
+
+
+def strip_trailing_rules(text: str) -> str:
+    """Drop rule lines left at the end of a cut reply, and a short block below an em-dash rule.
+
+    Chinese clients (Foxmail, NetEase) set the signature off with a line of em dashes, which
+    the English parser does not know; underscores and "-- " it handles itself.
+    """
+    lines = text.rstrip().split("\n")
+    tail = len(lines) - _SIGNATURE_LINES
+    for index in range(len(lines) - 1, max(tail, 0), -1):
+        if _WIDE_RULE.match(lines[index]):
+            del lines[index:]
+            break
+    while lines and (not lines[-1].strip() or _RULE.match(lines[-1])):
+        lines.pop()
+    return "\n".join(lines)
