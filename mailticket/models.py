@@ -157,6 +157,7 @@ class Decision:
     sla: str | None = None
     acknowledge: bool = True
     drop: bool = False
+    language: str | None = None  # a rule's choice of the notices' language
     hits: tuple[RuleHit, ...] = field(default=())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ SERVER_FIXTURES = {
     "postfix": {"postfix"},
     "opendkim": set(),  # marked by hand (tests/integration/test_border_mta.py)
     "postgres": {"postgres_binaries"},
+    "chromium": {"chromium"},
 }
 
 
@@ -117,3 +119,11 @@ def engine(db_url: str) -> Iterator[Engine]:
     migrate(found)
     yield found
     found.dispose()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The headless browser that lays out the HTML notices (Debian package `chromium`)."""
+    found = shutil.which("chromium")
+    assert found is not None, "chromium is installed by the collection hook"
+    return found

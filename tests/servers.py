@@ -1419,6 +1419,7 @@ SERVER_PACKAGES: dict[str, tuple[str, Callable[[], bool]]] = {
     "postfix": ("postfix", lambda: _sbin("postfix")),
     "opendkim": ("opendkim", lambda: _sbin("opendkim")),
     "postgres": ("postgresql", lambda: postgres_bin_dir() is not None),
+    "chromium": ("chromium", lambda: shutil.which("chromium") is not None),
 }
 
 

@@ -27,6 +27,7 @@ from mailticket.config.checks import DEFAULT_DEPARTMENTS, EMAIL, agent_departmen
 from mailticket.config.durations import parse_duration
 from mailticket.config.messages import did_you_mean, where
 from mailticket.config.oauth2 import OAuth2Config
+from mailticket.i18n import DEFAULT_LANGUAGE, normalise_tag
 
 
 def _check_duration(value: str) -> str:
@@ -193,6 +194,23 @@ class SecurityConfig(_Model):
     verify_dkim: bool = False
 
 
+def _zone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown timezone {value!r}: use an IANA name like 'Europe/Berlin'") from None
+    return value
+
+
+def _language_tag(value: str) -> str:
+    tag = normalise_tag(value)
+    if tag is None:
+        raise ValueError(f"bad language {value!r}: write a language tag like 'de' or 'pt-br'")
+    return tag
+
+
 class DepartmentConfig(_Model):
     name: str
     address: Email | None = None
@@ -201,6 +219,21 @@ class DepartmentConfig(_Model):
     on_closed_reply: Literal["reopen", "new", "reject"] = "reopen"
     assign: Literal["none", "round-robin", "least-open"] = "none"
     escalation_contact: Email | None = None
+    # Notices' language (templates/<language>/) when neither a rule nor the customer's mail
+    # chose one; agents' notices always use it. Dates in notices are in `timezone` (else the
+    # department's SLA plan's, else UTC).
+    language: str = DEFAULT_LANGUAGE
+    timezone: str | None = None
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        return _language_tag(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None) -> str | None:
+        return value if value is None else _zone(value)
 
 
 class SlaConfig(_Model):
@@ -237,13 +270,7 @@ class SlaConfig(_Model):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {value!r}: use an IANA name like 'Europe/Berlin'") from None
-        return value
+        return _zone(value)
 
 
 class AgentConfig(_Model):
@@ -353,6 +380,12 @@ class ActionsConfig(_Model):
     sla: str | None = None
     acknowledge: bool | None = None
     drop: bool = False
+    language: str | None = None  # the ticket's notices' language from now on
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str | None) -> str | None:
+        return value if value is None else _language_tag(value)
 
     @field_validator("assign")
     @classmethod
@@ -388,6 +421,14 @@ class Config(_Model):
 
     def sla_plan(self, name: str | None) -> SlaConfig | None:
         return next((s for s in self.sla if s.name == name), None)
+
+    def timezone(self, department: str) -> str:
+        """The time zone notices of a department write dates in."""
+        dept = next((d for d in self.departments if d.name == department), None)
+        if dept is None:
+            return "UTC"
+        plan = self.sla_plan(dept.sla)
+        return dept.timezone or (plan.timezone if plan else "UTC")
 
     def is_agent(self, email: str) -> bool:
         return any(a.email == email.lower() for a in self.agents)

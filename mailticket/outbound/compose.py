@@ -60,21 +60,27 @@ def compose(ctx: AppContext, row: Row[Any], ticket: Ticket, chain: list[tuple[st
     service = ctx.config.service
     department = next((d for d in ctx.config.departments if d.name == about["department"]), None)
     from_address = (department.address if department else None) or service.support_address
+    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
     to = row.to_addr
+    for_agent = ctx.config.is_agent(to)
+    # Agents read their department's language; customers the ticket's (rule or their own mail).
+    language = (department.language if department else "en") if for_agent else None
     rendered = ctx.renderer.render(
         row.kind,
         {
             "support_name": service.support_name,
             "support_address": service.support_address,
             "recipient": to,
-            "for_agent": ctx.config.is_agent(to),
+            "for_agent": for_agent,
+            "created_at": created.isoformat(),
             **row.context,
         },
+        language=language or about.get("language") or (department.language if department else "en"),
+        timezone=ctx.config.timezone(about["department"]),
     )
     subject = rendered.subject
     if subject_token(ticket.ref) not in subject:
         subject = f"{subject} {subject_token(ticket.ref)}"
-    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
     to_name = about["requester_name"] if to == about["requester"] else ""
     copies = [box for c in row.recipients[1:] if (box := _deliverable(c)) is not None]
     to_box = mailbox(to_name, to)

@@ -51,7 +51,10 @@ _REFS: Table = MessageRef.__table__  # type: ignore[attr-defined]
 
 
 TEMPLATE_TICKET_FIELDS = frozenset(
-    {"ref", "subject", "status", "priority", "department", "assignee", "requester", "requester_name"}
+    {
+        "ref", "subject", "status", "priority", "department", "assignee", "requester", "requester_name",
+        "language",
+    }
 )
 
 

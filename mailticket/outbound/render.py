@@ -1,7 +1,12 @@
 """Render notices from jinja2 templates: `<kind>.subject.j2`, `<kind>.txt.j2`, `<kind>.html.j2`.
 
-A `templates_dir` from the config is searched first, the shipped `templates/`
-second, so an admin overrides only the files they want to change.
+One folder per language (`templates/en/`, `templates/de/`, ...); shared pieces (the HTML
+layout `_base.html.j2`) sit at the top. A `templates_dir` from the config is searched
+first, the shipped `templates/` second, so an admin overrides only the files they want to
+change; its top-level files (the layout before languages) override English. A file missing
+in a language falls back to the English one, and `missing()` lists such files for
+`check-config`. Dates go through the `when` filter: the notice's language (Babel) and the
+department's time zone.
 
 HTML templates autoescape, so customer text can never inject markup; the
 subject is flattened to one line without control characters, so it can never
@@ -20,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup, escape
 
 from mailticket.config.messages import did_you_mean
 from mailticket.errors import ConfigError
+from mailticket.i18n import DEFAULT_LANGUAGE, TAG, format_when, greeting_name
 
 # The top-level templates/ folder, reached through the mailticket/templates symlink so
 # that a built wheel carries the same files as a checkout.
@@ -56,10 +63,14 @@ VARIABLES: dict[str, Any] = {
     "support_address": "support@example.com",
     "recipient": "carol@customer.example",
     "for_agent": False,
+    "language": "en",
+    "timezone": "UTC",
+    "greeting_name": "Carol",
+    "created_at": "2026-11-23T16:00:00+00:00",
 }
 # Extra variables of single kinds.
 KIND_VARIABLES: dict[str, dict[str, Any]] = {
-    "overdue": {"which": "first response", "due": "2026-11-23 17:00 UTC"},
+    "overdue": {"which": "first response", "due": "2026-11-23T17:00:00+00:00"},
     "command_error": {"problems": ["unknown command '#frobnicate'"], "known": ["#note", "#close"]},
     "unverified_agent": {"reason": "dkim=fail for example.com from mx.example.com", "token_days": 30},
 }
@@ -98,30 +109,103 @@ def _variable_hint(message: str, kind: str) -> str:
     return did_you_mean(found.group(2), [*_TICKET_SAMPLE, *_ENTRY_SAMPLE])
 
 
+@jinja2.pass_context
+def _when(context: jinja2.runtime.Context, value: str | None) -> str:
+    """A stored ISO time in the notice's language and the department's time zone.
+
+    Anything else (rows queued before times were stored as ISO) is shown as it is.
+    """
+    try:
+        return format_when(value, context["language"], context["timezone"]) if value else ""
+    except ValueError:
+        return str(value)
+
+
+def _paragraphs(text: str | None) -> Markup:
+    """Plain text as HTML paragraphs (escaped; blank lines part them, line breaks kept).
+
+    Mail clients lay out paragraphs; a <pre> block does not wrap on a phone.
+    """
+    blocks = [b for b in (text or "").replace("\r\n", "\n").split("\n\n") if b.strip()]
+    style = "margin:0 0 12px 0"
+    lines = (Markup("<br>\n").join(escape(line) for line in b.split("\n")) for b in blocks)
+    return Markup("\n").join(Markup('<p style="{}">{}</p>').format(style, p) for p in lines)
+
+
+def _folders(root: Path) -> set[str]:
+    if not root.is_dir():
+        return set()
+    return {p.name for p in root.iterdir() if p.is_dir() and TAG.fullmatch(p.name) and any(p.glob("*.j2"))}
+
+
 class Renderer:
     def __init__(self, templates_dir: Path | None = None) -> None:
         self.templates_dir = templates_dir
-        loaders: list[jinja2.BaseLoader] = []
-        if templates_dir is not None:
-            loaders.append(jinja2.FileSystemLoader(str(templates_dir)))
-        loaders.append(jinja2.FileSystemLoader(str(DEFAULT_TEMPLATES)))
-        self.env = jinja2.Environment(
-            loader=jinja2.ChoiceLoader(loaders),
-            autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
-            undefined=jinja2.StrictUndefined,
-            keep_trailing_newline=True,
-            # Templates are checked once at start (`check`); an edit takes effect on the next start,
-            # never half-checked in a running sender (and no stat() per notice).
-            auto_reload=False,
-        )
+        custom = _folders(templates_dir) if templates_dir else set()
+        self.languages = frozenset({DEFAULT_LANGUAGE} | _folders(DEFAULT_TEMPLATES) | custom)
+        self._envs: dict[str, jinja2.Environment] = {}
+
+    def _roots(self, language: str) -> list[Path]:
+        """Where a language's templates are looked for, first match wins."""
+        custom = [self.templates_dir] if self.templates_dir is not None else []
+        english = [c / DEFAULT_LANGUAGE for c in custom] + custom + [DEFAULT_TEMPLATES / DEFAULT_LANGUAGE]
+        if language == DEFAULT_LANGUAGE:
+            return [*english, DEFAULT_TEMPLATES]
+        own = [c / language for c in custom] + [DEFAULT_TEMPLATES / language]
+        return [*own, *english, DEFAULT_TEMPLATES]
+
+    def env(self, language: str) -> jinja2.Environment:
+        """The (cached) environment of a language; an unknown language gets English's."""
+        language = language if language in self.languages else DEFAULT_LANGUAGE
+        if language not in self._envs:
+            env = jinja2.Environment(
+                loader=jinja2.FileSystemLoader([str(p) for p in self._roots(language)]),
+                autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
+                undefined=jinja2.StrictUndefined,
+                keep_trailing_newline=True,
+                # Templates are checked once at start (`check`); an edit takes effect on the next start,
+                # never half-checked in a running sender (and no stat() per notice).
+                auto_reload=False,
+            )
+            env.filters["when"] = _when
+            env.filters["paragraphs"] = _paragraphs
+            self._envs[language] = env
+        return self._envs[language]
+
+    def missing(self) -> list[str]:
+        """Template files a language lacks (English is used for them), for `check-config`."""
+        lines = []
+        for language in sorted(self.languages - {DEFAULT_LANGUAGE}):
+            own = [DEFAULT_TEMPLATES / language]
+            if self.templates_dir is not None:
+                own.append(self.templates_dir / language)
+            absent = [
+                f"{kind}.{part}.j2"
+                for kind in KINDS
+                for part in PARTS
+                if not any((root / f"{kind}.{part}.j2").is_file() for root in own)
+            ]
+            if absent:
+                names = ", ".join(absent)
+                lines.append(f"templates {language}/: {len(absent)} missing, English used: {names}")
+        return lines
 
     def check(self) -> None:
         """Compile and test-render every template now, so a mistake stops the start, naming file and line."""
         problems: list[str] = []
         if self.templates_dir is not None and not self.templates_dir.is_dir():
             problems.append(f"templates_dir {self.templates_dir} is not a directory")
+            raise ConfigError("templates", problems)
+        for language in sorted(self.languages):
+            problems += self._check_language(language)
+        if problems:
+            raise ConfigError("templates", list(dict.fromkeys(problems)))
+
+    def _check_language(self, language: str) -> list[str]:
+        problems: list[str] = []
+        env = self.env(language)
         expected = [f"{kind}.{part}.j2" for kind in KINDS for part in PARTS]
-        for name in sorted(self.env.list_templates(extensions=["j2"])):
+        for name in sorted(env.list_templates(extensions=["j2"])):
             # A near miss of a notice's name is a typo that would silently leave the default in
             # use; any other file may be a partial the templates include or extend.
             if name not in expected and (hint := did_you_mean(name, expected)):
@@ -129,34 +213,47 @@ class Renderer:
                                 f"<kind>.<{'|'.join(PARTS)}>.j2 with a kind of {', '.join(KINDS)}")
                 continue
             try:
-                self.env.get_template(name)
+                env.get_template(name)
             except jinja2.TemplateSyntaxError as exc:
                 problems.append(f"template {exc.filename or name}, line {exc.lineno}: {exc.message}")
-        if not problems:
-            for kind in KINDS:
-                for part in PARTS:
-                    template = self._template(kind, part)
-                    if template is None:
-                        problems.append(f"template {kind}.{part}.j2 is missing")
-                        continue
-                    try:
-                        template.render({**VARIABLES, **KIND_VARIABLES.get(kind, {})})
-                    except jinja2.TemplateError as exc:
-                        filename, line = _template_line(exc)
-                        where = f"{filename or template.filename}, line {line}" if line else template.filename
-                        problems.append(f"template {where}: {exc}{_variable_hint(str(exc), kind)}")
         if problems:
-            raise ConfigError("templates", problems)
+            return problems
+        for kind in KINDS:
+            for part in PARTS:
+                template = self._template(env, kind, part)
+                if template is None:
+                    problems.append(f"template {kind}.{part}.j2 is missing")
+                    continue
+                try:
+                    template.render({**VARIABLES, **KIND_VARIABLES.get(kind, {}), "language": language})
+                except jinja2.TemplateError as exc:
+                    filename, line = _template_line(exc)
+                    where = f"{filename or template.filename}, line {line}" if line else template.filename
+                    problems.append(f"template {where}: {exc}{_variable_hint(str(exc), kind)}")
+        return problems
 
-    def _template(self, kind: str, part: str) -> jinja2.Template | None:
+    @staticmethod
+    def _template(env: jinja2.Environment, kind: str, part: str) -> jinja2.Template | None:
         try:
-            return self.env.get_template(f"{kind}.{part}.j2")
+            return env.get_template(f"{kind}.{part}.j2")
         except jinja2.TemplateNotFound:
             return None
 
-    def render(self, kind: str, context: dict[str, Any]) -> Rendered:
-        subject = self.env.get_template(f"{kind}.subject.j2").render(context)
-        text = self.env.get_template(f"{kind}.txt.j2").render(context)
-        html_template = self._template(kind, "html")
+    def render(
+        self, kind: str, context: dict[str, Any], language: str = DEFAULT_LANGUAGE, timezone: str = "UTC"
+    ) -> Rendered:
+        """One notice in `language` (English for a language without templates), times in `timezone`."""
+        env = self.env(language)
+        ticket = context.get("ticket") or {}
+        context = {
+            "greeting_name": greeting_name(ticket.get("requester_name") or ""),
+            "created_at": None,
+            **context,
+            "language": language if language in self.languages else DEFAULT_LANGUAGE,
+            "timezone": timezone,
+        }
+        subject = env.get_template(f"{kind}.subject.j2").render(context)
+        text = env.get_template(f"{kind}.txt.j2").render(context)
+        html_template = self._template(env, kind, "html")
         html = html_template.render(context) if html_template is not None else None
         return Rendered(one_line(subject), text, html)

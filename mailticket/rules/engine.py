@@ -318,6 +318,7 @@ def _apply(decision: Decision, act: ActionsConfig) -> Decision:
         assign=act.assign or decision.assign,
         status=act.status or decision.status,
         sla=act.sla or decision.sla,
+        language=act.language or decision.language,
         acknowledge=decision.acknowledge if act.acknowledge is None else act.acknowledge,
         tags=(*decision.tags, *(t for t in dict.fromkeys(act.tags) if t not in decision.tags)),
         drop=decision.drop or act.drop,

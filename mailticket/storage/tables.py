@@ -39,6 +39,8 @@ class Ticket(SQLModel, table=True):
     closed_at: datetime | None = None
     overdue_notified_at: datetime | None = None
     linked_ticket_id: int | None = Field(default=None, foreign_key="tickets.id")
+    # Chosen by a rule or the customer's mail; None: the department's language.
+    language: str | None = Field(default=None, max_length=35)
 
 
 class Participant(SQLModel, table=True):

@@ -69,6 +69,12 @@ def apply_followup_rules(
         )
         ticket.sla = decision.sla
         ticket.first_response_due, ticket.resolution_due = due_times(plan, ticket.created_at)
+    if decision.language and decision.language != ticket.language:
+        repository.record_event(
+            session, ctx.clock(), ticket, "language", None,
+            old=ticket.language, new=decision.language, rules=names,
+        )
+        ticket.language = decision.language
     if decision.status:
         actions.set_status(session, ctx, ticket, decision.status, None, rules=names)
     if decision.assign:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mailticket.i18n import ticket_language
 from mailticket.models import Classification, Decision, MailKind, ParsedMessage, RawMail
 from mailticket.storage import repository
 from mailticket.storage.tables import Entry, Event, Participant, Ticket
@@ -28,6 +29,7 @@ def open_ticket(
         requester=requester,
         requester_name=parsed.from_.name if parsed.from_ else "",
         tags=list(decision.tags),
+        language=ticket_language(decision, parsed, ctx.renderer.languages),
     )
     repository.add_row(session, Participant, ticket_id=ticket.id, email=requester, role="requester")
     store.add_ccs(ticket, (a.email for a in (*parsed.to, *parsed.cc)), frozenset({requester}))

@@ -75,7 +75,8 @@ def sla_check(ctx: AppContext) -> int:
 
 def _escalate(session: Session, ctx: AppContext, ticket: Ticket, which: str, due: datetime) -> None:
     ticket.overdue_notified_at = ctx.clock()
-    when = due.strftime("%Y-%m-%d %H:%M UTC")
+    # An ISO time: the template writes it in the notice's language and the department's zone.
+    when = due.isoformat()
     dept = next((d for d in ctx.config.departments if d.name == ticket.department), None)
     contact = dept.escalation_contact if dept else None
     notices.overdue(session, ctx, ticket, which, when, contact)

@@ -98,7 +98,9 @@ def test_conversation_by_mail_end_to_end(
         dovecot.append("INBOX", answer)
         reply = wait_for_mail(smtp_sink, CAROL, 2)
         assert "clear your browser cache" in text_of(reply)
-        assert "> " not in text_of(reply) and "#" not in text_of(reply)
+        # What the agent wrote, below the notice's reply marker: no quote, no command line.
+        written = text_of(reply).split("-##", 1)[1]
+        assert "> " not in written and "#" not in written
         # Threaded for the customer's client: it answers messages the customer has (theirs, the ack).
         customer_ids = {"<first@customer.example>", str(ack["Message-ID"])}
         assert str(reply["In-Reply-To"]) in customer_ids

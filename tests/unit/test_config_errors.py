@@ -396,3 +396,26 @@ def test_a_rule_naming_an_unknown_mailbox(check: Check) -> None:
         f"{path}: rules[1] ('Invoices to billing').conditions[1].value: unknown mailbox 'suport' "
         "(did you mean 'support'?); known: support"
     ]
+
+
+def test_languages_bad_tags_and_missing_templates(check: Check, tmp_path: Path) -> None:
+    result, path = check('name = "support"\n', 'name = "support"\nlanguage = "Deutsch!"\n')
+    assert lines(result) == [
+        f"{path}: departments[1] ('support').language: bad language 'Deutsch!': "
+        "write a language tag like 'de' or 'pt-br'"
+    ]
+    result, path = check('actions = { priority = "urgent" }', 'actions = { language = "x" }')
+    assert "rules[0] ('Urgent').actions.language: bad language 'x'" in lines(result)[0]
+    # A language with only some files: valid, and check-config says what falls back to English.
+    templates = tmp_path / "my-templates"
+    (templates / "it").mkdir(parents=True)
+    (templates / "it" / "ack.txt.j2").write_text("Ciao {{ greeting_name }}\n")
+    result, path = check(
+        'support_address = "support@example.com"\n',
+        f'support_address = "support@example.com"\ntemplates_dir = "{templates}"\n',
+    )
+    out = result.stdout.splitlines()
+    assert result.exit_code == 0, result.output
+    assert out[0].startswith("templates it/: 26 missing, English used: ack.subject.j2, ack.html.j2, alert.")
+    result, path = check('name = "support"\n', 'name = "support"\nlanguage = "pt-br"\n')
+    assert "department support: no templates for language 'pt-br', English used" in result.stdout
