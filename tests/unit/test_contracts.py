@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "mailticket"
 
 # The pure stages: bytes and config in, frozen data out.
-PURE = ("mailticket.pipeline", "mailticket.rules", "mailticket.models", "mailticket.refs")
+PURE = ("mailticket.pipeline", "mailticket.rules", "mailticket.models", "mailticket.refs", "mailticket.i18n")
 # What a pure module may import from the package besides other pure modules ("mailticket" itself
 # holds only constants: the version and the name of the config variable).
 PURE_MAY_USE = ("mailticket.config", "mailticket.errors")
