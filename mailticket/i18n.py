@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 from babel import Locale, UnknownLocaleError
 from babel.core import negotiate_locale
 from babel.dates import format_datetime as babel_datetime
+from babel.numbers import format_decimal
 
 from mailticket.models import Decision, ParsedMessage
 
@@ -100,6 +101,13 @@ def format_when(value: datetime | str, language: str, timezone: str) -> str:
     # "medium" carries seconds in most locales; a notice does not need them.
     local = re.sub(r"(\d{1,2}:\d{2}):\d{2}", r"\1", local)
     return f"{local} {babel_datetime(when, 'z', tzinfo=zone, locale=where)}"
+
+
+def format_size(size: int, language: str) -> str:
+    """A file size as the language writes numbers: "2.5 MB", "2,5 MB", "820 KB"."""
+    if size >= 1024 * 1024:
+        return f"{format_decimal(size / 1024 / 1024, '#,##0.0', locale=locale(language))} MB"
+    return f"{format_decimal(max(1, round(size / 1024)), '#,##0', locale=locale(language))} KB"
 
 
 _TITLES: Final = frozenset(

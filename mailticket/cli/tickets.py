@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import mimetypes
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,6 +26,7 @@ from mailticket.cli.output import (
 )
 from mailticket.cli.state import State, pass_state
 from mailticket.intake.staff import open_ticket
+from mailticket.models import AttachmentPart
 from mailticket.storage.serialize import ticket_dict
 from mailticket.storage.tables import Ticket
 from mailticket.tickets import actions
@@ -136,12 +139,23 @@ def _body(text: str) -> str:
 @click.option("--body", required=True, help="Text ('-' reads stdin).")
 @click.option("--as", "actor", required=True, help="The agent replying.")
 @click.option("--pending", is_flag=True, help="Then wait for the customer (like #pending by mail).")
+@click.option(
+    "--attach", "attach", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A file sent with the reply (repeatable).",
+)
 @pass_state
-def tickets_reply(state: State, ref: str, body: str, actor: str, pending: bool) -> None:
+def tickets_reply(
+    state: State, ref: str, body: str, actor: str, pending: bool, attach: tuple[Path, ...]
+) -> None:
+    octets = "application/octet-stream"
+    files = [
+        AttachmentPart(path.name, mimetypes.guess_type(path.name)[0] or octets, path.read_bytes())
+        for path in attach
+    ]
     with ticket_session(state, ref) as (session, ticket, ctx):
         if not ctx.config.is_agent(actor):
             raise click.ClickException(f"{actor} is not a configured agent")
-        actions.public_reply(session, ctx, ticket, actor.lower(), _body(body))
+        actions.public_reply(session, ctx, ticket, actor.lower(), _body(body), files)
         if pending:
             actions.set_pending(session, ctx, ticket, actor.lower())
     click.echo(f"replied on {ref}")

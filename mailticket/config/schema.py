@@ -178,6 +178,9 @@ class TicketsConfig(_Model):
     reopen_within_days: int = Field(default=30, ge=0)
     autoclose_after_days: int = Field(default=7, ge=0)
     max_attachment_mb: float = Field(default=25, gt=0)
+    # Files sent with one notice, in total (an agent's reply, an alert with the customer's files);
+    # the rest are named with their size.
+    notice_attachments_mb: float = Field(default=10, ge=0)
     acknowledge: bool = True
     acks_per_sender_per_hour: int = Field(default=5, ge=0)
     auto_mail_per_recipient_per_day: int = Field(default=40, ge=0)

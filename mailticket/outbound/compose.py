@@ -53,6 +53,23 @@ class Built:
     message_id: str
 
 
+def _files(ctx: AppContext, context: dict[str, Any]) -> list[mime.FilePart]:
+    """The files the notice carries, read from the blob store as stored (byte for byte).
+
+    A blob gone from the store (a restore without blobs) leaves the file named, not attached.
+    """
+    files = []
+    for item in context.get("attachments", []):
+        if not item.get("sha256"):
+            continue
+        try:
+            data = ctx.blobs.get(item["sha256"])
+        except OSError:
+            continue
+        files.append(mime.FilePart(item["name"], item["content_type"], data, item.get("content_id")))
+    return files
+
+
 def compose(ctx: AppContext, row: Row[Any], ticket: Ticket, chain: list[tuple[str, str]]) -> Built:
     """Build the notice of one queued row: `chain` is what its recipient has seen of the thread."""
     assert row.context is not None, "rows queued since revision 0004 carry their context"
@@ -96,7 +113,7 @@ def compose(ctx: AppContext, row: Row[Any], ticket: Ticket, chain: list[tuple[st
         mime.raw_header("Date", format_datetime(created)),
         mime.raw_header("Message-ID", f"<{message_id}>"),
     ]
-    headers += reply_headers(chain)
+    headers += reply_headers(chain, for_agent)
     headers.append(mime.text_header("Thread-Topic", one_line(about["subject"])))
     headers.append(mime.raw_header("Thread-Index", thread_index(ticket)))
     if row.automatic:
@@ -104,5 +121,5 @@ def compose(ctx: AppContext, row: Row[Any], ticket: Ticket, chain: list[tuple[st
         headers.append(mime.raw_header("X-Auto-Response-Suppress", "All"))
     headers.append(mime.raw_header("X-Mailticket-Ticket", ticket.ref))
     recipients = [to_box.addr_spec, *(c.addr_spec for c in copies)]
-    raw = mime.build(headers, rendered.text, rendered.html)
+    raw = mime.build(headers, rendered.text, rendered.html, _files(ctx, row.context))
     return Built(from_address, recipients, raw, subject, message_id)

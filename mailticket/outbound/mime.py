@@ -7,19 +7,28 @@ nine tenths of the cost of a notice). The encoding work stays with the stdlib:
 quotes display names, `binascii.b2a_qp` writes quoted-printable bodies. The result is plain
 7-bit ASCII with CRLF line endings and no line over 998 octets, which any relay passes unchanged.
 
+Attachments travel as base64 parts of a multipart/mixed body; inline images as
+multipart/related parts next to the HTML, keeping their Content-ID so `cid:` references in the
+HTML still resolve. Their bytes are written unchanged.
+
 Safety: a header value containing CR or LF is refused (`HeaderValueError`); callers pass
 customer text through `render.one_line` first. The multipart boundary contains `=_`, which
-quoted-printable output can never contain, so no body can close its part early.
+neither quoted-printable nor base64 output can contain, so no body can close its part early.
+File names are sanitised (`safe_filename`) and written as RFC 2231 parameters; a content type
+that is not a plain `type/subtype` becomes `application/octet-stream`.
 """
 
 from __future__ import annotations
 
 import binascii
+import re
 import secrets
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.errors import HeaderParseError
 from email.header import Header
-from email.utils import formataddr
+from email.utils import encode_rfc2231, formataddr
 
 from mailticket.errors import HeaderValueError
 
@@ -89,22 +98,79 @@ def _text_part(subtype: str, body: str) -> bytes:
     return head.encode("ascii") + binascii.b2a_qp(data, istext=True)
 
 
-def build(headers: list[str], text: str, html: str | None) -> bytes:
-    """A whole message: `headers` as returned by the helpers above, then a text or text+HTML body."""
+MAX_FILENAME = 120
+_CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+_CONTENT_ID = re.compile(r"[!#-;=?-~]{1,250}")  # printable ASCII without space, quote, < and >
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A file to send: inline ones (with a Content-ID) go next to the HTML part."""
+
+    filename: str | None
+    content_type: str
+    data: bytes
+    content_id: str | None = None
+
+
+def safe_filename(name: str | None, fallback: str = "attachment") -> str:
+    """A file name a mail client can save safely: the last path component, no control characters,
+    no leading dots, at most `MAX_FILENAME` characters (the extension kept)."""
+    text = unicodedata.normalize("NFC", name or "")
+    text = re.split(r"[\\/]", text)[-1]
+    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text if ch not in '"<>:|?*')
+    text = " ".join(text.split()).lstrip(". ")
+    if len(text) > MAX_FILENAME:
+        _, dot, ext = text.rpartition(".")
+        keep = ext if dot and 0 < len(ext) <= 10 else ""
+        text = text[: MAX_FILENAME - len(keep) - 1].rstrip() + ("." + keep if keep else "")
+    return text or fallback
+
+
+def _file_part(part: FilePart) -> bytes:
+    ctype = part.content_type.lower().strip()
+    ctype = ctype if _CONTENT_TYPE.fullmatch(ctype) else "application/octet-stream"
+    name = safe_filename(part.filename)
+    param = f"filename*={encode_rfc2231(name, 'utf-8')}" if not name.isascii() else f'filename="{name}"'
+    head = f"Content-Type: {ctype}{CRLF}Content-Transfer-Encoding: base64{CRLF}"
+    cid = part.content_id.strip("<> ") if part.content_id else ""
+    if cid and _CONTENT_ID.fullmatch(cid):
+        head += f"Content-ID: <{cid}>{CRLF}Content-Disposition: inline; {param}{CRLF}"
+    else:
+        head += f"Content-Disposition: attachment; {param}{CRLF}"
+    lines = (part.data[i : i + 57] for i in range(0, len(part.data), 57))  # 76 base64 characters a line
+    body = b"".join(binascii.b2a_base64(line).replace(b"\n", b"\r\n") for line in lines)
+    return (head + CRLF).encode("ascii") + body
+
+
+def _multipart(subtype: str, parts: list[bytes], extra: str = "") -> bytes:
+    """A multipart body with its own Content-Type line. The CRLF before each delimiter belongs to
+    the delimiter, not to the part before it."""
+    boundary = f"=_{secrets.token_hex(12)}"
+    out = [f'Content-Type: multipart/{subtype}; boundary="{boundary}"{extra}{CRLF}{CRLF}'.encode("ascii")]
+    for index, part in enumerate(parts):
+        out.append(f"{CRLF if index else ''}--{boundary}{CRLF}".encode("ascii"))
+        out.append(part)
+    out.append(f"{CRLF}--{boundary}--{CRLF}".encode("ascii"))
+    return b"".join(out)
+
+
+def build(
+    headers: list[str], text: str, html: str | None, files: Sequence[FilePart] = ()
+) -> bytes:
+    """A whole message: `headers` as returned by the helpers above, then a text or text+HTML body,
+    then `files` (inline images related to the HTML, the others attached)."""
     head = ("".join(headers) + f"MIME-Version: 1.0{CRLF}").encode("ascii")
-    if html is None:
+    if html is None and not files:
         part = _text_part("plain", text)
         return head + part + (b"" if part.endswith(b"\r\n") else b"\r\n")
-    boundary = f"=_{secrets.token_hex(12)}"
-    # The CRLF before each delimiter belongs to the delimiter, not to the part before it.
-    return b"".join(
-        [
-            head,
-            f'Content-Type: multipart/alternative; boundary="{boundary}"{CRLF}{CRLF}'.encode("ascii"),
-            f"--{boundary}{CRLF}".encode("ascii"),
-            _text_part("plain", text),
-            f"{CRLF}--{boundary}{CRLF}".encode("ascii"),
-            _text_part("html", html),
-            f"{CRLF}--{boundary}--{CRLF}".encode("ascii"),
-        ]
-    )
+    inline = [f for f in files if f.content_id and html is not None]
+    attached = [f for f in files if f not in inline]
+    body = _text_part("plain", text)
+    if html is not None:
+        body = _multipart("alternative", [body, _text_part("html", html)])
+    if inline:
+        body = _multipart("related", [body, *map(_file_part, inline)], '; type="multipart/alternative"')
+    if attached:
+        body = _multipart("mixed", [body, *map(_file_part, attached)])
+    return head + body

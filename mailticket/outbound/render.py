@@ -29,7 +29,7 @@ from markupsafe import Markup, escape
 
 from mailticket.config.messages import did_you_mean
 from mailticket.errors import ConfigError
-from mailticket.i18n import DEFAULT_LANGUAGE, TAG, format_when, greeting_name
+from mailticket.i18n import DEFAULT_LANGUAGE, TAG, format_size, format_when, greeting_name
 
 # The top-level templates/ folder, reached through the mailticket/templates symlink so
 # that a built wheel carries the same files as a checkout.
@@ -73,6 +73,13 @@ KIND_VARIABLES: dict[str, dict[str, Any]] = {
     "overdue": {"which": "first response", "due": "2026-11-23T17:00:00+00:00"},
     "command_error": {"problems": ["unknown command '#frobnicate'"], "known": ["#note", "#close"]},
     "unverified_agent": {"reason": "dkim=fail for example.com from mx.example.com", "token_days": 30},
+    "reopened": {"reason": "customer replied"},
+    "alert": {"attachments": [
+        {"name": "invoice.pdf", "content_type": "application/pdf", "size": 48_213, "sha256": "0" * 64,
+         "content_id": None, "attached": True},
+        {"name": "video.mp4", "content_type": "video/mp4", "size": 52_428_800, "sha256": None,
+         "content_id": None, "attached": False},
+    ]},
 }
 
 
@@ -119,6 +126,11 @@ def _when(context: jinja2.runtime.Context, value: str | None) -> str:
         return format_when(value, context["language"], context["timezone"]) if value else ""
     except ValueError:
         return str(value)
+
+
+@jinja2.pass_context
+def _filesize(context: jinja2.runtime.Context, value: int) -> str:
+    return format_size(int(value), context["language"])
 
 
 def _paragraphs(text: str | None) -> Markup:
@@ -169,6 +181,7 @@ class Renderer:
             )
             env.filters["when"] = _when
             env.filters["paragraphs"] = _paragraphs
+            env.filters["filesize"] = _filesize
             self._envs[language] = env
         return self._envs[language]
 

@@ -84,15 +84,18 @@ def thread_index(ticket: Ticket) -> str:
     return base64.b64encode(b"\x01" + (filetime >> 24).to_bytes(5, "big") + guid).decode()
 
 
-def reply_headers(chain: list[tuple[str, str]]) -> list[str]:
-    """In-Reply-To the latest message someone wrote to us; References name the whole thread.
+def reply_headers(chain: list[tuple[str, str]], for_agent: bool = False) -> list[str]:
+    """In-Reply-To the latest message someone wrote to us (for an agent: the latest notice that
+    agent received, if any, never a customer's acknowledgement); References name the whole thread.
 
     `chain` is (Message-ID, direction) oldest first. Identifiers are written as they are, one per
     line: refolding one longer than a line would turn it into an encoded word and break threading.
     """
     if not chain:
         return []
-    answered = next((m for m, direction in reversed(chain) if direction == "in"), chain[-1][0])
+    last_in = next((m for m, direction in reversed(chain) if direction == "in"), chain[-1][0])
+    received = next((m for m, direction in reversed(chain) if direction == "out"), None)
+    answered = (received if for_agent else None) or last_in
     ids = [m for m, _ in chain]
     refs = ids if len(ids) <= MAX_REFERENCES else [ids[0], *ids[-(MAX_REFERENCES - 1) :]]
     return [

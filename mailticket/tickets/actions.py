@@ -6,6 +6,7 @@ it, and queues the notices it implies, so mail and shell behave the same.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlmodel import Session
@@ -13,9 +14,10 @@ from sqlmodel import Session
 from mailticket.config import PRIORITIES
 from mailticket.context import AppContext
 from mailticket.errors import TicketActionError
+from mailticket.models import AttachmentPart
 from mailticket.refs import new_ref
 from mailticket.storage import repository
-from mailticket.storage.tables import Entry, Ticket
+from mailticket.storage.tables import Attachment, Entry, Ticket
 from mailticket.tickets import notices
 from mailticket.tickets.sla import due_times
 
@@ -85,7 +87,8 @@ def add_entry(
         ticket_id=ticket.id,
         kind=kind,
         author=author,
-        body_text=body,
+        # One line-end convention whatever stored it (mail, CLI text, a file with CRLF).
+        body_text=body.replace("\r\n", "\n").replace("\r", "\n"),
         created_at=ctx.clock(),
         **fields,
     )
@@ -107,10 +110,35 @@ def relay_reply(session: Session, ctx: AppContext, ticket: Ticket, entry: Entry)
 
 
 def public_reply(
-    session: Session, ctx: AppContext, ticket: Ticket, agent: str, body: str, **fields: Any
+    session: Session,
+    ctx: AppContext,
+    ticket: Ticket,
+    agent: str,
+    body: str,
+    files: Sequence[AttachmentPart] = (),
+    **fields: Any,
 ) -> Entry:
-    """An agent's answer: stored, relayed to requester and CCs, first response recorded."""
+    """An agent's answer: stored with its `files`, relayed with them to requester and CCs."""
     entry = add_entry(session, ctx, ticket, "agent", agent, body, **fields)
+    assert entry.id is not None  # flushed by add_entry
+    limit = int(ctx.config.tickets.max_attachment_mb * 1024 * 1024)
+    for part in files:
+        if len(part.data) > limit:
+            raise TicketActionError(
+                f"{part.filename}: {len(part.data)} bytes, over tickets.max_attachment_mb", ticket=ticket.ref
+            )
+    repository.add_rows(
+        session,
+        Attachment,
+        [
+            {
+                "entry_id": entry.id, "filename": part.filename, "content_type": part.content_type,
+                "size": len(part.data), "sha256": ctx.blobs.put(part.data), "inline": part.inline,
+                "content_id": part.content_id,
+            }
+            for part in files
+        ],
+    )
     relay_reply(session, ctx, ticket, entry)
     return entry
 
@@ -203,12 +231,14 @@ def set_department(
         notices.moved(session, ctx, ticket, first, actor)
 
 
-def reopen(session: Session, ctx: AppContext, ticket: Ticket, actor: str | None, why: str) -> None:
-    """Back to open; the assignee (or the department's agents) hear why."""
+def reopen(
+    session: Session, ctx: AppContext, ticket: Ticket, actor: str | None, why: str, entry: Entry | None = None
+) -> None:
+    """Back to open; the assignee (or the department's agents) hear why, and what `entry` says."""
     if ticket.status == "open":
         return
     set_status(session, ctx, ticket, "open", actor, reason=why)
-    notices.reopened(session, ctx, ticket, actor, why)
+    notices.reopened(session, ctx, ticket, actor, why, entry)
 
 
 def assign(session: Session, ctx: AppContext, ticket: Ticket, agent: str | None, actor: str | None) -> None:

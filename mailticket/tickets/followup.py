@@ -132,7 +132,7 @@ def _customer_followup(
         known = match.ticket.participants if match.ticket else frozenset()
         store.add_ccs(ticket, (a.email for a in parsed.cc), known)
     if ticket.status in ("pending", "resolved"):
-        actions.reopen(session, ctx, ticket, parsed.sender, "customer replied")
+        actions.reopen(session, ctx, ticket, parsed.sender, "customer replied", entry)
     elif ticket.status == "closed":
         closed_reply(session, ctx, ticket, entry, parsed)
     else:

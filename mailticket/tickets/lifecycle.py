@@ -40,7 +40,7 @@ def closed_reply(
     window = timedelta(days=ctx.config.tickets.reopen_within_days)
     recent = ticket.closed_at is not None and ctx.clock() - ticket.closed_at <= window
     if policy == "reopen" and recent:
-        actions.reopen(session, ctx, ticket, parsed.sender, "customer replied to a closed ticket")
+        actions.reopen(session, ctx, ticket, parsed.sender, "customer replied to a closed ticket", entry)
         return ticket
     if policy == "reject":
         repository.record_event(

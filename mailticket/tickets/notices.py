@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from mailticket.context import AppContext
+from mailticket.outbound.mime import safe_filename
 from mailticket.outbound.outbox import enqueue
-from mailticket.storage.tables import Entry, Participant, Ticket
+from mailticket.storage.tables import Attachment, Entry, Participant, Ticket
 
 
 def entry_context(entry: Entry | None, flags: list[str] | None = None) -> dict[str, Any]:
@@ -41,6 +42,33 @@ def entry_context(entry: Entry | None, flags: list[str] | None = None) -> dict[s
         },
         "flags": flags or list(entry.flags),
     }
+
+
+def files_context(session: Session, ctx: AppContext, entry: Entry | None) -> dict[str, Any]:
+    """The entry's files for a notice: each named with its size, stored ones attached in order
+    while their total stays within `tickets.notice_attachments_mb`; inline ones keep their
+    Content-ID so the HTML part can show them."""
+    if entry is None or entry.id is None:
+        return {"attachments": []}
+    rows = session.exec(
+        select(Attachment).where(Attachment.entry_id == entry.id).order_by(col(Attachment.id))
+    ).all()
+    room = int(ctx.config.tickets.notice_attachments_mb * 1024 * 1024)
+    files = []
+    for row in rows:
+        attach = row.sha256 is not None and row.size <= room
+        room -= row.size if attach else 0
+        files.append(
+            {
+                "name": safe_filename(row.filename),
+                "content_type": row.content_type,
+                "size": row.size,
+                "sha256": row.sha256 if attach else None,
+                "content_id": row.content_id,
+                "attached": attach,
+            }
+        )
+    return {"attachments": files}
 
 
 def customers(session: Session, ticket: Ticket) -> tuple[str, list[str]]:
@@ -66,12 +94,16 @@ def new_ticket(session: Session, ctx: AppContext, ticket: Ticket, entry: Entry, 
     context = entry_context(entry)
     if acknowledge:
         enqueue(session, ctx, ticket, "ack", [ticket.requester], context)
-    enqueue(session, ctx, ticket, "alert", agents_to_alert(ctx, ticket), context)
+    alert = {**context, **files_context(session, ctx, entry)}
+    enqueue(session, ctx, ticket, "alert", agents_to_alert(ctx, ticket), alert)
 
 
 def moved(session: Session, ctx: AppContext, ticket: Ticket, first: Entry | None, actor: str | None) -> None:
     """An unassigned ticket moved to another department: its agents hear of it as of a new one."""
-    context = entry_context(first, [f"moved to {ticket.department}"])
+    context = {
+        **entry_context(first, [f"moved to {ticket.department}"]),
+        **files_context(session, ctx, first),
+    }
     enqueue(session, ctx, ticket, "alert", agents_to_alert(ctx, ticket, exclude=actor), context)
 
 
@@ -84,15 +116,17 @@ def note_alert(
     exclude: str | None = None,
     flags: list[str] | None = None,
 ) -> None:
-    """Agents hear of a note or a customer's reply (never `exclude`, who wrote it)."""
+    """Agents hear of a note or a customer's reply (never `exclude`, who wrote it), with its files."""
     to = agents_to_alert(ctx, ticket, exclude=exclude)
-    enqueue(session, ctx, ticket, "note_alert", to, entry_context(entry, flags))
+    context = {**entry_context(entry, flags), **files_context(session, ctx, entry)}
+    enqueue(session, ctx, ticket, "note_alert", to, context)
 
 
 def reply(session: Session, ctx: AppContext, ticket: Ticket, entry: Entry) -> None:
     """An agent's public reply to the requester and CCs: sent even to an auto-replying address."""
     requester, cc = customers(session, ticket)
-    enqueue(session, ctx, ticket, "reply", [requester], entry_context(entry), cc=cc, automatic=False)
+    context = {**entry_context(entry), **files_context(session, ctx, entry)}
+    enqueue(session, ctx, ticket, "reply", [requester], context, cc=cc, automatic=False)
 
 
 def resolution(session: Session, ctx: AppContext, ticket: Ticket, entry: Entry | None) -> None:
@@ -100,8 +134,13 @@ def resolution(session: Session, ctx: AppContext, ticket: Ticket, entry: Entry |
     enqueue(session, ctx, ticket, "resolution", [requester], entry_context(entry), cc=cc)
 
 
-def reopened(session: Session, ctx: AppContext, ticket: Ticket, actor: str | None, why: str) -> None:
-    context = {**entry_context(None), "entry": {"author": actor, "author_name": "", "body": why}}
+def reopened(
+    session: Session, ctx: AppContext, ticket: Ticket, actor: str | None, why: str, entry: Entry | None
+) -> None:
+    """Agents hear who reopened the ticket, why, and what was written (the customer's reply)."""
+    context = {**entry_context(entry), **files_context(session, ctx, entry), "reason": why}
+    if entry is None:
+        context["entry"] = {"author": actor, "author_name": "", "body": ""}
     enqueue(session, ctx, ticket, "reopened", agents_to_alert(ctx, ticket, exclude=actor), context)
 
 

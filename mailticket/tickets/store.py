@@ -210,14 +210,19 @@ class Store:
         )
 
     def entry(self, ticket: Ticket, parsed: ParsedMessage, kind: str, flags: list[str]) -> Entry:
-        """The message as an entry of `ticket`, with its Message-ID remembered and its attachments."""
+        """The message as an entry of `ticket`, with its Message-ID remembered and its attachments.
+
+        Every kind stores the visible reply (quotes, signature and the notices' marker removed):
+        a note from unverified agent mail or a command error reads like any other entry; the
+        raw message keeps the rest.
+        """
         entry = actions.add_entry(
             self.session,
             self.ctx,
             ticket,
             kind,
             parsed.sender,
-            parsed.visible_text if kind in ("customer", "agent") else parsed.text,
+            parsed.visible_text,
             author_name=(parsed.from_.name if parsed.from_ else "")[:200],
             message_id=parsed.message_id,
             subject=parsed.subject,

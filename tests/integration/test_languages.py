@@ -101,7 +101,7 @@ def test_rule_switches_a_ticket_to_french(smtp_sink: SmtpSink, db_url: str, tmp_
     outcome = ingest(ctx, first)
     sent = _sent(ctx, smtp_sink)
     assert "vielen Dank" in _text(sent[CAROL])
-    smtp_sink.messages.clear()
+    smtp_sink.clear()
     ack_id = str(sent[CAROL]["Message-ID"]).strip("<>")
     ingest(ctx, mail(body="Pouvez-vous répondre en français ?\n", in_reply_to=ack_id))
     with Session(ctx.engine) as session, session.begin():
@@ -137,7 +137,7 @@ def test_overdue_notice_writes_the_due_time_in_the_departments_zone_and_language
     ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port, clock=clock, departments=GERMAN_GENERAL)
     ingest(ctx, mail())
     flush(ctx, ignore_backoff=True)
-    smtp_sink.messages.clear()
+    smtp_sink.clear()
     clock.advance(hours=9)
     assert sla_check(ctx) == 1
     overdue = _text(_sent(ctx, smtp_sink)["alice@example.com"])
