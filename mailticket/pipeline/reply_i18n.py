@@ -186,7 +186,7 @@ def _header_block(lines: list[str], index: int) -> bool:
     return any(_OTHER_LINE.match(line) for line in reach)
 
 
-_HEADERISH: Final = re.compile(r"^\s*[*]*[^\s:：][^:：]{0,30}[:：]\s*\S|[:：]\s*$")
+_HEADERISH: Final = re.compile(r"^\s*[*]*[^\s:：][^:：]{0,30}[:：]\s*\S")
 #: At most this many lines directly above the marker are taken for the client's own header.
 _CLIENT_HEADER_LINES: Final = 6
 
