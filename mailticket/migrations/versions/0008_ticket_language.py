@@ -3,8 +3,8 @@
 Set by a rule's `language` action or the customer's Content-Language/Accept-Language when
 templates exist for it; NULL (every existing ticket) means the department's language.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
