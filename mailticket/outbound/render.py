@@ -218,10 +218,12 @@ class Renderer:
         problems: list[str] = []
         env = self.env(language)
         expected = [f"{kind}.{part}.j2" for kind in KINDS for part in PARTS]
-        for name in sorted(env.list_templates(extensions=["j2"])):
+        # Names with a folder are other languages' files (each language's own check reads them).
+        for name in sorted(n for n in env.list_templates(extensions=["j2"]) if "/" not in n):
             # A near miss of a notice's name is a typo that would silently leave the default in
-            # use; any other file may be a partial the templates include or extend.
-            if name not in expected and (hint := did_you_mean(name, expected)):
+            # use; any other file may be a partial the templates include or extend (`_name`).
+            partial = name.startswith("_")
+            if name not in expected and not partial and (hint := did_you_mean(name, expected)):
                 problems.append(f"template {name} is not one mailticket uses{hint}: name it "
                                 f"<kind>.<{'|'.join(PARTS)}>.j2 with a kind of {', '.join(KINDS)}")
                 continue

@@ -416,6 +416,6 @@ def test_languages_bad_tags_and_missing_templates(check: Check, tmp_path: Path) 
     )
     out = result.stdout.splitlines()
     assert result.exit_code == 0, result.output
-    assert out[0].startswith("templates it/: 26 missing, English used: ack.subject.j2, ack.html.j2, alert.")
+    assert out[0].startswith("templates it/: 29 missing, English used: ack.subject.j2, ack.html.j2, alert.")
     result, path = check('name = "support"\n', 'name = "support"\nlanguage = "pt-br"\n')
     assert "department support: no templates for language 'pt-br', English used" in result.stdout
