@@ -9,8 +9,10 @@
     └── OperationError               something failed while working; the loop decides
         ├── IntakeError              a source could not be read (mailbox, folder, UID)
         │   └── ParseError           bytes that cannot become a ParsedMessage
-        ├── StoreError               the database refused a transaction
-        │   └── DatabaseUnavailable  down, unreachable or locked too long: retry later
+        ├── StoreError               the database or the blob store refused a write
+        │   └── StoreUnavailable     the environment, not the message: pause the source, retry
+        │       ├── DatabaseUnavailable  down, unreachable or locked too long
+        │       └── DiskUnavailable      data_dir full, read-only or not writable (ENOSPC, EROFS...)
         ├── ScheduleError            an SLA plan cannot place a due time
         ├── OAuthError               an OAuth 2.0 mailbox has no token (`fix` says what to do)
         │   ├── GrantError           no usable grant: `mailticket auth login NAME` is needed
@@ -26,7 +28,9 @@
 Parse *problems* that still leave a usable message are not errors: they are recorded as
 defects on the ParsedMessage, the way the stdlib `email` does. Database errors become
 `DatabaseUnavailable` once, where SQLAlchemy reports them (`storage.db.make_engine`); an
-IntegrityError stays as it is, since the pipeline retries on it.
+IntegrityError stays as it is, since the pipeline retries on it. The blob store turns every
+OSError of a write into `DiskUnavailable`. A `StoreUnavailable` is never charged to the message
+in hand: intake pauses its source and resumes once the fault ends (`intake/pause.py`).
 
 Expected errors (the ones above) are logged as one line naming where they happened;
 anything else is a bug and is logged with its traceback.
@@ -90,11 +94,24 @@ class ParseError(IntakeError):
 
 
 class StoreError(OperationError):
-    """The database refused a transaction."""
+    """The database or the blob store refused a write."""
 
 
-class DatabaseUnavailable(StoreError):
+class StoreUnavailable(StoreError):
+    """A fault of the environment: no message causes it and none is to blame for it."""
+
+
+class DatabaseUnavailable(StoreUnavailable):
     """The database is down, unreachable or locked beyond its timeout: nothing was written."""
+
+
+class DiskUnavailable(StoreUnavailable):
+    """A blob could not be written under data_dir (disk full, read-only, no permission)."""
+
+    def __init__(self, message: str, *, path: str, errno: int | None = None) -> None:
+        self.path = path
+        self.errno = errno
+        super().__init__(f"{message} (path={path})")
 
 
 class ScheduleError(OperationError):

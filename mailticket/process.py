@@ -143,8 +143,9 @@ class Batch:
         self.done: list[tuple[RawMail, str | None, Outcome]] = []  # logged once committed
         self.writes: list[Future[str]] = []  # raw bytes and attachments on their way to disk
 
-    def process(self, raw: RawMail) -> Outcome:
-        outcome, message_id = self.pipeline.run(self._store(), raw)
+    def process(self, raw: RawMail, reuse: int | None = None) -> Outcome:
+        """One message; `reuse` names an intake row its record rewrites (a quarantine release)."""
+        outcome, message_id = self.pipeline.run(self._store(reuse), raw)
         self._next()
         self.done.append((raw, message_id, outcome))
         return outcome
@@ -162,11 +163,11 @@ class Batch:
         for written in self.writes:
             written.result()
 
-    def _store(self) -> Store:
+    def _store(self, reuse: int | None = None) -> Store:
         """A message's store: everything it does (ticket, entry, notices, due times) carries one
         instant of the context's clock, as the rows of one SQL transaction would."""
         now = self.pipeline.ctx.clock()
-        return Store(replace(self.pipeline.ctx, clock=lambda: now), self.session, self.writes)
+        return Store(replace(self.pipeline.ctx, clock=lambda: now), self.session, self.writes, reuse)
 
     def _next(self) -> None:
         """Each message starts from an empty identity map, as in a transaction of its own: no

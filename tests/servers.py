@@ -768,12 +768,14 @@ class SmtpSink:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> SmtpSink:
-        """Start on a free port (retrying if it is taken between picking and binding)."""
+        """Start on a free port (retrying if it is taken between picking and binding); a restart
+        after `stop()` binds the same port again, as a real server coming back would."""
         from aiosmtpd.controller import Controller
 
         last: BaseException | None = None
-        for _ in range(5):
-            port = free_port()
+        fixed = self.port != 0
+        for _ in range(1 if fixed else 5):
+            port = self.port if fixed else free_port()
             controller = Controller(
                 self,
                 hostname=self.host,

@@ -1,4 +1,4 @@
-"""`mailticket quarantine list|show`: mail that was kept but opened no ticket."""
+"""`mailticket quarantine list|show|release`: mail that was kept but opened no ticket."""
 
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ from mailticket.cli.output import (
     row_limit,
     when,
 )
+from mailticket.cli.report import parse_since
 from mailticket.cli.state import State, pass_state
 from mailticket.context import AppContext
+from mailticket.errors import TicketActionError
+from mailticket.intake.release import kept_ids, release
 from mailticket.pipeline.parse import MAX_HEADER_BYTES, headline
 from mailticket.storage.serialize import iso
 from mailticket.storage.tables import IntakeRecord
@@ -84,3 +87,37 @@ def quarantine_show(state: State, record_id: int) -> None:
         sys.stdout.buffer.write(ctx.blobs.get(sha))
     except FileNotFoundError:
         raise click.ClickException(f"raw message {sha} is missing from {ctx.blobs.root}") from None
+
+
+@quarantine.command("release")
+@click.argument("record_id", type=int, required=False)
+@click.option("--all", "release_all", is_flag=True, help="Every quarantined or dropped message.")
+@click.option("--since", help="With --all: only mail received since a date or a duration ago (2d).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def quarantine_release(
+    state: State, record_id: int | None, release_all: bool, since: str | None, as_json: bool
+) -> None:
+    """Run kept mail through the pipeline again (after a fix); releasing twice changes nothing."""
+    if (record_id is None) == (not release_all) or (since and not release_all):
+        raise click.UsageError("give one record ID, or --all (optionally with --since)")
+    ctx = state.ctx()
+    after = parse_since(since, ctx.clock()) if since else None
+    ids = [record_id] if record_id is not None else kept_ids(ctx, after)
+    data: list[dict[str, Any]] = []
+    for one in ids:
+        try:
+            outcome = release(ctx, one)
+        except TicketActionError as exc:
+            if record_id is not None:
+                raise click.ClickException(str(exc)) from None
+            data.append({"id": one, "status": "kept", "ticket": None, "reason": str(exc)})
+            continue
+        data.append({"id": one, "status": outcome.status, "ticket": outcome.ticket_ref,
+                     "new_ticket": outcome.new_ticket, "reason": outcome.reason})
+    if as_json:
+        print_json(data)
+        return
+    for r in data:
+        console.print(f"{r['id']}: {r['status']}" + "".join(f" {v}" for v in (r["ticket"], r["reason"]) if v),
+                      markup=False, highlight=False)

@@ -141,11 +141,14 @@ class FileTransport:
         self.folder = folder
 
     def send(self, item: Claimed) -> str | None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / f"{item.id:08d}-{item.kind}.eml"
         tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(item.raw)
-        tmp.replace(target)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(item.raw)
+            tmp.replace(target)
+        except OSError as exc:  # a full or read-only disk: the mail waits, as for a server that is down
+            raise ConnectionDown(f"cannot write to {self.folder}: {exc.strerror or exc}") from exc
         return None
 
     def close(self) -> None:

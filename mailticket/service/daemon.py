@@ -118,7 +118,7 @@ class Daemon:
     # -- jobs ----------------------------------------------------------------------------------
 
     def _stored(self, _outcome: Outcome) -> None:
-        """New mail usually means an acknowledgement or alert to send: flush now, not in 10 s."""
+        """New mail usually means an acknowledgement or alert to send: flush now, not in 5 s."""
         self.scheduler.run_soon("outbox")
 
     def _polled_result(self, result: PollResult) -> None:

@@ -119,8 +119,5 @@ class Scheduler:
                 self._lock.wait_for(lambda: not self._running)
             self._scheduler.shutdown(wait=True)
         for name in sorted(self._leases):
-            try:
-                lease.release(self.engine, name, self.owner)
-            except Exception:  # the database may be gone at shutdown; the lease then just expires
-                log.warning("could not release lease", extra={"fields": {"lease": name}})
+            lease.release(self.engine, name, self.owner)  # logs it when the database is gone
         self._leases.clear()

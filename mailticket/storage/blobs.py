@@ -6,6 +6,9 @@ and no sender-supplied filename ever becomes a path component.
 Layout: `<root>/ab/<sha256>`, 256 folders made once each (a folder made per blob cost more
 than writing the blob). Blobs written by earlier builds sit one level deeper,
 `<root>/ab/cd/<sha256>`, and are still found there.
+
+A write that the file system refuses (disk full, read-only, no permission) raises
+`DiskUnavailable`: the environment's fault, which pauses intake instead of failing the message.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+
+from mailticket.errors import DiskUnavailable
 
 
 class BlobStore:
@@ -54,8 +59,18 @@ class BlobStore:
 
     def _write(self, digest: str, data: bytes) -> str:
         target = self.root / digest[:2] / digest
+        try:
+            self._write_file(target, data)
+        except OSError as exc:
+            raise DiskUnavailable(
+                f"cannot write blob: {exc.strerror or exc}", path=str(exc.filename or target), errno=exc.errno
+            ) from exc
+        return digest
+
+    def _write_file(self, target: Path, data: bytes) -> None:
+        digest = target.name
         if target.exists() or self._legacy(digest).exists():
-            return digest
+            return
         if digest[:2] not in self._folders:
             target.parent.mkdir(parents=True, exist_ok=True)
             self._folders.add(digest[:2])
@@ -73,7 +88,6 @@ class BlobStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return digest
 
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()

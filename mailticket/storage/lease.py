@@ -9,21 +9,32 @@ loss) leaves its row behind until it expires; to make a restart on the same mach
 resume at once, the owner string names the host, PID namespace and PID, and a lease
 whose owner is a dead process on this very host is taken over without waiting. Lease
 times come from the processes' clocks, so hosts sharing a database need NTP.
+
+A process has one owner id (`owner_id`), whatever its threads and passes: a lease it could
+not give back (the database was down at that moment) is its own, and the next `acquire`
+takes it back at once instead of waiting for it to expire. A failed release is logged.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
 import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from mailticket.errors import DatabaseUnavailable
 from mailticket.storage.tables import Lease, utcnow
 
+log = logging.getLogger("mailticket.storage.lease")
+
 _LEASES = Lease.__table__  # type: ignore[attr-defined]
+_OWNER: tuple[int, str] | None = None  # (pid, owner id): a forked child makes its own
+_OWNER_LOCK = threading.Lock()
 
 
 def _host_id() -> str:
@@ -35,9 +46,18 @@ def _host_id() -> str:
     return f"{socket.gethostname()}{namespace}"
 
 
-def owner_id() -> str:
-    """A unique owner name for this process: `host[pidns]:pid:random`."""
+def make_owner_id() -> str:
+    """A new unique owner name: `host[pidns]:pid:random`."""
     return f"{_host_id()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_id() -> str:
+    """This process's owner name: the same for all its leases and threads, made once."""
+    global _OWNER
+    with _OWNER_LOCK:
+        if _OWNER is None or _OWNER[0] != os.getpid():
+            _OWNER = (os.getpid(), make_owner_id())
+        return _OWNER[1]
 
 
 def _holder_is_dead(owner: str) -> bool:
@@ -103,7 +123,16 @@ def renew(engine: Engine, name: str, owner: str, seconds: float, *, now: datetim
         )
 
 
-def release(engine: Engine, name: str, owner: str) -> None:
-    """Give a lease up at once (a no-op if we no longer hold it)."""
-    with engine.begin() as conn:
-        conn.execute(delete(_LEASES).where(_LEASES.c.name == name).where(_LEASES.c.owner == owner))
+def release(engine: Engine, name: str, owner: str) -> bool:
+    """Give a lease up at once (a no-op if we no longer hold it); False, logged, when the database
+    is unavailable: the row stays until it expires or this process takes it back."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(delete(_LEASES).where(_LEASES.c.name == name).where(_LEASES.c.owner == owner))
+    except DatabaseUnavailable as exc:
+        log.warning(
+            "could not release lease; this process takes it back at once, others wait for it to expire",
+            extra={"fields": {"lease": name, "owner": owner, "error": str(exc)}},
+        )
+        return False
+    return True

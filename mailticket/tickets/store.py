@@ -76,11 +76,14 @@ def fingerprint(parsed: ParsedMessage) -> str:
 class Store:
     """One message's writes: intake record, entries with attachments, blobs; no commit of its own."""
 
-    def __init__(self, ctx: AppContext, session: Session, writes: list[Future[str]]) -> None:
+    def __init__(
+        self, ctx: AppContext, session: Session, writes: list[Future[str]], reuse: int | None = None
+    ) -> None:
         self.ctx = ctx
         self.session = session
         self._writes = writes  # the transaction's pending blob writes
         self.flags: list[str] = []  # on every entry of this message (see `dedup`)
+        self.reuse = reuse  # an intake row to rewrite instead of adding one (a quarantine release)
 
     def put(self, data: bytes) -> str:
         """Start writing a blob; its sha256 at once (the transaction waits for the write)."""
@@ -153,16 +156,15 @@ class Store:
 
     def record(self, raw: RawMail, key: str, raw_sha: str, status: str, reason: str = "", **ids: Any) -> None:
         """The intake record: which source position became which outcome (and ticket, entry)."""
+        values = {"dedup_key": key, "raw_sha256": raw_sha, "status": status, "reason": reason, **ids}
+        if self.reuse is not None:  # the released row keeps its id, source and arrival time
+            row = _INTAKE.c.id == self.reuse
+            self.session.connection().execute(update(_INTAKE).where(row).values(**values))
+            self.reuse = None
+            return
         repository.add_row(
-            self.session,
-            IntakeRecord,
-            dedup_key=key,
-            raw_sha256=raw_sha,
-            source=f"{raw.source} {raw.position}".strip(),
-            created_at=self.ctx.clock(),
-            status=status,
-            reason=reason,
-            **ids,
+            self.session, IntakeRecord, source=f"{raw.source} {raw.position}".strip(),
+            created_at=self.ctx.clock(), **values,
         )
 
     def quarantine(self, raw: RawMail, reason: str, raw_sha: str | None = None) -> Outcome:

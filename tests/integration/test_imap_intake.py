@@ -288,7 +288,9 @@ def test_poison_message_is_quarantined_after_three_crashes(
         return real(self, raw)
 
     monkeypatch.setattr(Batch, "process", crashing)
-    for _ in range(poller.MAX_ATTEMPTS):
+    # The first crash is in the fresh fetch group: charged to no one. Then one by one, the
+    # poison message in hand dies on its own three times.
+    for _ in range(1 + poller.MAX_ATTEMPTS):
         with pytest.raises(WorkerCrash):
             poll(ctx)
     assert stored_message_ids(ctx) == ["innocent-1@customer.example"]  # before it: stored once
@@ -304,6 +306,41 @@ def test_poison_message_is_quarantined_after_three_crashes(
     assert all(SEEN in f for f in dovecot.flags().values())
     assert count(ctx, UidAttempt) == 0
     assert count(ctx, Entry) == 2
+
+
+def test_three_kills_while_an_innocent_message_heads_the_group_do_not_quarantine_it(
+    make: Any, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker dies three times while the same good message is the first unfinished one:
+    once in its fresh fetch group (charged to no one), twice while it is in hand on its own
+    (charged 1, 2). Its third try on its own stores it; the old rule (every try counted)
+    quarantined it unparsed as "worker crash?" on that turn."""
+    ctx = make()
+    ids = mids(4, "heads")
+    dovecot.append_many("INBOX", messages(ids))
+    real = Batch.process
+    kills = 0
+
+    def killed_while_first_in_hand(self: Batch, raw: RawMail) -> Outcome:
+        nonlocal kills
+        if ids[0].encode() in raw.data and kills < 3:
+            kills += 1
+            raise WorkerCrash
+        return real(self, raw)
+
+    monkeypatch.setattr(Batch, "process", killed_while_first_in_hand)
+    for charged in (0, 1, 2):
+        with pytest.raises(WorkerCrash):
+            poll(ctx)
+        with Session(ctx.engine) as s:
+            assert s.exec(sql_select(UidAttempt.attempts).where(UidAttempt.uid == 1)).one() == charged
+
+    result = poll(ctx)
+
+    assert (result.stored, result.quarantined, result.error) == (4, 0, None)
+    assert kills == 3 and stored_message_ids(ctx) == sorted(ids)
+    assert count(ctx, IntakeRecord, col(IntakeRecord.status) == "quarantined") == 0
+    assert count(ctx, UidAttempt) == 0 and cursor(ctx)[1] == 4
 
 
 def test_a_failing_message_does_not_block_the_others(
@@ -498,7 +535,7 @@ def test_a_commit_that_fails_leaves_the_messages_for_the_next_poll(
 def test_busy_mailbox_is_left_to_the_lease_holder(make: Any, dovecot: Dovecot) -> None:
     ctx = make()
     dovecot.append("INBOX", messages(["busy@customer.example"])[0])
-    holder = lease.owner_id()
+    holder = lease.make_owner_id()  # another process's
     assert lease.acquire(ctx.engine, "imap:support", holder, 60)
     assert poll(ctx).busy
     assert count(ctx, Entry) == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -308,9 +309,8 @@ class Killed(BaseException):
 
 
 def flush_until_killed(ctx: AppContext, transport: Transport, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A flush whose process dies inside `transport`: like a killed process, it records nothing,
-    neither the answers it got nor the release of the batch it had claimed ahead."""
-    monkeypatch.setattr(send, "_record", lambda *args: None)
+    """A flush whose process dies inside `transport`: like a killed process, it records nothing
+    more, neither the answer it got nor the release of the batch it had claimed ahead."""
     monkeypatch.setattr(send, "_release", lambda *args: None)
     with pytest.raises(Killed):
         flush(ctx, transport=transport)
@@ -527,12 +527,13 @@ def test_crash_between_answer_and_status_resends_only_messages_in_flight(
 
     flush_until_killed(ctx, CrashingTransport(ctx.config.smtp), monkeypatch)
     assert len(smtp_sink.received) == 34
-    assert flush(ctx).sent == 10  # two claimed batches of 10 wait for their claims to expire
+    # The batch in hand (7 rows left) and the one claimed ahead wait for their claims to lapse.
+    assert flush(ctx).sent == 10
     clock.advance(seconds=send.CLAIM_SECONDS + 1)
-    assert flush(ctx).sent == 20
+    assert flush(ctx).sent == 17
     copies = Counter(mid(m) for m in smtp_sink.messages)
     assert len(copies) == 60  # none lost
-    assert sum(n - 1 for n in copies.values()) == 4  # only the 4 in flight went twice
+    assert sum(n - 1 for n in copies.values()) == 1  # only the one in flight went twice
     assert all(r.status == "sent" for r in rows(ctx))
 
 
@@ -732,3 +733,52 @@ def test_outbox_cli_list_flush_and_retry(smtp_sink: SmtpSink, db_url: str, tmp_p
     assert cli("outbox", "flush").startswith("sent 2")
     assert {item["status"] for item in json.loads(cli("outbox", "list", "--json"))} == {"sent"}
     ctx.engine.dispose()
+
+
+def test_a_long_outage_delays_the_server_not_the_rows_and_one_success_ends_it(
+    smtp_sink: SmtpSink, db_url: str, tmp_path: Path
+) -> None:
+    """A server that was down for hours is tried again within SERVER_MAX_WAIT, its rows were
+    never pushed back nor charged, and the first message it accepts ends its back-off."""
+    clock = Clock()
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port, clock=clock, tickets={"acknowledge": False})
+    ingest(ctx, mail())
+    smtp_sink.stop()  # the server is down
+    waits = []
+    for _ in range(12):  # many failed flushes: with the old rule, the rows' next try was an hour away
+        assert flush(ctx).retrying == 1
+        server = send.server_backoff(ctx)
+        assert server.until is not None
+        waits.append((server.until - clock()).total_seconds())
+        assert flush(ctx).retrying == 0  # in the back-off: the server is not even tried
+        clock.advance(seconds=waits[-1])
+    assert waits[:2] == [60, 60] and max(waits) == send.SERVER_MAX_WAIT
+    (row,) = rows(ctx)
+    assert row.attempts == 0 and row.next_attempt_at <= clock() and "127.0.0.1" in (row.last_error or "")
+
+    smtp_sink.start()
+    assert flush(ctx).sent == 1
+    assert send.server_backoff(ctx).until is None and send.server_backoff(ctx).failures == 0
+
+
+def test_a_flush_longer_than_a_claim_keeps_its_rows_and_a_dead_ones_lapse(
+    smtp_sink: SmtpSink, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claims are short (CLAIM_SECONDS) and renewed by a heartbeat while the flush runs: a second
+    sender never takes a row from a slow but live one."""
+    monkeypatch.setattr(send, "CLAIM_SECONDS", 0.4)
+    ctx = smtp_ctx(tmp_path, db_url, smtp_sink.port, tickets={"acknowledge": False}, smtp={"batch_size": 2})
+    for n in range(3):
+        ingest(ctx, mail(sender=f"c{n}@customer.example"))
+    other = smtp_ctx(tmp_path, db_url, smtp_sink.port, smtp={"batch_size": 2})
+    stolen: list[int] = []
+
+    class Slow(SmtpTransport):
+        def send(self, item: Claimed) -> str | None:
+            time.sleep(0.5)  # longer than a claim: only the heartbeat keeps the rows ours
+            stolen.append(flush(other).sent)
+            return super().send(item)
+
+    assert flush(ctx, transport=Slow(ctx.config.smtp)).sent == 3
+    assert stolen == [0, 0, 0] and len(smtp_sink.received) == 3
+    other.engine.dispose()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
+from mailticket.errors import DiskUnavailable
 from mailticket.storage.blobs import BlobStore
 
 
@@ -36,3 +39,16 @@ def test_a_folder_removed_behind_the_store_is_made_again(tmp_path: Path) -> None
     (tmp_path / first[:2]).rmdir()
     assert store.put(b"a") == first
     assert store.get(first) == b"a"
+
+
+def test_a_write_the_file_system_refuses_is_a_disk_fault_naming_the_path(tmp_path: Path) -> None:
+    """Not the message's fault: the blob store says so with a typed error (intake then pauses)."""
+    blocked = tmp_path / "blobs"
+    blocked.write_bytes(b"a file where the folder should be")  # every mkdir under it fails
+    store = BlobStore(blocked)
+    with pytest.raises(DiskUnavailable) as caught:
+        store.put(b"mail")
+    _digest, written = store.put_async(b"other mail")
+    with pytest.raises(DiskUnavailable):
+        written.result()
+    assert str(blocked) in str(caught.value) and caught.value.errno is not None

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import imaplib
 import logging
+import random
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 from sqlalchemy.exc import SQLAlchemyError
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_any,
-    wait_exponential_jitter,
-)
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_any
 from tenacity.stop import stop_base
 
 from mailticket.config import MailboxConfig
@@ -125,7 +119,41 @@ class _StopEvent(stop_base):
         return self.event is not None and self.event.is_set()
 
 
-def retrying(mailbox: MailboxConfig, policy: RetryPolicy, stop: threading.Event | None) -> Retrying:
+class _Budget(stop_base):
+    """The reconnect budget of one pass: `policy.attempts` tries, counted again from zero once a
+    connection got work done (`progressed` grew), so a long pass that loses its connection now
+    and then never runs out, while a server that stays down ends the pass."""
+
+    def __init__(self, policy: RetryPolicy, progressed: Callable[[], int]) -> None:
+        self.policy = policy
+        self.progressed = progressed
+        self.mark = progressed()
+        self.base = 0  # the attempt number the count starts after
+
+    def failures(self, state: RetryCallState) -> int:
+        if self.progressed() != self.mark:
+            self.mark, self.base = self.progressed(), state.attempt_number - 1
+        return state.attempt_number - self.base
+
+    def __call__(self, state: RetryCallState) -> bool:
+        """Stop: the budget is spent."""
+        return self.failures(state) >= self.policy.attempts
+
+    def wait(self, state: RetryCallState) -> float:
+        first = self.policy.first_wait
+        wait = first * 2 ** (self.failures(state) - 1) + random.uniform(0, first)
+        return float(min(wait, self.policy.max_wait))
+
+
+def retrying(
+    mailbox: MailboxConfig,
+    policy: RetryPolicy,
+    stop: threading.Event | None,
+    progressed: Callable[[], int] = lambda: 0,
+) -> Retrying:
+    """Reconnect on connection trouble with jittered exponential back-off (`_Budget`)."""
+    budget = _Budget(policy, progressed)
+
     def sleep(seconds: float) -> None:
         if stop is not None:
             stop.wait(seconds)
@@ -136,19 +164,15 @@ def retrying(mailbox: MailboxConfig, policy: RetryPolicy, stop: threading.Event 
         exc = state.outcome.exception() if state.outcome else None
         log.warning(
             "connection lost; reconnecting",
-            extra={"fields": {"mailbox": mailbox.name, "attempt": state.attempt_number,
+            extra={"fields": {"mailbox": mailbox.name, "attempt": budget.failures(state),
                               "wait": round(state.upcoming_sleep, 2), "error": repr(exc)}},
         )
 
     return Retrying(
         retry=retry_if_exception(is_connection_trouble),
-        stop=stop_any(stop_after_attempt(policy.attempts), _StopEvent(stop)),
-        wait=wait_exponential_jitter(
-            initial=policy.first_wait, max=policy.max_wait, jitter=policy.first_wait
-        ),
+        stop=stop_any(budget, _StopEvent(stop)),
+        wait=budget.wait,
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,
     )
-
-

@@ -1,8 +1,16 @@
 """The IMAP cursor of a mailbox folder: the last UID done, and the attempts of the UIDs above it.
 
 The cursor moves only over a gap-free run of acknowledged UIDs; a UIDVALIDITY change resets
-it to 0. An attempt is counted (and committed) before a message is touched, so a message
-that kills the worker is recognised on its next turn.
+it to 0. Attempts are what charges a message for a dead worker, and only a message that was
+in hand on its own is charged:
+
+    fresh fetch group      one row per UID with attempts = 0, committed before the group's
+                           transaction: "tried in a group", charged to no one
+    a row exists already   a worker died in that group (or the message failed): the messages
+                           go one per transaction, each counted +1 (committed) before it is
+                           touched, so a message that kills the worker on its own is charged,
+                           and quarantined on its turn after MAX_ATTEMPTS such deaths
+    environment fault      the charge of the message in hand is given back (`uncount`)
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, insert, or_
+from sqlalchemy import Table, bindparam, delete, insert, or_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -77,20 +85,18 @@ class Cursor:
             )
 
     def count_first_attempts(self, uidvalidity: int, uids: list[int]) -> bool:
-        """Count a first attempt for a whole fetch group in one commit; False if any was tried before.
+        """Mark a whole fetch group as tried (uncharged) in one commit; False if any was tried before.
 
         The common case (fresh mail) then costs one commit per group instead of one per message.
-        A group with an earlier attempt, i.e. a worker that died in it, is counted message by
-        message (`count_attempt`), so a poison message is still quarantined after at most
-        MAX_ATTEMPTS tries. The messages after it were counted once without being tried: that
-        can only bring a later crash of their own to quarantine one attempt sooner.
+        A group with an earlier try, i.e. a worker that died in it, goes message by message
+        (`count_attempt`): only the one in hand when the worker dies again is charged.
         """
         where = {"mailbox": self.mailbox.name, "folder": self.mailbox.folder, "uidvalidity": uidvalidity}
         try:
             with self.ctx.engine.begin() as conn:
                 if conn.execute(_TRIED_BEFORE, {**where, "uids": uids}).first():
                     return False
-                conn.execute(insert(_ATTEMPTS), [{**where, "uid": uid, "attempts": 1} for uid in uids])
+                conn.execute(insert(_ATTEMPTS), [{**where, "uid": uid, "attempts": 0} for uid in uids])
         except IntegrityError:  # counted meanwhile by another poller: count one by one
             return False
         return True
@@ -101,7 +107,7 @@ class Cursor:
         One INSERT ... ON CONFLICT DO UPDATE ... RETURNING (SQLite and PostgreSQL alike): it
         runs once per message, so it is kept to one statement.
         """
-        table = UidAttempt.__table__  # type: ignore[attr-defined]
+        table = _ATTEMPTS
         stmt = (
             upsert(self.ctx.engine.dialect.name, table)
             .values(mailbox=self.mailbox.name, folder=self.mailbox.folder, uidvalidity=uidvalidity, uid=uid,
@@ -114,6 +120,18 @@ class Cursor:
         )
         with self.ctx.engine.begin() as conn:
             return int(conn.execute(stmt).scalar_one())
+
+    def uncount(self, uidvalidity: int, uid: int) -> None:
+        """Give back the charge of a message whose try the environment ended (disk full, database
+        down): it did not kill the worker."""
+        with self.ctx.engine.begin() as conn:
+            conn.execute(
+                update(_ATTEMPTS)
+                .where(_ATTEMPTS.c.mailbox == self.mailbox.name, _ATTEMPTS.c.folder == self.mailbox.folder)
+                .where(_ATTEMPTS.c.uidvalidity == uidvalidity, _ATTEMPTS.c.uid == uid)
+                .where(_ATTEMPTS.c.attempts > 0)
+                .values(attempts=_ATTEMPTS.c.attempts - 1)
+            )
 
     def _state_query(self) -> Any:
         return (

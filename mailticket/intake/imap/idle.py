@@ -12,8 +12,14 @@ from imapclient import IMAPClient
 
 from mailticket.config import MailboxConfig
 from mailticket.context import AppContext
-from mailticket.intake.imap.connection import RetryPolicy, as_operation_error, connected
+from mailticket.intake.imap.connection import (
+    RetryPolicy,
+    as_operation_error,
+    connected,
+    is_connection_trouble,
+)
 from mailticket.intake.imap.poller import LEASE_SECONDS, Poller, PollResult, lease_name, record_pass, renewer
+from mailticket.intake.pause import is_environment_fault, pause_for
 from mailticket.service import health
 from mailticket.storage import lease
 
@@ -65,17 +71,21 @@ def idle_mailbox(
     """Until `stop_event`: poll, IDLE, poll again on every new-mail announcement.
 
     Holds the mailbox lease while connected (waiting politely while another process holds
-    it); any failure is retried forever with back-off capped at `retry.max_wait`, reset by
-    the next good pass. Without the IDLE capability it polls every `poll_seconds`.
+    it). A fault of the environment or of the connection pauses the mailbox (intake/pause.py:
+    one line when it starts, one when it ends, tries every few seconds); any other failure is
+    retried forever with back-off capped at `retry.max_wait`. A good pass resets both.
+    Without the IDLE capability it polls every `poll_seconds`.
     `on_poll` sees each pass's result (e.g. to flush the outbox right after new tickets).
     """
     owner = lease.owner_id()
     name = lease_name(mailbox)
+    pause = pause_for(name)
     failures = 0
 
     def passed(result: PollResult) -> None:
         nonlocal failures
         failures = 0
+        pause.ok()
         record_pass(ctx, result)
         if on_poll is not None:
             on_poll(result)
@@ -91,9 +101,15 @@ def idle_mailbox(
             finally:
                 lease.release(ctx.engine, name, owner)
         except Exception as exc:
+            problem = as_operation_error(exc, mailbox.name, None)
+            failed, error = PollResult(mailbox.name, mailbox.folder, error=problem), str(problem)
+            if is_environment_fault(exc) or is_connection_trouble(exc):
+                failed.paused, failed.retry_in = error, pause.failed(error)  # logged once, when it starts
+                record_pass(ctx, failed)
+                stop_event.wait(failed.retry_in)
+                continue
             failures += 1
             delay = min(retry.first_wait * 2 ** (failures - 1), retry.max_wait)
-            error = str(as_operation_error(exc, mailbox.name, None))
             log.warning("IDLE loop failed; retrying",
                         extra={"fields": {"mailbox": mailbox.name, "wait": delay, "error": error}})
             health.record_source(ctx, health.mailbox_source(mailbox), ok=False, error=error)

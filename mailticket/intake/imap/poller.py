@@ -3,9 +3,10 @@
 What makes "every message exactly once" survive a crash at any point is the order of
 four steps per message, each of the database ones committed before the next begins:
 
-  1. count the attempt (UidAttempt)   a message that kills the worker three times is
-                                      quarantined unparsed on its fourth turn (fresh mail
-                                      is counted one fetch group at a time)
+  1. count the attempt (UidAttempt)   a message that kills the worker three times on its
+                                      own is quarantined unparsed on its fourth turn; a
+                                      fresh fetch group is marked tried, charged to no one
+                                      (cursor.py says who is charged when)
   2. process or quarantine           idempotent: keyed on Message-ID (else sha256), so
      (Pipeline.in_transaction)        doing it again yields "duplicate"; fresh mail shares
                                       one transaction per fetch group, a group that failed
@@ -26,8 +27,11 @@ Messages larger than `service.max_message_mb` are never downloaded: their header
 `quarantine_folder`, where it stays whole.
 
 One process polls a mailbox at a time (a lease in the database). Connection trouble is
-retried with exponential back-off; what was committed stays committed and the next
-connection resumes from the cursor.
+retried with exponential back-off, the budget starting again after each connection that got
+work done; what was committed stays committed and the next connection resumes from the
+cursor. A fault of the environment (database or disk unavailable, the IMAP server gone)
+ends the pass without charging, quarantining or acknowledging anything: the mailbox is
+paused (intake/pause.py) and the daemon tries it again within seconds.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 
 from imapclient import IMAPClient
@@ -47,9 +53,16 @@ from sqlmodel import select
 from mailticket import logs
 from mailticket.config import MailboxConfig
 from mailticket.context import AppContext
-from mailticket.errors import IntakeError, OperationError
-from mailticket.intake.imap.connection import RetryPolicy, as_operation_error, connected, retrying
+from mailticket.errors import IntakeError, OperationError, StoreUnavailable
+from mailticket.intake.imap.connection import (
+    RetryPolicy,
+    as_operation_error,
+    connected,
+    is_connection_trouble,
+    retrying,
+)
 from mailticket.intake.imap.cursor import Cursor
+from mailticket.intake.pause import is_environment_fault, pause_for
 from mailticket.models import Outcome, RawMail
 from mailticket.process import Batch, Pipeline
 from mailticket.service import health
@@ -95,6 +108,8 @@ class PollResult:
     backlog: int = 0  # messages above the cursor not done when the pass ended
     seconds: float = 0.0  # how long the pass took
     error: OperationError | None = None
+    paused: str | None = None  # the error is the environment's: the mailbox waits, then tries again
+    retry_in: float = 0.0  # seconds, when paused
 
     def count(self, outcome: Outcome) -> None:
         if outcome.status == "stored":
@@ -137,6 +152,7 @@ class Poller:
         self.pipeline = Pipeline(ctx)
         self.source = f"imap:{mailbox.name}/{mailbox.folder}"
         self.current_uid: int | None = None
+        self.batches = 0  # batches done (committed, acknowledged, cursor moved), over all connections
         self.cursor = Cursor(ctx, mailbox)
         self._folders_ready: set[str] = set()
         for name in (mailbox.processed_folder, mailbox.quarantine_folder):
@@ -177,6 +193,7 @@ class Poller:
             if below:
                 self.cursor.advance(uidvalidity, max(below))
             self.renew()
+            self.batches += 1
             done += len(batch)
             self.result.backlog = len(uids) - done + len(unfinished)
             if self.progress:
@@ -204,60 +221,79 @@ class Poller:
                 if (body := bodies.get(uid, {}).get(b"BODY[]")) is not None
             ]
             left -= set(group) - {mail.uid for mail in mails}  # expunged between the two fetches
+            rest = mails
             if self.cursor.count_first_attempts(uidvalidity, group):
-                left -= self._store(uidvalidity, mails, acks)
-            else:
-                for mail in mails:
-                    if self._stopped():
-                        break
-                    attempts = self.cursor.count_attempt(uidvalidity, mail.uid)
-                    left -= self._store(uidvalidity, [mail], acks, attempts)
+                rest = self._group(uidvalidity, mails, acks)
+                left -= {m.uid for m in mails} - {m.uid for m in rest}
+            left -= set(self._one_by_one(uidvalidity, rest, acks))
             if self._stopped():
                 return acks, left
-        for uid in (u for u in batch if u in sizes and sizes[u] > limit):
-            if self._stopped():
-                break
-            mail = _Fetched(uid, self._header(client, uid), oversized=sizes[uid])
-            left -= self._store(uidvalidity, [mail], acks, self.cursor.count_attempt(uidvalidity, uid))
+        big = [u for u in batch if sizes.get(u, 0) > limit]
+        oversized = [_Fetched(u, self._header(client, u), sizes[u]) for u in big]
+        left -= set(self._one_by_one(uidvalidity, oversized, acks))
         return acks, left
 
-    def _store(
-        self, uidvalidity: int, mails: list[_Fetched], acks: dict[str | None, list[int]], attempts: int = 1
-    ) -> set[int]:
-        """Run `mails` through the pipeline; once committed, file their acks. Returns the UIDs done.
+    def _group(
+        self, uidvalidity: int, mails: list[_Fetched], acks: dict[str | None, list[int]]
+    ) -> list[_Fetched]:
+        """Fresh mail, a whole fetch group per transaction (or what GROUP_SECONDS allows, then the
+        rest in the next): one commit instead of one per message, and no attempt charged.
 
-        Fresh mail goes a whole fetch group per transaction (or what GROUP_SECONDS allows, then
-        the rest in the next): one commit instead of one per message. A transaction that fails
-        anywhere is rolled back whole and its messages are done again one per transaction, so
-        a failure costs only the message that causes it; that message stays above the cursor
-        and unacknowledged, and its attempts count towards quarantine.
+        Returns the messages not done: those left when a transaction failed (rolled back whole),
+        to go one per transaction, so a failure costs only the message that causes it. An environment fault
+        stops the pass instead: the source pauses and no message is tried alone for it.
         """
-        done: dict[int, Outcome] = {}
-        while len(mails) > 1 and not self._stopped():
+        while mails and not self._stopped():
             try:
-                done |= self.pipeline.in_transaction(partial(self._run, uidvalidity, mails, attempts))
+                done = self.pipeline.in_transaction(partial(self._run, uidvalidity, mails, 0))
             except Exception as exc:
+                if is_environment_fault(exc):
+                    raise
                 logs.failure(
                     log, "fetch group failed; storing its messages one transaction each", exc,
                     logging.WARNING, mailbox=self.mailbox.name, uids=[m.uid for m in mails],
                 )
-                break
+                return mails
+            self._done(done, acks)
             mails = [m for m in mails if m.uid not in done]
+        return mails
+
+    def _one_by_one(
+        self, uidvalidity: int, mails: list[_Fetched], acks: dict[str | None, list[int]]
+    ) -> list[int]:
+        """One message per transaction, each charged an attempt (committed) before it is touched:
+        a worker that dies now dies on this message. Returns the UIDs done.
+
+        A message that fails stays above the cursor and unacknowledged for the next poll; an
+        environment fault gives its charge back and stops the pass (the source pauses).
+        """
+        done: list[int] = []
         for mail in mails:
             if self._stopped():
                 break
+            attempts = self.cursor.count_attempt(uidvalidity, mail.uid)
             try:
-                done |= self.pipeline.in_transaction(partial(self._run, uidvalidity, [mail], attempts))
+                outcomes = self.pipeline.in_transaction(partial(self._run, uidvalidity, [mail], attempts))
             except Exception as exc:
+                if is_environment_fault(exc):
+                    with suppress(StoreUnavailable):  # the database itself may be the fault
+                        self.cursor.uncount(uidvalidity, mail.uid)
+                    raise
                 logs.failure(
                     log, "message failed; left for the next poll", exc,
                     mailbox=self.mailbox.name, uid=mail.uid, attempt=attempts,
                 )
                 self.result.failed += 1
+                continue
+            self._done(outcomes, acks)
+            done.extend(outcomes)
+        return done
+
+    def _done(self, done: dict[int, Outcome], acks: dict[str | None, list[int]]) -> None:
+        """Committed: count the outcomes and file the acknowledgements."""
         for uid, outcome in done.items():
             self.result.count(outcome)
             acks.setdefault(self._destination(outcome), []).append(uid)
-        return set(done)
 
     def _run(
         self, uidvalidity: int, mails: list[_Fetched], attempts: int, batch: Batch
@@ -379,13 +415,18 @@ def poll_mailbox(
     """One pass over a mailbox: everything above the cursor, reconnecting on connection loss.
 
     Never raises for operation errors: they end up in `PollResult.error` (with the
-    mailbox and the UID at hand), so one failing mailbox never stops the others.
+    mailbox and the UID at hand), so one failing mailbox never stops the others. A fault of
+    the environment sets `PollResult.paused` too: the mailbox's `Pause` logged it (once), and
+    `retry_in` says when to try again.
     """
     result = PollResult(mailbox.name, mailbox.folder)
     owner = lease.owner_id()
     name = lease_name(mailbox)
     poller: Poller | None = None
     started = time.monotonic()
+    pause = pause_for(name)
+    if pause.reason is not None:  # paused: one try per pause interval, no reconnect loop of its own
+        retry = RetryPolicy(attempts=1)
     try:
         if not lease.acquire(ctx.engine, name, owner, LEASE_SECONDS):
             result.busy = True
@@ -394,24 +435,37 @@ def poll_mailbox(
         try:
             poller = Poller(ctx, mailbox, result, renew=renewer(ctx, mailbox, owner), stop=stop,
                              progress=progress)
-            for attempt in retrying(mailbox, retry, stop):
+            for attempt in retrying(mailbox, retry, stop, lambda: poller.batches if poller else 0):
                 with attempt, connected(mailbox, ctx.tokens) as client:
                     poller.run(client)
         finally:
             lease.release(ctx.engine, name, owner)
     except Exception as exc:
         result.error = as_operation_error(exc, mailbox.name, poller.current_uid if poller else None)
-        log.error("mailbox could not be read: %s", result.error, extra={"fields": {"mailbox": mailbox.name}})
+        if is_environment_fault(exc) or is_connection_trouble(exc):
+            result.paused = str(result.error)
+            result.retry_in = pause.failed(result.paused)
+        else:
+            log.error("mailbox could not be read: %s", result.error,
+                      extra={"fields": {"mailbox": mailbox.name}})
+    if result.paused is None:
+        pause.ok()
     result.seconds = time.monotonic() - started
     record_pass(ctx, result)
     return result
 
 
 def record_pass(ctx: AppContext, result: PollResult) -> None:
-    """The pass's health for `mailticket status`; a busy mailbox is the other poller's to report."""
-    if not result.busy:
-        health.record_source(ctx, health.mailbox_source(result.mailbox), ok=result.error is None,
-                             error=str(result.error) if result.error else None, backlog=result.backlog)
+    """The pass's health for `mailticket status`; a busy mailbox is the other poller's to report.
+    A paused mailbox shows its reason and next try (its backlog is the last one known)."""
+    if result.busy:
+        return
+    until = ctx.clock() + timedelta(seconds=result.retry_in) if result.paused else None
+    health.record_source(
+        ctx, health.mailbox_source(result.mailbox), ok=result.error is None,
+        error=str(result.error) if result.error else None,
+        backlog=None if result.paused else result.backlog, paused_reason=result.paused, paused_until=until,
+    )
 
 
 def renewer(ctx: AppContext, mailbox: MailboxConfig, owner: str) -> Callable[[], None]:
