@@ -5,8 +5,10 @@ only once it returned, that is, once the message and its ticket changes are
 committed. Quarantined or dropped mail is kept (raw copy, intake record), so
 it is accepted with 250 too; a failure of the pipeline or the database is a
 `451 4.3.0` and the MTA retries later (a retry of a message that was in fact
-committed is recognised as a duplicate and accepted). LMTP answers once per
-recipient, as RFC 2033 asks; one delivery is still stored once.
+committed is recognised as a duplicate and accepted). A fault of the environment
+(disk, database) pauses the listener's source: one log line when it starts, one when
+the first message is stored again, 451 for each message meanwhile. LMTP answers once
+per recipient, as RFC 2033 asks; one delivery is still stored once.
 
 If the process dies mid-transaction the client never sees a 250 and keeps the
 message. A clean stop closes the listener first, then waits for the messages
@@ -29,6 +31,7 @@ from aiosmtpd.smtp import SMTP
 
 from mailticket import logs
 from mailticket.context import AppContext
+from mailticket.intake.pause import is_environment_fault, pause_for
 from mailticket.models import Outcome, RawMail
 from mailticket.process import Pipeline
 from mailticket.service import health
@@ -57,6 +60,7 @@ class IntakeHandler:
         self.on_stored = on_stored
         self.observe = observe
         self.health = health.SourceRecorder(ctx, protocol)
+        self.pause = pause_for(protocol)
         self.executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix=f"{protocol}-intake")
         self._busy = 0
         self._idle = threading.Condition()
@@ -93,11 +97,15 @@ class IntakeHandler:
         try:
             outcome = await loop.run_in_executor(self.executor, self._process, raw)
         except Exception as exc:
-            logs.failure(log, "message not stored; answered 451", exc, peer=where)
+            if is_environment_fault(exc):
+                self.pause.failed(f"{exc}; answering 451")  # one line when the fault starts
+            else:
+                logs.failure(log, "message not stored; answered 451", exc, peer=where)
             # Not awaited: with the database locked, recording it would hold the 451 back.
             self.executor.submit(self.health.failed, f"{type(exc).__name__}: {exc}")
             reply, status = TEMPFAIL, "failed"
         else:
+            self.pause.ok()
             reply = f"250 2.0.0 {outcome.status}{' ' + outcome.ticket_ref if outcome.ticket_ref else ''}"
             status = outcome.status
         if self.observe is not None:

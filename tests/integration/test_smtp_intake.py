@@ -18,6 +18,7 @@ from sqlmodel import Session, select
 from mailticket.context import AppContext
 from mailticket.intake.smtp import IntakeServer
 from mailticket.service import health
+from mailticket.storage.blobs import BlobStore
 from mailticket.storage.db import make_engine
 from mailticket.storage.tables import IntakeRecord, Ticket
 from tests.daemonproc import DaemonProcess, counts, wait_until, write_config
@@ -106,6 +107,24 @@ def test_database_failure_is_451_and_the_retry_stores_once(intake: tuple[AppCont
         conn.execute(text("ALTER TABLE intake_away RENAME TO intake"))
     assert send(server, raw)[0] == 250
     assert len(ticket_refs(ctx)) == 1
+
+
+def test_a_full_disk_pauses_the_listener_with_one_line_each_way(
+    intake: tuple[AppContext, IntakeServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctx, server = intake
+    working = ctx.blobs
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_bytes(b"")
+    ctx.blobs = BlobStore(blocked)  # every blob write fails: DiskUnavailable
+    with caplog.at_level(logging.INFO, logger="mailticket.intake"):
+        replies = [send(server, mail(message_id=f"full-{i}@customer.example"))[0] for i in range(3)]
+        ctx.blobs = working
+        after = [send(server, mail(message_id=f"full-{i}@customer.example"))[0] for i in range(3)]
+    assert replies == [451] * 3 and after == [250] * 3 and len(ticket_refs(ctx)) == 3
+    lines = [r.getMessage() for r in caplog.records if r.name == "mailticket.intake"]
+    assert len(lines) == 2
+    assert lines[0].startswith("intake paused: cannot write blob") and lines[1] == "intake resumed"
 
 
 def lmtp_deliver(host: str, port: int, raw: bytes, rcpts: list[str]) -> list[str]:
