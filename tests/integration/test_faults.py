@@ -106,10 +106,17 @@ def outage_lines(log: str, start: int) -> list[str]:
 # -- a full or read-only blob folder ------------------------------------------------------------
 
 
+BLOB_FAULTS = [  # every fault and mode on SQLite; on PostgreSQL each fault once (the suite's time)
+    pytest.param(db, fault, idle, id=f"{db}-{fault}-{'idle' if idle else 'poll'}",
+                 marks=[pytest.mark.postgres] if db == "postgresql" else [])
+    for db, fault, idle in [("sqlite", "full", False), ("sqlite", "full", True),
+                            ("sqlite", "readonly", False), ("sqlite", "readonly", True),
+                            ("postgresql", "full", True), ("postgresql", "readonly", False)]
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("fault", "idle"), [("full", False), ("full", True), ("readonly", False),
-                                             ("readonly", True)], ids=["full-poll", "full-idle",
-                                                                       "readonly-poll", "readonly-idle"])
+@pytest.mark.parametrize(("db_url", "fault", "idle"), BLOB_FAULTS, indirect=["db_url"])
 def test_a_full_or_read_only_blob_folder_pauses_intake_and_costs_no_message(
     tmp_path: Path, db_url: str, dovecot: Dovecot, fault: str, idle: bool
 ) -> None:
