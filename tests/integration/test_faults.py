@@ -165,7 +165,7 @@ def test_a_full_or_read_only_blob_folder_pauses_intake_and_costs_no_message(
 def database_outage(url: str) -> Iterator[None]:
     """Refuse new connections to the test's own database and cut the open ones."""
     name = url.rsplit("/", 1)[1]
-    admin, _user = _admin_connect()
+    admin = _admin_connect()[0]
     try:
         admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
