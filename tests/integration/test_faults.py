@@ -14,6 +14,7 @@ fault ends) and the suite stays fast; `MAILTICKET_OUTAGE_SECONDS=30` runs the lo
 from __future__ import annotations
 
 import itertools
+import json
 import multiprocessing
 import os
 import re
@@ -27,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import Engine, text
 from sqlmodel import Session, col, func, select
 
 from mailticket.app import build
+from mailticket.cli import main
 from mailticket.config import load_config
 from mailticket.intake.imap import poll_mailbox
 from mailticket.storage.db import make_engine, migrate
@@ -70,6 +73,12 @@ def stored(engine: Engine) -> int:
         return tally(engine)["stored"]
     except Exception:  # the database is the fault being injected, or not migrated yet
         return -1
+
+
+def status(config: Path) -> dict[str, Any]:
+    result = CliRunner().invoke(main, ["--config", str(config), "status", "--json"])
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
 
 
 def mount(*args: str) -> None:
@@ -136,6 +145,8 @@ def test_a_full_or_read_only_blob_folder_pauses_intake_and_costs_no_message(
             dovecot.append_many("INBOX", [customer_mail(i, "during") for i in range(40)])
             time.sleep(OUTAGE_SECONDS)
             assert tally(engine)["stored"] == 5 and tally(engine)["quarantined"] == 0
+            (source,) = status(config)["sources"]
+            assert "cannot write blob" in source["paused_reason"]  # what `mailticket status` shows
             if fault == "full":
                 mount("-o", "remount,size=100m", str(blobs))
             else:
