@@ -31,7 +31,7 @@ from aiosmtpd.smtp import SMTP
 
 from mailticket import logs
 from mailticket.context import AppContext
-from mailticket.intake.pause import is_environment_fault, pause_for
+from mailticket.intake.pause import Pause, is_environment_fault
 from mailticket.models import Outcome, RawMail
 from mailticket.process import Pipeline
 from mailticket.service import health
@@ -60,7 +60,7 @@ class IntakeHandler:
         self.on_stored = on_stored
         self.observe = observe
         self.health = health.SourceRecorder(ctx, protocol)
-        self.pause = pause_for(protocol)
+        self.pause = Pause(protocol)
         self.executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix=f"{protocol}-intake")
         self._busy = 0
         self._idle = threading.Condition()
