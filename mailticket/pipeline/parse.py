@@ -16,7 +16,9 @@ the bytes (C-speed `count`, a regex only when needed) and cuts the message at
 the first part beyond MAX_PARTS parts, MAX_DEPTH nested multiparts or
 MAX_LINES lines; what was cut is recorded as a defect, and the raw bytes are
 kept whole by the caller, so nothing is lost. Text handed to the pure-Python
-converters (html2text, the reply stripper) is capped as well.
+converters (html2text, the reply stripper) is capped as well, and an HTML body goes to
+nh3 and html2text only within the nesting and tag limits of `markup.py` (beyond them its
+text is read by a linear scan and no sanitised HTML is kept).
 
 Problems that still leave a usable message become `defects`; only input we
 cannot turn into a ticket entry at all raises ParseError: larger than the
@@ -48,6 +50,7 @@ from mailparser.utils import (
 
 from mailticket.errors import ParseError
 from mailticket.models import Address, AttachmentPart, AuthHeader, AuthResult, ParsedMessage
+from mailticket.pipeline.markup import MAX_TEXT_TAGS, linear_text, too_complex
 from mailticket.pipeline.reply import visible_reply, visible_reply_html
 
 MAX_PARTS = 1000  # MIME parts read; the corpus maximum is 3,039 (a never-ending enclosure)
@@ -56,7 +59,7 @@ MAX_LINES = 500_000  # a 30 MB base64 attachment is ~400,000 lines
 MAX_HEADER_BYTES = 256 * 1024
 MAX_ADDRESS_CHARS = 64 * 1024  # of one address header: ~0.15 s of structural recovery at worst
 MAX_TEXT_CHARS = 2_000_000
-MAX_HTML_CHARS = 1_000_000  # sanitised by nh3 (Rust, ~0.15 s per million characters)
+MAX_HTML_CHARS = 1_000_000  # sanitised by nh3 (Rust, ~0.15 s per million characters), see markup.py
 MAX_HTML_TO_TEXT_CHARS = 128 * 1024  # html2text is pure Python: ~1.7 us per character
 MAX_ID_CHARS = 900  # Message-IDs are stored in 998-character columns with a key prefix
 MAX_EMAIL_CHARS = 254  # RFC 5321 path limit; longer "addresses" are not mail addresses
@@ -65,6 +68,9 @@ MAX_SUBJECT_CHARS = 1000
 MAX_AUTH_RESULTS_CHARS = 8192  # one Authentication-Results field; real ones are a few hundred
 MAX_AUTH_RESULTS_FIELDS = 20  # kept per message (parsing one of 8 KB takes ~0.1 s)
 MAX_HOPS_AFTER_BORDER = 10  # Received lines above a result that can still count (config limit)
+MAX_DECODED_HEADER_CHARS = 16 * 1024  # RFC 2047 decoding costs ~30 us per encoded word
+MAX_PARAMETERS = 2000  # ";" in the message before MIME parameter headers are checked for length
+MAX_PARAMETER_HEADER_BYTES = 4096  # the stdlib re-reads every parameter on each get_param()
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -111,6 +117,10 @@ _MIME_EVENT = re.compile(
 # "--boundary" followed by a part's header line or its blank line.
 _FIRST_DELIMITER = re.compile(r"^--([^\s][^\r\n]{0,198}?)[ \t]*\r?\n(?=[\x21-\x39\x3b-\x7e]+:|\r?\n)", re.M)
 _REPORT_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*([^\r\n]+)", re.I | re.M)
+# A Content-Type or Content-Disposition field with its folded continuation lines.
+_PARAMETER_HEADER = re.compile(
+    rb"^(content-(?:type|disposition)[ \t]*:)([^\r\n]*+(?:\r?\n[ \t][^\r\n]*+)*+)", re.I | re.M
+)
 
 
 def _header_str(value: str, fallback: str) -> str:
@@ -147,8 +157,9 @@ def _text(value: str) -> str:
     """Raw header value -> readable text, RFC 2047 encoded words decoded, no control characters."""
     value = _clean(value)
     if "=?" in value:
+        head, rest = value[:MAX_DECODED_HEADER_CHARS], value[MAX_DECODED_HEADER_CHARS:]
         with contextlib.suppress(Exception):  # mail-parser must never take the daemon down
-            value = _clean(decode_header_part(value))
+            value = _clean(decode_header_part(head)) + rest
     return _CONTROL.sub("", value)
 
 
@@ -335,7 +346,24 @@ def _prepare(raw: bytes, defects: list[str]) -> bytes:
     if _OBS_HEADER_NAME.search(head):
         defects.append("ObsoleteHeaderNameDefect")
         data = _OBS_HEADER_NAME.sub(rb"\1:", head) + (b"" if end is None else data[end:])
+    if data.count(b";") > MAX_PARAMETERS:
+        data = _PARAMETER_HEADER.sub(lambda found: _short_parameters(found, defects), data)
     return _limit(data, defects)
+
+
+def _short_parameters(found: re.Match[bytes], defects: list[str]) -> bytes:
+    """A MIME parameter header cut after its last whole parameter within MAX_PARAMETER_HEADER_BYTES.
+
+    The stdlib parses every parameter again on each lookup (content type, charset, boundary,
+    filename): 50,000 parameters cost seconds, and no real header has more than a few.
+    """
+    value = found.group(2)
+    if len(value) <= MAX_PARAMETER_HEADER_BYTES:
+        return found.group(0)
+    defects.append(f"LongParameterHeaderDefect: cut to {MAX_PARAMETER_HEADER_BYTES} bytes")
+    value = b" ".join(value[: MAX_PARAMETER_HEADER_BYTES * 2].split())[:MAX_PARAMETER_HEADER_BYTES]
+    semicolon = value.rfind(b";")
+    return found.group(1) + b" " + (value[:semicolon] if semicolon > 0 else value)
 
 
 def _limit(data: bytes, defects: list[str]) -> bytes:
@@ -378,11 +406,15 @@ def _structure_cut(data: bytes, end: int, defects: list[str]) -> int:
     return end
 
 
-def _html_to_text(html: str) -> str:
+def _html_text(html: str, over: str) -> tuple[str, str]:
+    """(text, visible text) of an HTML-only body: html2text within its limits, else linear_text."""
+    if over or html.count("<", 0, MAX_HTML_TO_TEXT_CHARS) > MAX_TEXT_TAGS:
+        text = linear_text(html)
+        return text, visible_reply(text)
     converter = html2text.HTML2Text()
     converter.body_width = 0
     converter.ignore_images = True
-    return converter.handle(html[:MAX_HTML_TO_TEXT_CHARS]).strip()
+    return converter.handle(html[:MAX_HTML_TO_TEXT_CHARS]).strip(), visible_reply_html(html)
 
 
 def _attached_message(part: Message) -> bytes:
@@ -453,14 +485,17 @@ def _bodies(
         if isinstance(body, str):
             text_parts.append(body.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
     html = _body_text("\n".join(html_parts))[:MAX_HTML_CHARS] if html_parts else None
+    over = too_complex(html) if html else ""
+    if over:
+        defects.append(f"HtmlTooComplexDefect: {over}; its text was read without an HTML parser")
     text = _body_text("\n".join(t for t in text_parts if t).strip())
     if text:
         visible = visible_reply(text)
     elif html:
-        text, visible = _html_to_text(html), visible_reply_html(html)
+        text, visible = _html_text(html, over)
     else:
         visible = ""
-    return text[:MAX_TEXT_CHARS], visible, nh3.clean(html) if html else None
+    return text[:MAX_TEXT_CHARS], visible, nh3.clean(html) if html and not over else None
 
 
 def _build(msg: Message, raw: bytes, defects: list[str], *, whole: bool) -> ParsedMessage:

@@ -26,6 +26,10 @@ from mailticket.models import Decision, ParsedMessage, RuleHit
 Check = Callable[["_Facts"], str | None]
 
 _SHOWN = 60  # characters of a matched value quoted in "matched on"
+# Characters of one value a regex condition reads. Mail decides the text, the admin the
+# pattern: `invoice.*overdue` is quadratic on a body of "invoice" repeated, so the scan is
+# bounded (what a sender wrote sits at the top of the body; the other ops read it whole).
+MAX_REGEX_CHARS = 64 * 1024
 
 
 def _q(text: str) -> str:
@@ -59,7 +63,8 @@ def _predicate(cond: ConditionConfig) -> tuple[Callable[[str], object], str | No
     value = cond.value
     if base == "regex":
         assert cond.pattern is not None  # compiled by the config validator, at load
-        return cond.pattern.search, None
+        search = cond.pattern.search
+        return (lambda value: search(value, 0, MAX_REGEX_CHARS)), None
     if base == "in":
         return frozenset(str(v).casefold() for v in value).__contains__, None  # type: ignore[union-attr]
     needle = str(value).lower() if isinstance(value, bool) else str(value).casefold()

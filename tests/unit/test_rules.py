@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -500,3 +501,16 @@ def test_explain_matches_route() -> None:
     assert explain(msg, config, mailbox=None, followup=False)[0] == route(msg, config, mailbox=None,
                                                                           followup=False)
     assert base_department(msg, config, None) == "general"
+
+
+def test_a_regex_reads_a_bounded_prefix_of_a_hostile_body() -> None:
+    """`invoice.*overdue` is quadratic on "invoice" repeated: the scan stops at MAX_REGEX_CHARS."""
+    body = "invoice " * 250_000  # 2 MB, the parse stage's text limit
+    msg = parse(mail(subject="hello", body=body))
+    condition = {"field": "body", "op": "regex", "value": "invoice.*overdue"}
+    rules = [rule("r", condition, actions={"tags": ["x"]})]
+    start = time.process_time()
+    assert evaluate(rules, msg, BASE_DECISION, mailbox=None, followup=False) is BASE_DECISION
+    assert time.process_time() - start < 1.0
+    early = parse(mail(subject="hello", body="invoice overdue\n" + body))
+    assert evaluate(rules, early, BASE_DECISION, mailbox=None, followup=False).tags == ("x",)
