@@ -52,6 +52,7 @@ from mailticket.errors import ParseError
 from mailticket.models import Address, AttachmentPart, AuthHeader, AuthResult, ParsedMessage
 from mailticket.pipeline.markup import MAX_TEXT_TAGS, linear_text, too_complex
 from mailticket.pipeline.reply import visible_reply, visible_reply_html
+from mailticket.pipeline.untrusted import safe_filename
 
 MAX_PARTS = 1000  # MIME parts read; the corpus maximum is 3,039 (a never-ending enclosure)
 MAX_DEPTH = 8  # nested multiparts; real mail rarely passes 5 (forwarded mixed/alternative/related)
@@ -653,7 +654,7 @@ def _read_parts(
         cid = part.get("Content-ID")
         attachments.append(
             AttachmentPart(
-                filename=(_text(filename) or None) if filename else None,
+                filename=safe_filename(_text(filename)) if filename else None,
                 content_type=ctype,
                 data=data,
                 inline=disposition == "inline" or (disposition is None and bool(cid)),
