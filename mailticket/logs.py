@@ -8,11 +8,14 @@ import sys
 from typing import Any
 
 from mailticket.errors import MailticketError
+from mailticket.pipeline.untrusted import printable
 
 
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        # The message may quote mail (a subject, an error about a header): one line, no controls.
+        message = printable(record.getMessage(), multiline=False)
+        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {message}"
         fields = getattr(record, "fields", None)
         if fields:
             line += " " + " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in fields.items())

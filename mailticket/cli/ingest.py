@@ -18,6 +18,7 @@ import click
 from mailticket import logs
 from mailticket.cli.state import EX_OK, EX_TEMPFAIL, State, pass_state
 from mailticket.intake.pipe import deliver
+from mailticket.pipeline.untrusted import printable
 from mailticket.service import health
 
 log = logging.getLogger("mailticket.cli")
@@ -47,10 +48,10 @@ def ingest(state: State, file: BinaryIO) -> None:
     except SystemExit:
         raise
     except Exception as exc:  # not kept: the MTA keeps the message and retries
-        click.echo(f"not stored, retry later: {type(exc).__name__}: {exc}", err=True)
+        click.echo(printable(f"not stored, retry later: {type(exc).__name__}: {exc}"), err=True)
         sys.exit(EX_TEMPFAIL)
     line = _SAID[outcome.status].format(ref=outcome.ticket_ref or "", reason=outcome.reason or outcome.status)
-    click.echo(line.strip())
+    click.echo(printable(line.strip()))  # the reason may quote the mail
     _warn_if_nothing_sends(state)
     sys.exit(EX_OK)
 

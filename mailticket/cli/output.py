@@ -17,18 +17,35 @@ import click
 from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Column, Table
+from rich.text import Text
 from sqlalchemy import func
 from sqlmodel import Session, select
 
 from mailticket.cli.state import State
 from mailticket.context import AppContext
+from mailticket.pipeline.untrusted import json_safe, printable
 from mailticket.refs import normalise_ref
 from mailticket.storage import repository
 from mailticket.storage.tables import Ticket
 
+
+class MailSafeConsole(Console):
+    """A console on which no string can command the terminal.
+
+    Every string printed, as text, a table cell or a rule title, passes through `render_str`;
+    there its control and bidi characters are escaped (`printable`), so a subject or body
+    carrying ESC sequences, C1 controls or a right-to-left override shows them as `\\x1b`.
+    """
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(printable(text), **kwargs)
+
+
 # Wide tables when piped into a file or pager; rich only sizes to a real terminal.
 # Subjects, addresses and reasons come from strangers' mail: never read as rich markup or emoji codes.
-console = Console(width=None if sys.stdout.isatty() else 200, markup=False, emoji=False, highlight=False)
+console = MailSafeConsole(
+    width=None if sys.stdout.isatty() else 200, markup=False, emoji=False, highlight=False
+)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -91,7 +108,8 @@ class Grid:
         self.rows: list[tuple[str, ...]] = []
 
     def add_row(self, *cells: str) -> None:
-        self.rows.append(cells)
+        # Escaped here, so that the widths are those of what the console will print.
+        self.rows.append(tuple(printable(cell, multiline=False) for cell in cells))
 
     def widths(self, total: int) -> list[int]:
         """Each column's width: its widest cell, the shrinking columns water-filled into the rest."""
@@ -121,7 +139,8 @@ class Grid:
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    """JSON with C1 and bidi characters as \\u escapes too (json escapes only C0 itself)."""
+    click.echo(json_safe(json.dumps(data, indent=2, ensure_ascii=False)))
 
 
 @contextmanager

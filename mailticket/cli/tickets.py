@@ -27,6 +27,7 @@ from mailticket.cli.output import (
 from mailticket.cli.state import State, pass_state
 from mailticket.intake.staff import open_ticket
 from mailticket.models import AttachmentPart
+from mailticket.pipeline.untrusted import printable
 from mailticket.storage.serialize import ticket_dict
 from mailticket.storage.tables import Ticket
 from mailticket.tickets import actions
@@ -81,7 +82,7 @@ def tickets_show(state: State, ref: str, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    console.print(Text.assemble((data["ref"], "bold"), "  ", data["subject"]))
+    console.print(Text.assemble((data["ref"], "bold"), "  ", printable(data["subject"], multiline=False)))
     console.print(
         f"status={data['status']} priority={data['priority']} department={data['department']} "
         f"assignee={data['assignee'] or '-'} requester={data['requester']} tags={','.join(data['tags'])}"

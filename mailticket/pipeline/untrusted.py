@@ -38,6 +38,14 @@ def printable(text: str, *, multiline: bool = True) -> str:
     return _UNSAFE.sub(_escape, text)
 
 
+def json_safe(text: str) -> str:
+    """Dumped JSON with every control and bidi character left in it as a `\\uXXXX` escape.
+
+    Only string contents can hold them, where the escape means the same character.
+    """
+    return _UNSAFE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+
+
 def safe_filename(name: str | None) -> str | None:
     """A name fit to store, show and attach: no path, no controls, no reserved name, short.
 
