@@ -5,11 +5,14 @@
 store, open, follow-up, notices). All database work for a message happens in one
 transaction (its own, or one shared by an IMAP fetch group: `Pipeline.in_transaction`),
 keyed by the message's de-duplication key, so a message processed twice (reconnect, crash,
-a copy to a second support address) is stored once.
+a copy to a second support address) is stored once. `Pipeline.process` parses before that
+transaction, and recognises a byte-identical copy of a stored message from its header block
+and sha256 alone, so the write lock (SQLite's BEGIN IMMEDIATE) is held only to store, never while a parser works.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -24,13 +27,13 @@ from mailticket.dkim_verify import dkim_results
 from mailticket.errors import ParseError
 from mailticket.models import AuthResult, Classification, MailKind, Outcome, ParsedMessage, RawMail
 from mailticket.pipeline.classify import classify, for_ticket
-from mailticket.pipeline.parse import parse
+from mailticket.pipeline.parse import header_message_id, parse
 from mailticket.pipeline.route import route
 from mailticket.storage import repository
 from mailticket.storage.tables import Ticket
 from mailticket.tickets.followup import followup
 from mailticket.tickets.open import open_ticket
-from mailticket.tickets.store import Store
+from mailticket.tickets.store import Store, known
 
 log = logging.getLogger("mailticket.pipeline")
 T = TypeVar("T")
@@ -44,8 +47,31 @@ class Pipeline:
         self.max_bytes = int(ctx.config.service.max_message_mb * 1024 * 1024)
 
     def process(self, raw: RawMail) -> Outcome:
-        """Never raises for bad mail: every message ends stored, duplicate or quarantined."""
-        return self.in_transaction(lambda batch: batch.process(raw))
+        """Never raises for bad mail: every message ends stored, duplicate or quarantined.
+
+        Other writers (an `ingest` next to this one, a staff command) wait only while this
+        message is stored: the parse runs before the transaction, and a byte-identical copy
+        of a stored message is found by its Message-ID (or its bytes' sha256) and answered
+        without a parse.
+        """
+        message_id = header_message_id(raw.data)
+        sha = hashlib.sha256(raw.data).hexdigest()
+        key = f"mid:{message_id}" if message_id else f"sha256:{sha}"
+        with Session(self.ctx.engine) as session:
+            already = known(session, key, sha)
+        if already:
+            outcome = self.in_transaction(lambda batch: batch.duplicate(raw, key, message_id))
+            if outcome is not None:
+                return outcome
+        parsed = self.parse(raw)
+        return self.in_transaction(lambda batch: batch.process(raw, parsed=parsed))
+
+    def parse(self, raw: RawMail) -> ParsedMessage | ParseError:
+        """The parse stage, its refusal returned rather than raised (it becomes a quarantine)."""
+        try:
+            return parse(raw.data, max_bytes=self.max_bytes)
+        except ParseError as exc:
+            return exc
 
     def in_transaction(self, work: Callable[[Batch], T]) -> T:
         """Run `work` (one message or a whole fetch group) in one transaction, and log each
@@ -74,15 +100,20 @@ class Pipeline:
         return result
 
     # -- the stage order -------------------------------------------------------
-    def run(self, store: Store, raw: RawMail) -> tuple[Outcome, str | None]:
-        """The message's outcome and Message-ID; inside the caller's transaction."""
+    def run(
+        self, store: Store, raw: RawMail, parsed: ParsedMessage | ParseError | None = None
+    ) -> tuple[Outcome, str | None]:
+        """The message's outcome and Message-ID; inside the caller's transaction.
+
+        `parsed` is the parse done before the transaction, if there was one.
+        """
         # The raw bytes (and attachments) are written while this message and the rest of its
         # transaction are parsed and stored (`Batch.wait_for_blobs`).
         raw_sha = store.put(raw.data)
-        try:
-            parsed = parse(raw.data, max_bytes=self.max_bytes)
-        except ParseError as exc:
-            return store.quarantine(raw, str(exc), raw_sha), None
+        if parsed is None:
+            parsed = self.parse(raw)
+        if isinstance(parsed, ParseError):
+            return store.quarantine(raw, str(parsed), raw_sha), None
         key, seen = store.dedup(parsed)
         if seen is not None:
             return seen, parsed.message_id
@@ -143,11 +174,23 @@ class Batch:
         self.done: list[tuple[RawMail, str | None, Outcome]] = []  # logged once committed
         self.writes: list[Future[str]] = []  # raw bytes and attachments on their way to disk
 
-    def process(self, raw: RawMail, reuse: int | None = None) -> Outcome:
-        """One message; `reuse` names an intake row its record rewrites (a quarantine release)."""
-        outcome, message_id = self.pipeline.run(self._store(reuse), raw)
+    def process(
+        self, raw: RawMail, reuse: int | None = None, parsed: ParsedMessage | ParseError | None = None
+    ) -> Outcome:
+        """One message; `reuse` names an intake row its record rewrites (a quarantine release),
+        `parsed` the parse done before the transaction, if there was one."""
+        outcome, message_id = self.pipeline.run(self._store(reuse), raw, parsed)
         self._next()
         self.done.append((raw, message_id, outcome))
+        return outcome
+
+    def duplicate(self, raw: RawMail, key: str, message_id: str | None) -> Outcome | None:
+        """A byte-identical copy of a stored message, counted (its raw bytes kept, as any
+        message's); None if it is not stored after all."""
+        store = self._store()
+        outcome = store.seen_copy(key, store.put(raw.data))
+        if outcome is not None:
+            self.done.append((raw, message_id, outcome))
         return outcome
 
     def quarantine(self, raw: RawMail, reason: str) -> Outcome:

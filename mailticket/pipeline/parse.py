@@ -444,6 +444,22 @@ def _recover_multipart(part: Message) -> Message | None:
     return inner if inner.is_multipart() else None
 
 
+def header_message_id(raw: bytes) -> str | None:
+    """The Message-ID `parse` finds, read from the header block alone (cheap: no MIME tree).
+
+    Lets the caller recognise a message it already stored before paying for the full parse.
+    None when there is none, or when the header block is one `parse` would refuse.
+    """
+    try:
+        head = _prepare(raw[: MAX_HEADER_BYTES + 8], [])
+    except ParseError:
+        return None
+    end = _header_end(head)
+    values = BytesHeaderParser(policy=policy.compat32).parsebytes(head[:end]).get_all("Message-ID") or []
+    ids = message_ids(_text(str(values[0]))) if values and str(values[0]).isascii() else ()
+    return ids[0] if ids else None
+
+
 def parse(raw: bytes, *, max_bytes: int = 30 * 1024 * 1024) -> ParsedMessage:
     """The whole parse stage. Raises ParseError (only) for input we refuse to store as an entry."""
     if len(raw) > max_bytes:

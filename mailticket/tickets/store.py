@@ -44,6 +44,7 @@ _SEEN = (
     .select_from(_INTAKE.outerjoin(_TICKETS, _TICKETS.c.id == _INTAKE.c.ticket_id))
     .where(_INTAKE.c.dedup_key == bindparam("key"))
 )
+_SEEN_COPY = _SEEN.where(_INTAKE.c.raw_sha256 == bindparam("sha"))
 _CC_COUNT = (
     sa_select(func.count())
     .select_from(_PARTICIPANTS)
@@ -61,6 +62,15 @@ _TOKEN_TEXT = re.compile(r"\s*\[\s*#\s*[0-9A-Za-z]{4}\s*-\s*[0-9A-Za-z]{4}\s*\]\
 def clean_subject(subject: str) -> str:
     """The ticket's title: reply/forward prefixes and our token removed."""
     return _PREFIX.sub("", _TOKEN_TEXT.sub(" ", subject)).strip() or "(no subject)"
+
+
+def known(session: Session, key: str, sha: str) -> bool:
+    """Whether these very bytes were kept before under `key` (a read: it takes no write lock).
+
+    The same bytes parse the same, so they are a duplicate whatever `Store.dedup` would decide;
+    a message that only shares a Message-ID is left to it (it may be a stranger's).
+    """
+    return session.connection().execute(_SEEN_COPY, {"key": key, "sha": sha}).first() is not None
 
 
 def dedup_key(parsed: ParsedMessage) -> str:
@@ -94,6 +104,11 @@ class Store:
     def seen(self, key: str) -> Outcome | None:
         """A duplicate's outcome (its count raised), or None for a key never stored before."""
         row = self.session.connection().execute(_SEEN, {"key": key}).first()
+        return None if row is None else self._duplicate(row)
+
+    def seen_copy(self, key: str, sha: str) -> Outcome | None:
+        """A byte-identical copy's outcome (its count raised), or None (see `known`)."""
+        row = self.session.connection().execute(_SEEN_COPY, {"key": key, "sha": sha}).first()
         return None if row is None else self._duplicate(row)
 
     def _duplicate(self, row: Row[Any, Any, Any, Any, Any]) -> Outcome:

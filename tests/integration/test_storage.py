@@ -19,6 +19,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from mailticket.cli import main
 from mailticket.context import AppContext
+from mailticket.pipeline.untrusted import safe_filename
 from mailticket.storage.blobs import BlobStore
 from mailticket.storage.db import alembic_config, make_engine, migrate
 from mailticket.storage.tables import Attachment, Entry, IntakeRecord, Ticket
@@ -264,7 +265,9 @@ def test_attachments_are_content_addressed_never_named_by_the_sender(
 
     (row,) = attachments(ctx)
     digest = hashlib.sha256(data).hexdigest()
-    assert (row.filename, row.sha256, row.size) == (filename, digest, len(data))
+    # Stored under its basename (tests/unit/test_untrusted.py): never a path.
+    assert (row.filename, row.sha256, row.size) == (safe_filename(filename), digest, len(data))
+    assert row.filename and "/" not in row.filename and "\\" not in row.filename
     blob = ctx.data_dir / "blobs" / digest[:2] / digest
     assert blob.read_bytes() == data and ctx.blobs.get(digest) == data
     # The name was metadata only: nothing was written where it points, and every file in
