@@ -7,7 +7,8 @@ transaction (its own, or one shared by an IMAP fetch group: `Pipeline.in_transac
 keyed by the message's de-duplication key, so a message processed twice (reconnect, crash,
 a copy to a second support address) is stored once. `Pipeline.process` parses before that
 transaction, and recognises a byte-identical copy of a stored message from its header block
-and sha256 alone, so the write lock (SQLite's BEGIN IMMEDIATE) is held only to store, never while a parser works.
+and sha256 alone, so the write lock (SQLite's BEGIN IMMEDIATE) is held only to store, never
+while a parser works.
 """
 
 from __future__ import annotations

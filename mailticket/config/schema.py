@@ -186,6 +186,10 @@ class TicketsConfig(_Model):
     auto_mail_per_recipient_per_day: int = Field(default=40, ge=0)
     auto_mail_per_ticket_per_hour: int = Field(default=10, ge=0)
     max_cc_per_ticket: int = Field(default=10, ge=0)
+    # Loop brakes that hold whatever headers the other side sends (docs/outbound.md).
+    customer_mail_per_ticket_per_hour: int = Field(default=20, ge=0)  # relayed agent replies too
+    agent_repeat_minutes: int = Field(default=30, ge=0)  # an agent's same text again: a note
+    alerts_per_sender_per_hour: int = Field(default=10, ge=0)  # new-ticket alerts; then one digest
 
 
 class SecurityConfig(_Model):

@@ -90,7 +90,7 @@ def enqueue(
     for recipient in dict.fromkeys(t.lower() for t in to if t):
         if recipient in own:
             continue
-        why = suppressed_reason(session, ctx, ticket, kind, recipient) if automatic else None
+        why = suppressed_reason(session, ctx, ticket, kind, recipient, automatic=automatic)
         if why is None:
             try:
                 mailbox("", recipient)

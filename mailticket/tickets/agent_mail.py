@@ -8,12 +8,21 @@ the resolution notice (one mail to the customer, not a reply and a notice);
 otherwise it is relayed to the requester and CCs as a reply. An unknown or
 malformed command stops everything: the agent gets an error notice, the mail
 is kept as an internal note, and nothing is relayed or changed.
+
+Mail that is automatic but says nothing of it (an out-of-office answering each alert, from
+a client that sets no Auto-Submitted) shows itself by repetition: the same text from the same
+agent on the same ticket within `agent_repeat_minutes` is kept as a note flagged `automatic`,
+recorded as an `agent_mail_held` event, and neither relayed nor alerted. (Mail with automatic
+headers never gets here: it is classified an auto-reply.)
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlmodel import select
 
 from mailticket.config import PRIORITIES, Config
 from mailticket.models import ParsedMessage
@@ -68,11 +77,25 @@ def check_command(config: Config, cmd: Command) -> str | None:
 
 
 def agent_mail(store: Store, ticket: Ticket, parsed: ParsedMessage, known: frozenset[str]) -> Entry:
-    """A verified agent's mail: its commands checked (all or nothing), then applied in order.
-    A public reply's CCs join the ticket (`known`: its participants) before it is relayed."""
+    """A verified agent's mail: held if it repeats itself, else its commands checked (all or
+    nothing), then applied in order. A public reply's CCs join the ticket (`known`: its
+    participants) before it is relayed."""
+    commands, rest, unknown = split_commands(parsed.visible_text)
+    if why := _repeated(store, ticket, parsed.sender or "", rest, commands):
+        return _hold(store, ticket, parsed, rest, why)
+    return _apply(store, ticket, parsed, known, (commands, rest, unknown))
+
+
+def _apply(
+    store: Store,
+    ticket: Ticket,
+    parsed: ParsedMessage,
+    known: frozenset[str],
+    split: tuple[list[Command], str, list[str]],
+) -> Entry:
+    commands, rest, unknown = split
     session, ctx = store.session, store.ctx
     agent = parsed.sender or ""
-    commands, rest, unknown = split_commands(parsed.visible_text)
     problems = [f"unknown command {line!r}" for line in unknown]
     problems += [p for c in commands if (p := check_command(ctx.config, c))]
     if problems:
@@ -108,6 +131,31 @@ def agent_mail(store: Store, ticket: Ticket, parsed: ParsedMessage, known: froze
         actions.resolve(
             session, ctx, ticket, agent, close=closing == "close", entry=None if internal else entry
         )
+    return entry
+
+
+def _repeated(store: Store, ticket: Ticket, agent: str, text: str, commands: list[Command]) -> str | None:
+    """Why `text` (without commands) looks automatic: this agent sent the same here a moment ago."""
+    if not text or commands:
+        return None
+    minutes = store.ctx.config.tickets.agent_repeat_minutes
+    since = store.ctx.clock() - timedelta(minutes=minutes)
+    found = store.session.exec(
+        select(Entry.id)
+        .where(Entry.ticket_id == ticket.id, Entry.author == agent)
+        .where(Entry.body_text == text, Entry.created_at >= since)
+        .limit(1)
+    ).first()
+    return f"the same text as this agent's mail on the ticket within {minutes} minutes" if found else None
+
+
+def _hold(store: Store, ticket: Ticket, parsed: ParsedMessage, text: str, why: str) -> Entry:
+    """Keep automatic-looking agent mail as a note: nothing relayed, nobody alerted."""
+    entry = store.entry(ticket, parsed, "note", ["automatic"])
+    entry.body_text = text
+    session, now = store.session, store.ctx.clock()
+    agent = parsed.sender
+    repository.record_event(session, now, ticket, "agent_mail_held", agent, entry_id=entry.id, reason=why)
     return entry
 
 

@@ -15,18 +15,23 @@ Who hears what:
                    how to get verified (at most one an hour per agent: a forger cannot flood)
 
 A notice that must not go out (loop safety, caps, an undeliverable address) becomes a
-`notice_suppressed` event inside `enqueue`; the ticket change still commits.
+`notice_suppressed` event inside `enqueue`; the ticket change still commits. New-ticket
+alerts have a cap per requester and hour (`alerts_per_sender_per_hour`): the ticket past it
+alerts once more, as a digest saying how many came, and later ones are suppressed (an event
+each), so a flood from one address cannot bury the agents.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from mailticket.context import AppContext
 from mailticket.outbound.mime import safe_filename
 from mailticket.outbound.outbox import enqueue
+from mailticket.storage import repository
 from mailticket.storage.tables import Attachment, Entry, Participant, Ticket
 
 
@@ -94,8 +99,38 @@ def new_ticket(session: Session, ctx: AppContext, ticket: Ticket, entry: Entry, 
     context = entry_context(entry)
     if acknowledge:
         enqueue(session, ctx, ticket, "ack", [ticket.requester], context)
-    alert = {**context, **files_context(session, ctx, entry)}
-    enqueue(session, ctx, ticket, "alert", agents_to_alert(ctx, ticket), alert)
+    alert = _alert_flood(session, ctx, ticket, {**context, **files_context(session, ctx, entry)})
+    if alert is not None:
+        enqueue(session, ctx, ticket, "alert", agents_to_alert(ctx, ticket), alert)
+
+
+def _alert_flood(
+    session: Session, ctx: AppContext, ticket: Ticket, context: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The alert's context: as is within the requester's hourly cap, a digest just past it, else None."""
+    cap = ctx.config.tickets.alerts_per_sender_per_hour
+    since = ctx.clock() - timedelta(hours=1)
+    opened = session.exec(
+        select(func.count()).where(Ticket.requester == ticket.requester, Ticket.created_at >= since)
+    ).one()
+    if opened <= cap:
+        return context
+    if opened > cap + 1:
+        reason = f"alert cap of {cap} new tickets per hour from {ticket.requester} (a digest went out)"
+        repository.record_event(
+            session, ctx.clock(), ticket, "notice_suppressed", None, notice="alert", reason=reason
+        )
+        return None
+    repository.record_event(
+        session, ctx.clock(), ticket, "alert_digest", None, requester=ticket.requester, count=opened
+    )
+    digest = (
+        f"{opened} new tickets from {ticket.requester} in the last hour (a flood or a loop?): "
+        f"no more alerts for their new tickets this hour; `mailticket tickets list` shows them all.\n\n"
+    )
+    entry = context["entry"]
+    flags = ["digest", *context["flags"]]
+    return {**context, "entry": {**entry, "body": digest + entry["body"]}, "flags": flags}
 
 
 def moved(session: Session, ctx: AppContext, ticket: Ticket, first: Entry | None, actor: str | None) -> None:

@@ -419,3 +419,14 @@ def test_languages_bad_tags_and_missing_templates(check: Check, tmp_path: Path) 
     assert out[0].startswith("templates it/: 29 missing, English used: ack.subject.j2, ack.html.j2, alert.")
     result, path = check('name = "support"\n', 'name = "support"\nlanguage = "pt-br"\n')
     assert "department support: no templates for language 'pt-br', English used" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "key", ["customer_mail_per_ticket_per_hour", "agent_repeat_minutes", "alerts_per_sender_per_hour"]
+)
+def test_loop_brakes_take_whole_numbers_from_0(check: Check, key: str) -> None:
+    result, _ = check(append=f"\n[tickets]\n{key} = 3\n")
+    assert result.exit_code == 0, result.output
+    result, path = check(append=f"\n[tickets]\n{key} = -1\n")
+    (line,) = lines(result)
+    assert line.startswith(f"{path}: tickets.{key}: "), line
