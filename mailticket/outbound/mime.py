@@ -23,7 +23,6 @@ from __future__ import annotations
 import binascii
 import re
 import secrets
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.errors import HeaderParseError
@@ -31,6 +30,7 @@ from email.header import Header
 from email.utils import encode_rfc2231, formataddr
 
 from mailticket.errors import HeaderValueError
+from mailticket.pipeline.untrusted import FALLBACK_FILENAME, safe_filename
 
 CRLF = "\r\n"
 MAX_LINE = 78  # RFC 5322's "should"; 998 is the hard limit
@@ -98,7 +98,6 @@ def _text_part(subtype: str, body: str) -> bytes:
     return head.encode("ascii") + binascii.b2a_qp(data, istext=True)
 
 
-MAX_FILENAME = 120
 _CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 _CONTENT_ID = re.compile(r"[!#-;=?-~]{1,250}")  # printable ASCII without space, quote, < and >
 
@@ -113,24 +112,10 @@ class FilePart:
     content_id: str | None = None
 
 
-def safe_filename(name: str | None, fallback: str = "attachment") -> str:
-    """A file name a mail client can save safely: the last path component, no control characters,
-    no leading dots, at most `MAX_FILENAME` characters (the extension kept)."""
-    text = unicodedata.normalize("NFC", name or "")
-    text = re.split(r"[\\/]", text)[-1]
-    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text if ch not in '"<>:|?*')
-    text = " ".join(text.split()).lstrip(". ")
-    if len(text) > MAX_FILENAME:
-        _, dot, ext = text.rpartition(".")
-        keep = ext if dot and 0 < len(ext) <= 10 else ""
-        text = text[: MAX_FILENAME - len(keep) - 1].rstrip() + ("." + keep if keep else "")
-    return text or fallback
-
-
 def _file_part(part: FilePart) -> bytes:
     ctype = part.content_type.lower().strip()
     ctype = ctype if _CONTENT_TYPE.fullmatch(ctype) else "application/octet-stream"
-    name = safe_filename(part.filename)
+    name = safe_filename(part.filename) or FALLBACK_FILENAME
     param = f"filename*={encode_rfc2231(name, 'utf-8')}" if not name.isascii() else f'filename="{name}"'
     head = f"Content-Type: {ctype}{CRLF}Content-Transfer-Encoding: base64{CRLF}"
     cid = part.content_id.strip("<> ") if part.content_id else ""

@@ -29,8 +29,8 @@ from typing import Any
 from sqlmodel import Session, col, func, select
 
 from mailticket.context import AppContext
-from mailticket.outbound.mime import safe_filename
 from mailticket.outbound.outbox import enqueue
+from mailticket.pipeline.untrusted import FALLBACK_FILENAME, safe_filename
 from mailticket.storage import repository
 from mailticket.storage.tables import Attachment, Entry, Participant, Ticket
 
@@ -65,7 +65,7 @@ def files_context(session: Session, ctx: AppContext, entry: Entry | None) -> dic
         room -= row.size if attach else 0
         files.append(
             {
-                "name": safe_filename(row.filename),
+                "name": safe_filename(row.filename) or FALLBACK_FILENAME,
                 "content_type": row.content_type,
                 "size": row.size,
                 "sha256": row.sha256 if attach else None,
