@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +30,6 @@ from tests.servers import Dovecot, SmtpSink
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = RetryPolicy(attempts=4, first_wait=0.05, max_wait=0.2)
-
-
-@pytest.fixture
-def auth() -> Iterator[AuthServer]:
-    with AuthServer() as server:
-        yield server
-
-
-@pytest.fixture
-def oauth_dovecot(auth: AuthServer) -> Iterator[Dovecot]:
-    server = Dovecot(introspection_url=auth.url("introspect"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
 
 
 def oauth_mailbox(server: Dovecot, auth: AuthServer, **over: Any) -> dict[str, Any]:

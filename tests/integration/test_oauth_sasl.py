@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,22 +15,6 @@ from mailticket.oauth.tokens import TokenSource
 from tests.authserver import AuthServer
 from tests.integration.test_oauth_tokens import custom
 from tests.servers import Dovecot, SmtpSink
-
-
-@pytest.fixture
-def auth() -> Iterator[AuthServer]:
-    with AuthServer() as server:
-        yield server
-
-
-@pytest.fixture
-def oauth_dovecot(auth: AuthServer) -> Iterator[Dovecot]:
-    server = Dovecot(introspection_url=auth.url("introspect"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
 
 
 def source_with_grant(auth: AuthServer, data_dir: Path) -> TokenSource:

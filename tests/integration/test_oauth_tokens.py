@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,6 @@ from tests.authserver import AuthServer
 from tests.servers import postgres_database
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def auth() -> Iterator[AuthServer]:
-    with AuthServer() as server:
-        yield server
 
 
 def custom(server: AuthServer, **extra: Any) -> OAuth2Config:
