@@ -119,3 +119,17 @@ def mail(
 
 def ingest(ctx: AppContext, data: bytes, source: str = "test", **raw: Any) -> Outcome:
     return Pipeline(ctx).process(RawMail(data=data, source=source, **raw))
+
+
+def body_text(msg: EmailMessage) -> str:
+    """A sent notice's text part, with LF line ends."""
+    part = msg.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content()).replace("\r\n", "\n")  # type: ignore[attr-defined]
+
+
+def body_html(msg: EmailMessage) -> str:
+    """A sent notice's HTML part, with LF line ends."""
+    part = msg.get_body(("html",))
+    assert part is not None
+    return str(part.get_content()).replace("\r\n", "\n")  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ from mailticket.outbound.send import flush
 from mailticket.storage import repository
 from mailticket.storage.tables import Entry
 from tests.daemonproc import write_config
-from tests.factories import ingest, mail
+from tests.factories import body_html, body_text, ingest, mail
 from tests.integration.test_outbound import smtp_ctx
 from tests.servers import SmtpSink
 
@@ -44,18 +44,6 @@ def _sent(ctx: AppContext, sink: SmtpSink) -> dict[str, list[EmailMessage]]:
     return found
 
 
-def _text(msg: EmailMessage) -> str:
-    part = msg.get_body(("plain",))
-    assert part is not None
-    return str(part.get_content()).replace("\r\n", "\n")  # type: ignore[attr-defined]
-
-
-def _html(msg: EmailMessage) -> str:
-    part = msg.get_body(("html",))
-    assert part is not None
-    return str(part.get_content())  # type: ignore[attr-defined]
-
-
 def neomutt_reply(original: EmailMessage, sender: str, text: str, **extra: Any) -> bytes:
     """What neomutt sends: In-Reply-To and References set, text above the quote, files attached;
     with `inline_png` an HTML alternative showing the image by cid."""
@@ -68,7 +56,7 @@ def neomutt_reply(original: EmailMessage, sender: str, text: str, **extra: Any) 
     msg["References"] = f"{original.get('References', '')} {original['Message-ID']}".strip()
     msg["User-Agent"] = "NeoMutt/20231103"
     msg["Authentication-Results"] = DKIM_PASS
-    quoted = "\n".join(f"> {line}" for line in _text(original).splitlines())
+    quoted = "\n".join(f"> {line}" for line in body_text(original).splitlines())
     msg.set_content(f"{text}\n\nOn Mon, Nov 23, 2026 at 09:00:00AM +0000, Example Support wrote:\n{quoted}\n")
     if extra.get("inline_png"):
         msg.add_alternative(f'<p>{text}</p><p><img src="cid:shot1@example.com"></p>', subtype="html")
@@ -109,11 +97,11 @@ def test_agents_neomutt_reply_relays_its_files_byte_identical(
     files = _parts(reply)
     assert files["driver-1.2.pdf"][0] == PDF and files["driver-1.2.pdf"][2] == "attachment"
     assert files["shot.png"][0] == PNG and files["shot.png"][1] == "<shot1@example.com>"
-    assert 'src="cid:shot1@example.com"' in _html(reply)
+    assert 'src="cid:shot1@example.com"' in body_html(reply)
     # The inline image sits in a multipart/related next to the HTML part.
     related = next(p for p in reply.walk() if p.get_content_type() == "multipart/related")
     assert {p.get_content_type() for p in related.iter_parts()} >= {"multipart/alternative", "image/png"}
-    text = _text(reply)
+    text = body_text(reply)
     assert "Here is the fixed driver" in text and "> " not in text.split("-##", 1)[1]
 
 
@@ -128,7 +116,7 @@ def test_cli_reply_attach_sends_the_file(smtp_sink: SmtpSink, db_url: str, tmp_p
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     smtp_sink.clear()
-    reply = next(m for m in _sent(ctx, smtp_sink)[CAROL] if "Invoice attached." in _text(m))
+    reply = next(m for m in _sent(ctx, smtp_sink)[CAROL] if "Invoice attached." in body_text(m))
     assert _parts(reply)["Rechnung März 2026.pdf"][0] == PDF
     assert load_config(config).tickets.notice_attachments_mb == 10
 
@@ -143,7 +131,7 @@ def test_alert_lists_the_customers_files_and_attaches_those_that_fit(
     alert = _sent(ctx, smtp_sink)[ALICE][0]
     attached = _parts(alert)
     assert list(attached) == ["passwd.pdf"] and attached["passwd.pdf"][0] == PDF
-    text = _text(alert)
+    text = body_text(alert)
     assert "- passwd.pdf (75 KB)" in text
     assert "- movie.mp4 (100 KB, not attached, too large)" in text
 
@@ -167,7 +155,7 @@ def test_reopened_notice_says_what_the_customer_wrote_and_threads_per_agent(
     carol = "Carol Customer <carol@customer.example>"
     ingest(ctx, neomutt_reply(ack, carol, "Still broken, sorry.\nIt beeps."))
     reopened = _sent(ctx, smtp_sink)[ALICE][0]
-    text = _text(reopened)
+    text = body_text(reopened)
     assert "Reopened by carol@customer.example (customer replied)" in text
     assert "Still broken, sorry.\n  It beeps." in text and "Printer broken." not in text.split("Subject")[0]
     # It answers the alert Alice received, not the acknowledgement she never saw.

@@ -19,7 +19,7 @@ from mailticket.pipeline.reply import visible_reply
 from mailticket.storage import repository
 from mailticket.storage.tables import Event
 from mailticket.tickets import actions
-from tests.factories import BASE, ingest, mail
+from tests.factories import BASE, body_html, body_text, ingest, mail
 from tests.integration.test_outbound import smtp_ctx, to_addr
 from tests.servers import SmtpSink
 
@@ -33,18 +33,6 @@ GERMAN_GENERAL = [
 def _sent(ctx: AppContext, sink: SmtpSink) -> dict[str, EmailMessage]:
     flush(ctx, ignore_backoff=True)
     return {to_addr(m): m for m in sink.messages}
-
-
-def _text(msg: EmailMessage) -> str:
-    part = msg.get_body(("plain",))
-    assert part is not None
-    return str(part.get_content()).replace("\r\n", "\n")  # type: ignore[attr-defined]
-
-
-def _html(msg: EmailMessage) -> str:
-    part = msg.get_body(("html",))
-    assert part is not None
-    return str(part.get_content()).replace("\r\n", "\n")  # type: ignore[attr-defined]
 
 
 def _lang_mail(name: str, value: str, **fields: Any) -> bytes:
@@ -63,12 +51,12 @@ def test_department_language_de_sends_german_ack_and_alert(
     ingest(ctx, mail(sender="Jürgen Müller <carol@customer.example>", body="Drucker kaputt.\n"))
     sent = _sent(ctx, smtp_sink)
     ack, alert = sent[CAROL], sent["alice@example.com"]
-    text = _text(ack)
+    text = body_text(ack)
     assert text.startswith("##- Bitte schreiben Sie Ihre Antwort über dieser Zeile -##")
     assert "Hallo Jürgen,\n" in text and "Müller," not in text
     assert "vielen Dank für Ihre Nachricht" in text and "Drucker kaputt." in text
-    assert 'lang="de"' in _html(ack) and "Hallo Jürgen," in _html(ack)
-    assert "Neues Ticket" in _text(alert) and "Abteilung: general" in _text(alert)
+    assert 'lang="de"' in body_html(ack) and "Hallo Jürgen," in body_html(ack)
+    assert "Neues Ticket" in body_text(alert) and "Abteilung: general" in body_text(alert)
 
 
 def test_customer_content_language_es_gets_spanish_and_agents_keep_theirs(
@@ -77,8 +65,9 @@ def test_customer_content_language_es_gets_spanish_and_agents_keep_theirs(
     ctx = _ctx(tmp_path, db_url, smtp_sink, departments=GERMAN_GENERAL)
     ingest(ctx, _lang_mail("Content-Language", "es-MX", sender="María <carol@customer.example>"))
     sent = _sent(ctx, smtp_sink)
-    assert "Hola, María:" in _text(sent[CAROL]) and "gracias por escribir" in _text(sent[CAROL]).lower()
-    assert "Neues Ticket" in _text(sent["alice@example.com"])  # the department's language
+    text = body_text(sent[CAROL])
+    assert "Hola, María:" in text and "gracias por escribir" in text.lower()
+    assert "Neues Ticket" in body_text(sent["alice@example.com"])  # the department's language
 
 
 def test_accept_language_without_a_template_set_falls_back_to_the_department(
@@ -86,9 +75,9 @@ def test_accept_language_without_a_template_set_falls_back_to_the_department(
 ) -> None:
     ctx = _ctx(tmp_path, db_url, smtp_sink, departments=GERMAN_GENERAL)
     ingest(ctx, _lang_mail("Accept-Language", "it-IT, it;q=0.9, fr;q=0.5"))
-    assert "merci d'avoir écrit" in _text(_sent(ctx, smtp_sink)[CAROL])  # it has no templates; fr has
+    assert "merci d'avoir écrit" in body_text(_sent(ctx, smtp_sink)[CAROL])  # it has no templates; fr has
     ingest(ctx, _lang_mail("Accept-Language", "it, pt", sender="Bob <bob2@customer.example>"))
-    assert "vielen Dank" in _text(_sent(ctx, smtp_sink)["bob2@customer.example"])
+    assert "vielen Dank" in body_text(_sent(ctx, smtp_sink)["bob2@customer.example"])
 
 
 def test_rule_switches_a_ticket_to_french(smtp_sink: SmtpSink, db_url: str, tmp_path: Path) -> None:
@@ -100,7 +89,7 @@ def test_rule_switches_a_ticket_to_french(smtp_sink: SmtpSink, db_url: str, tmp_
     first = mail(body="Hallo\n")
     outcome = ingest(ctx, first)
     sent = _sent(ctx, smtp_sink)
-    assert "vielen Dank" in _text(sent[CAROL])
+    assert "vielen Dank" in body_text(sent[CAROL])
     smtp_sink.clear()
     ack_id = str(sent[CAROL]["Message-ID"]).strip("<>")
     ingest(ctx, mail(body="Pouvez-vous répondre en français ?\n", in_reply_to=ack_id))
@@ -111,8 +100,8 @@ def test_rule_switches_a_ticket_to_french(smtp_sink: SmtpSink, db_url: str, tmp_
         events = session.exec(select(Event.kind).where(Event.ticket_id == ticket.id)).all()
     assert "language" in events
     resolution = _sent(ctx, smtp_sink)[CAROL]
-    assert "votre demande" in _text(resolution) and "a été résolue" in _text(resolution)
-    assert "C'est réparé." in _text(resolution)
+    assert "votre demande" in body_text(resolution) and "a été résolue" in body_text(resolution)
+    assert "C'est réparé." in body_text(resolution)
 
 
 def test_a_rule_on_new_tickets_beats_the_customers_header(
@@ -122,7 +111,7 @@ def test_a_rule_on_new_tickets_beats_the_customers_header(
               "actions": {"language": "fr"}}]
     ctx = _ctx(tmp_path, db_url, smtp_sink, rules=rules)
     ingest(ctx, _lang_mail("Content-Language", "es", subject="[FR] Imprimante"))
-    assert "Bonjour Carol," in _text(_sent(ctx, smtp_sink)[CAROL])
+    assert "Bonjour Carol," in body_text(_sent(ctx, smtp_sink)[CAROL])
 
 
 def test_overdue_notice_writes_the_due_time_in_the_departments_zone_and_language(
@@ -140,7 +129,7 @@ def test_overdue_notice_writes_the_due_time_in_the_departments_zone_and_language
     smtp_sink.clear()
     clock.advance(hours=9)
     assert sla_check(ctx) == 1
-    overdue = _text(_sent(ctx, smtp_sink)["alice@example.com"])
+    overdue = body_text(_sent(ctx, smtp_sink)["alice@example.com"])
     # Due 8 h after 09:00 UTC: 17:00 UTC is 18:00 in Berlin (CET) in November.
     assert "Die Erstantwort war fällig am 23.11.2026, 18:00 MEZ." in overdue, overdue
 
@@ -151,7 +140,7 @@ def test_the_marker_of_a_notice_cuts_the_customers_reply(
     ctx = _ctx(tmp_path, db_url, smtp_sink, departments=GERMAN_GENERAL)
     ingest(ctx, mail())
     ack = _sent(ctx, smtp_sink)[CAROL]
-    quoted = "\n".join("> " + line for line in _text(ack).splitlines())
+    quoted = "\n".join("> " + line for line in body_text(ack).splitlines())
     # A client in a language no table knows: only the marker can say where history starts.
     reply = f"Es geht wieder, danke.\n\nKimden: Support\nGönderildi: 23 Kasım 2026\n{quoted}\n"
     assert visible_reply(reply) == "Es geht wieder, danke."
