@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from sqlalchemy import Engine
+
 from mailticket.config import Config
 from mailticket.context import AppContext, load_secret
 from mailticket.outbound.render import Renderer
-from mailticket.storage.blobs import BlobStore
+from mailticket.storage.blobs import Blobs, BlobStore, DatabaseBlobStore
 from mailticket.storage.db import make_engine, migrate
 
 
@@ -19,7 +21,14 @@ def build(config: Config) -> AppContext:
     return AppContext(
         config=config,
         engine=engine,
-        blobs=BlobStore(data_dir / "blobs"),
+        blobs=blob_store(config, engine),
         renderer=renderer,
         secret=load_secret(config),
     )
+
+
+def blob_store(config: Config, engine: Engine) -> Blobs:
+    """The configured blob store: files under data_dir (default), or the PostgreSQL database."""
+    if config.service.blob_store == "postgres":
+        return DatabaseBlobStore(engine)
+    return BlobStore(config.service.data_dir / "blobs")

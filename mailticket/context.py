@@ -21,7 +21,7 @@ from mailticket.dkim_verify import DnsLookup
 from mailticket.oauth.store import TokenStore
 from mailticket.oauth.tokens import TokenSource
 from mailticket.outbound.render import Renderer
-from mailticket.storage.blobs import BlobStore
+from mailticket.storage.blobs import Blobs
 from mailticket.storage.tables import utcnow
 
 
@@ -29,7 +29,7 @@ from mailticket.storage.tables import utcnow
 class AppContext:
     config: Config
     engine: Engine
-    blobs: BlobStore
+    blobs: Blobs
     renderer: Renderer
     secret: bytes
     clock: Callable[[], datetime] = field(default=utcnow)

@@ -86,7 +86,7 @@ def quarantine_show(state: State, record_id: int) -> None:
     try:
         sys.stdout.buffer.write(ctx.blobs.get(sha))
     except FileNotFoundError:
-        raise click.ClickException(f"raw message {sha} is missing from {ctx.blobs.root}") from None
+        raise click.ClickException(f"raw message {sha} is missing from {ctx.blobs.where}") from None
 
 
 @quarantine.command("release")

@@ -52,6 +52,10 @@ class _Model(BaseModel):
 class ServiceConfig(_Model):
     data_dir: Path = Path("./data")
     database_url: str | None = None
+    # "postgres": raw mail and attachments in the database (every host reads them); needs PostgreSQL
+    blob_store: Literal["folder", "postgres"] = "folder"
+    # Fetched mail waits in a table that every daemon on the database processes (intake/spool.py)
+    spool: bool = False
     support_address: Email = "support@example.com"
     support_name: str = "Support"
     templates_dir: Path | None = None
@@ -65,6 +69,13 @@ class ServiceConfig(_Model):
         if value is not None:
             listen_address(value)
         return value
+
+    @model_validator(mode="after")
+    def _blob_store_needs_postgres(self) -> ServiceConfig:
+        if self.blob_store == "postgres" and not self.db_url.startswith("postgresql"):
+            raise ValueError("blob_store = 'postgres' keeps blobs in the database: set a postgresql:// "
+                             "database_url, or blob_store = 'folder'")
+        return self
 
     @property
     def db_url(self) -> str:

@@ -1,43 +1,56 @@
-"""Content-addressed files (raw messages, attachments) under the data directory.
+"""Content-addressed blobs (raw messages, attachments): files under the data directory, or rows
+in PostgreSQL (`[service] blob_store = "postgres"`) so that daemons on several hosts read them.
 
 The name is the sha256 of the bytes: writing the same bytes twice is free,
-and no sender-supplied filename ever becomes a path component.
+and no sender-supplied filename ever becomes a path component. Both stores have one interface
+(`put`, `put_async`, `get`, `head`, `where`); a blob that is not there raises FileNotFoundError
+from either.
 
 Layout: `<root>/ab/<sha256>`, 256 folders made once each (a folder made per blob cost more
 than writing the blob). Blobs written by earlier builds sit one level deeper,
 `<root>/ab/cd/<sha256>`, and are still found there.
 
 A write that the file system refuses (disk full, read-only, no permission) raises
-`DiskUnavailable`: the environment's fault, which pauses intake instead of failing the message.
+`DiskUnavailable`, one the database refuses `DatabaseUnavailable`: the environment's fault,
+which pauses intake instead of failing the message.
+
+A blob is written before the transaction that names it commits (`Batch.wait_for_blobs`), in a
+commit of its own in the database store: a rolled-back message can leave an unnamed blob
+behind, never a row naming a missing one.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
 import threading
+from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Select, Table, func, select
+from sqlalchemy.dialects.postgresql import insert
 
 from mailticket.errors import DiskUnavailable
+from mailticket.storage.tables import Blob
+
+BLOBS: Table = Blob.__table__  # type: ignore[attr-defined]
 
 
-class BlobStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._folders: set[str] = set()  # folders known to exist: no mkdir call per blob
+class Blobs(ABC):
+    """What both stores share: the naming, and writes on helper threads."""
+
+    def __init__(self) -> None:
         self._writer: ThreadPoolExecutor | None = None
         self._writer_lock = threading.Lock()
 
-    def path(self, sha256: str) -> Path:
-        """Where the blob is (or, for a blob not stored yet, where it goes)."""
-        path = self.root / sha256[:2] / sha256
-        legacy = self._legacy(sha256)
-        return legacy if not path.exists() and legacy.exists() else path
-
-    def _legacy(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / sha256[2:4] / sha256
+    @property
+    @abstractmethod
+    def where(self) -> str:
+        """Where the blobs are, for messages to an admin."""
 
     def put(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
@@ -48,14 +61,49 @@ class BlobStore:
         """Name the bytes now and write them on a helper thread.
 
         Creating a file is a journal operation that can block for a millisecond while the
-        database syncs; meanwhile the caller parses and stores. It must wait for the future
-        (which raises what the write raised) before committing a row that names the blob.
+        database syncs (and a database blob is a round trip); meanwhile the caller parses and
+        stores. It must wait for the future (which raises what the write raised) before
+        committing a row that names the blob.
         """
         digest = hashlib.sha256(data).hexdigest()
         with self._writer_lock:
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blob-writer")
         return digest, self._writer.submit(self._write, digest, data)
+
+    @abstractmethod
+    def _write(self, digest: str, data: bytes) -> str:
+        """Store the bytes under `digest` (nothing to do when they are there)."""
+
+    @abstractmethod
+    def get(self, sha256: str) -> bytes:
+        """The blob's bytes; FileNotFoundError when it is not stored."""
+
+    @abstractmethod
+    def head(self, sha256: str, size: int) -> bytes:
+        """The first `size` bytes: enough for a header block without reading a big message whole."""
+
+
+class BlobStore(Blobs):
+    """Files under `root` (the default: `<data_dir>/blobs`)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+        self._folders: set[str] = set()  # folders known to exist: no mkdir call per blob
+
+    @property
+    def where(self) -> str:
+        return str(self.root)
+
+    def path(self, sha256: str) -> Path:
+        """Where the blob is (or, for a blob not stored yet, where it goes)."""
+        path = self.root / sha256[:2] / sha256
+        legacy = self._legacy(sha256)
+        return legacy if not path.exists() and legacy.exists() else path
+
+    def _legacy(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256[2:4] / sha256
 
     def _write(self, digest: str, data: bytes) -> str:
         target = self.root / digest[:2] / digest
@@ -93,6 +141,35 @@ class BlobStore:
         return self.path(sha256).read_bytes()
 
     def head(self, sha256: str, size: int) -> bytes:
-        """The first `size` bytes: enough for a header block without reading a big message whole."""
         with self.path(sha256).open("rb") as fh:
             return fh.read(size)
+
+
+class DatabaseBlobStore(Blobs):
+    """Rows of the `blobs` table (bytea) in the PostgreSQL database every daemon already shares."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self.engine = engine
+
+    @property
+    def where(self) -> str:
+        return "the database's blobs table"
+
+    def _write(self, digest: str, data: bytes) -> str:
+        with self.engine.begin() as conn:
+            conn.execute(insert(BLOBS).values(sha256=digest, data=data).on_conflict_do_nothing())
+        return digest
+
+    def get(self, sha256: str) -> bytes:
+        return self._read(select(BLOBS.c.data), sha256)
+
+    def head(self, sha256: str, size: int) -> bytes:
+        return self._read(select(func.substring(BLOBS.c.data, 1, size)), sha256)
+
+    def _read(self, query: Select[Any], sha256: str) -> bytes:
+        with self.engine.connect() as conn:
+            data = conn.execute(query.where(BLOBS.c.sha256 == sha256)).scalar_one_or_none()
+        if data is None:
+            raise FileNotFoundError(errno.ENOENT, "blob not in the database", sha256)
+        return bytes(data)

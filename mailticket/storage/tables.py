@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -214,3 +214,41 @@ class SourceHealth(SQLModel, table=True):
     paused_reason: str | None = Field(default=None, sa_column=Column(Text))
     paused_until: datetime | None = None
     backlog: int | None = None  # messages waiting at the source after the last pass
+
+
+class Blob(SQLModel, table=True):
+    """A raw message or attachment kept in the database (`[service] blob_store = "postgres"`)."""
+
+    __tablename__ = "blobs"
+    sha256: str = Field(max_length=64, primary_key=True)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class SpoolRow(SQLModel, table=True):
+    """A fetched message waiting to be processed (`[service] spool = true`): committed before
+    its source is acknowledged, deleted in the transaction that stores it (intake/spool.py)."""
+
+    __tablename__ = "spool"
+    __table_args__ = (UniqueConstraint("mailbox", "position"),)
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    )
+    mailbox: str = Field(max_length=200)
+    source: str = Field(max_length=700)
+    position: str = Field(max_length=200)  # e.g. "uidvalidity=1 uid=7": a refetch is not spooled twice
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    tried: bool = False  # claimed in a group once: a processor that died held it (charged to no one)
+    attempts: int = 0  # claims on its own, each committed before it is touched
+    claimed_by: str | None = Field(default=None, max_length=200)  # lease.owner_id() of the processor
+    claimed_until: datetime | None = None
+
+
+class SpoolKey(SQLModel, table=True):
+    """A thread key of a spooled message (Message-ID, a referenced one, a ticket): a row waits
+    while an earlier row with one of its keys is in the spool."""
+
+    __tablename__ = "spool_keys"
+    __table_args__ = (Index("ix_spool_keys_key", "key", "spool_id"),)
+    spool_id: int = Field(sa_column=Column(BigInteger, primary_key=True))
+    key: str = Field(max_length=1000, primary_key=True)
