@@ -11,6 +11,7 @@ other than ParseError.
 from __future__ import annotations
 
 import base64
+import functools
 import random
 import time
 import traceback
@@ -61,19 +62,34 @@ def _deep_html(rng: random.Random, data: bytes) -> bytes:
     return head + b"\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + inner.encode()
 
 
-def _deep_mime(rng: random.Random, data: bytes) -> bytes:
-    head, body = _head_body(data)
-    depth = rng.choice((5, 20, 500, 20_000))
-    opening = b"".join(
+# The shapes below depend only on a size drawn from a few; built once per size, they leave the
+# generator's cost to the random parts (the same bytes for the same seed as building them anew).
+@functools.cache
+def _nested_multiparts(depth: int) -> bytes:
+    return b"".join(
         b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(depth)
     )
+
+
+@functools.cache
+def _numbered_parts(count: int) -> bytes:
+    return b"".join(b"--B\r\nContent-Type: text/plain\r\n\r\n%d\r\n" % i for i in range(count))
+
+
+@functools.cache
+def _numbered_parameters(count: int) -> bytes:
+    return b"; ".join(b"p%d*%d*=x" % (i % 7, i) for i in range(count))
+
+
+def _deep_mime(rng: random.Random, data: bytes) -> bytes:
+    head, body = _head_body(data)
+    opening = _nested_multiparts(rng.choice((5, 20, 500, 20_000)))
     return head + b"\r\n" + opening + b"Content-Type: text/plain\r\n\r\n" + body[:5000]
 
 
 def _many_parts(rng: random.Random, data: bytes) -> bytes:
     head, body = _head_body(data)
-    count = rng.choice((10, 2_000, 20_000))
-    parts = b"".join(b"--B\r\nContent-Type: text/plain\r\n\r\n%d\r\n" % i for i in range(count))
+    parts = _numbered_parts(rng.choice((10, 2_000, 20_000)))
     return head + b'\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n' + parts + body[:1000]
 
 
@@ -109,7 +125,7 @@ def _encoded_words(rng: random.Random, data: bytes) -> bytes:
 
 def _parameters(rng: random.Random, data: bytes) -> bytes:
     head, body = _head_body(data)
-    params = b"; ".join(b"p%d*%d*=x" % (i % 7, i) for i in range(rng.choice((100, 20_000, 60_000))))
+    params = _numbered_parameters(rng.choice((100, 20_000, 60_000)))
     return head + b"\r\nContent-Type: text/plain; " + params + b"\r\n\r\n" + body[:5000]
 
 
@@ -125,11 +141,12 @@ MUTATORS: tuple[Callable[[random.Random, bytes], bytes], ...] = (
 )
 
 
-def mutants(seed: int, messages: list[bytes]) -> Iterator[bytes]:
-    """Endless mutated messages, the same sequence for the same seed and corpus."""
+def mutants(seed: int, messages: list[bytes]) -> Iterator[tuple[str, bytes]]:
+    """Endless (mutator name, mutated message), the same sequence for the same seed and corpus."""
     rng = random.Random(seed)
     while True:
-        yield rng.choice(MUTATORS)(rng, rng.choice(messages))
+        mutator = rng.choice(MUTATORS)
+        yield mutator.__name__.lstrip("_"), mutator(rng, rng.choice(messages))
 
 
 @dataclass
@@ -137,9 +154,23 @@ class Report:
     inputs: int = 0
     parse_errors: int = 0
     wall_s: float = 0.0
+    cpu_s: float = 0.0
     max_cpu_s: float = 0.0
     slowest: bytes = b""
     exceptions: list[str] = field(default_factory=list)
+    mutators: dict[str, int] = field(default_factory=dict)  # inputs per mutator: all kept fuzzed
+
+    def add(self, other: Report) -> None:
+        """Fold another run's figures into this one (chunks of a long or parallel run)."""
+        self.inputs += other.inputs
+        self.parse_errors += other.parse_errors
+        self.wall_s += other.wall_s
+        self.cpu_s += other.cpu_s
+        self.exceptions += other.exceptions
+        for name, count in other.mutators.items():
+            self.mutators[name] = self.mutators.get(name, 0) + count
+        if other.max_cpu_s > self.max_cpu_s:
+            self.max_cpu_s, self.slowest = other.max_cpu_s, other.slowest
 
 
 def run(
@@ -151,19 +182,21 @@ def run(
     """
     report = Report()
     start, cpu_start = time.monotonic(), time.process_time()
-    for data in mutants(seed, messages):
+    for name, data in mutants(seed, messages):
         if report.inputs >= count or time.process_time() - cpu_start > seconds:
             break
         report.inputs += 1
+        report.mutators[name] = report.mutators.get(name, 0) + 1
         before = time.process_time()
         try:
             handle(data)
         except ParseError:
             report.parse_errors += 1
         except Exception:
-            report.exceptions.append(traceback.format_exc(limit=3)[-600:])
+            report.exceptions.append(f"{name}: " + traceback.format_exc(limit=3)[-600:])
         cpu = time.process_time() - before
         if cpu > report.max_cpu_s:
             report.max_cpu_s, report.slowest = cpu, data[:300]
     report.wall_s = time.monotonic() - start
+    report.cpu_s = time.process_time() - cpu_start
     return report

@@ -203,9 +203,8 @@ def _addresses(values: list[str], defects: list[str]) -> tuple[Address, ...]:
         comma = raw.rfind(",", 0, MAX_ADDRESS_CHARS)
         raw = raw[: comma if comma > 0 else MAX_ADDRESS_CHARS]
     diagnostics: list[dict[str, object]] = []
-    if plain := _PLAIN_MAILBOX.fullmatch(raw.strip()):
-        pairs = [(plain["name"] or plain["quoted"] or "", plain["addr"] or plain["bare"])]
-    else:
+    pairs = _plain_mailboxes(raw)
+    if pairs is None:
         pairs = _mail_parser_addresses(raw, diagnostics)
     defects.extend(f"AddressHeaderDefect: {d.get('reason')}" for d in diagnostics)
     found: dict[str, Address] = {}
@@ -215,6 +214,25 @@ def _addresses(values: list[str], defects: list[str]) -> tuple[Address, ...]:
             display = _text(name)[:MAX_NAME_CHARS]  # also decodes "=?utf-8?b?...?=" quoted by mistake
             found[email] = Address(name="" if display.lower() == email else display, email=email)
     return tuple(found.values())
+
+
+def _plain_mailboxes(raw: str) -> list[tuple[str, str]] | None:
+    """The mailboxes of a list whose every item is a plain mailbox; None when one is not.
+
+    A long Cc list of plain addresses is common, and mail-parser's recovery costs ~0.5 ms per
+    item; read directly it costs microseconds. Empty items are skipped, as mail-parser does.
+    A quoted name with a comma splits into items that do not match, so it goes to mail-parser.
+    """
+    pairs = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        plain = _PLAIN_MAILBOX.fullmatch(item)
+        if plain is None:
+            return None
+        pairs.append((plain["name"] or plain["quoted"] or "", plain["addr"] or plain["bare"]))
+    return pairs
 
 
 def _mail_parser_addresses(raw: str, diagnostics: list[dict[str, object]]) -> list[tuple[str, str]]:

@@ -544,15 +544,19 @@ def _address_headers() -> list[str]:
 
 def test_plain_mailbox_fast_path_agrees_with_mail_parser() -> None:
     """The regex reads only what mail-parser would read the same way; the rest goes to mail-parser."""
+    values = _address_headers()
+    lists = [", ".join(values[i : i + 5]) for i in range(0, len(values), 5)]
+    lists += ["a@b.example, , c@d.example,", '"Doe, Jane" <jane@customer.example>, bob@customer.example']
     taken = 0
-    for value in _address_headers():
-        plain = parse_module._PLAIN_MAILBOX.fullmatch(value.strip())
-        if plain is None:
+    for value in values + lists:
+        fast = parse_module._plain_mailboxes(value)
+        if fast is None:
             continue
         taken += 1
-        fast = [(plain["name"] or plain["quoted"] or "", plain["addr"] or plain["bare"])]
         assert fast == parse_module._mail_parser_addresses(value, []), value
     assert taken >= 100  # the common shapes of the corpus do take it
+    assert parse_module._plain_mailboxes(lists[-1]) is None  # a quoted comma goes to mail-parser
+    assert parse_module._plain_mailboxes(lists[-2]) == [("", "a@b.example"), ("", "c@d.example")]
 
 
 def test_random_bytes_and_mutations_only_ever_raise_parse_error() -> None:
