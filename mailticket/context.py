@@ -13,16 +13,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
-
-from mailticket.config import Config
-from mailticket.dkim_verify import DnsLookup
-from mailticket.oauth.store import TokenStore
-from mailticket.oauth.tokens import TokenSource
-from mailticket.outbound.render import Renderer
 from mailticket.storage.blobs import Blobs
 from mailticket.storage.tables import utcnow
+
+if TYPE_CHECKING:  # names for the fields; each process imports only the pieces it uses
+    from sqlalchemy import Engine
+
+    from mailticket.config import Config
+    from mailticket.dkim_verify import DnsLookup
+    from mailticket.oauth.tokens import TokenSource
+    from mailticket.outbound.render import Renderer
 
 
 @dataclass
@@ -42,6 +44,9 @@ class AppContext:
     @cached_property
     def tokens(self) -> TokenSource:
         """Access tokens of the mailboxes with auth = "oauth2" (and of SMTP borrowing one)."""
+        from mailticket.oauth.store import TokenStore
+        from mailticket.oauth.tokens import TokenSource
+
         return TokenSource(TokenStore(self.data_dir), self.engine)
 
 

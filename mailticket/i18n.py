@@ -2,7 +2,8 @@
 
 Pure (no I/O): the renderer says which template sets exist, this module chooses among them.
 Babel supplies the locale data (month names, date patterns, time-zone names), so no format is
-written here by hand.
+written here by hand; it is imported by the functions that use it, so storing a message whose
+headers name no language never loads it.
 
 Order of choice for a ticket, highest first: a rule's ``language`` action, the customer's
 ``Content-Language`` then ``Accept-Language`` when a template set exists for it, the
@@ -17,15 +18,13 @@ import unicodedata
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo
 
-from babel import Locale, UnknownLocaleError
-from babel.core import negotiate_locale
-from babel.dates import format_datetime as babel_datetime
-from babel.numbers import format_decimal
-
 from mailticket.models import Decision, ParsedMessage
+
+if TYPE_CHECKING:
+    from babel import Locale
 
 DEFAULT_LANGUAGE: Final = "en"
 
@@ -63,6 +62,8 @@ def preferred(headers: Iterable[str]) -> list[str]:
 
 def negotiate(headers: Iterable[str], available: Iterable[str]) -> str | None:
     """The first of the customer's languages that has a template set (``de-at`` finds ``de``)."""
+    from babel.core import negotiate_locale
+
     found = negotiate_locale(preferred(headers), list(available), sep="-")
     return found.lower() if found else None
 
@@ -81,6 +82,8 @@ def ticket_language(decision: Decision, parsed: ParsedMessage, available: Iterab
 @lru_cache(maxsize=64)
 def locale(language: str) -> Locale:
     """Babel's locale for a tag; English when Babel does not know it."""
+    from babel import Locale, UnknownLocaleError
+
     try:
         return Locale.parse(language, sep="-")
     except (UnknownLocaleError, ValueError):
@@ -92,6 +95,8 @@ def format_when(value: datetime | str, language: str, timezone: str) -> str:
 
     Stored contexts carry ISO strings; naive values are UTC (the database's convention).
     """
+    from babel.dates import format_datetime as babel_datetime
+
     when = datetime.fromisoformat(value) if isinstance(value, str) else value
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -105,6 +110,8 @@ def format_when(value: datetime | str, language: str, timezone: str) -> str:
 
 def format_size(size: int, language: str) -> str:
     """A file size as the language writes numbers: "2.5 MB", "2,5 MB", "820 KB"."""
+    from babel.numbers import format_decimal
+
     if size >= 1024 * 1024:
         return f"{format_decimal(size / 1024 / 1024, '#,##0.0', locale=locale(language))} MB"
     return f"{format_decimal(max(1, round(size / 1024)), '#,##0', locale=locale(language))} KB"

@@ -24,7 +24,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from mailticket.context import AppContext
-from mailticket.dkim_verify import dkim_results
 from mailticket.errors import ParseError
 from mailticket.models import AuthResult, Classification, MailKind, Outcome, ParsedMessage, RawMail
 from mailticket.pipeline.classify import classify, for_ticket
@@ -140,6 +139,8 @@ class Pipeline:
         config = self.ctx.config
         if not (config.security.verify_dkim and parsed.sender and config.is_agent(parsed.sender)):
             return ()
+        from mailticket.dkim_verify import dkim_results  # dkimpy and dnspython: only for this mail
+
         return dkim_results(raw.data, dns=self.ctx.dns)
 
     def _new(

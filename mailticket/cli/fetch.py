@@ -80,7 +80,7 @@ def summary(results: list[PollResult], outbox: FlushResult) -> dict[str, Any]:
 @click.pass_obj
 def fetch(state: State, as_json: bool) -> None:
     """One pass over every enabled mailbox, then one outbox flush; exit 1 if a mailbox failed."""
-    ctx = state.ctx()
+    ctx = state.ctx(sends=True)
     stderr = Console(stderr=True)
     results: list[PollResult] = []
     for mailbox in ctx.config.mailboxes:

@@ -59,7 +59,7 @@ def outbox_list(state: State, status: str | None, limit: int | None, as_json: bo
 @pass_state
 def outbox_flush(state: State) -> None:
     """Send every queued message now, ignoring back-off timers; exit 1 when some stay unsent."""
-    result = flush(state.ctx(), ignore_backoff=True)
+    result = flush(state.ctx(sends=True), ignore_backoff=True)
     click.echo(f"sent {result.sent}, retrying {result.retrying}, failed {result.failed}")
     if result.retrying or result.failed:
         click.echo("some notices were not sent: see `mailticket outbox list`", err=True)

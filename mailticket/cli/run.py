@@ -18,7 +18,7 @@ def run(state: State, config_path: str | None) -> None:
     """The daemon: mailboxes, outbox, scheduler, optional SMTP/LMTP intake; stops on SIGTERM/SIGINT."""
     if config_path:
         state.config_path = config_path
-    daemon = Daemon(state.ctx())
+    daemon = Daemon(state.ctx(sends=True))
     try:
         daemon.run_forever()
     except OSError as exc:  # e.g. the intake port is taken

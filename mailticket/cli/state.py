@@ -45,12 +45,13 @@ class State:
                 sys.exit(self.fail_code)
         return self._config
 
-    def ctx(self) -> AppContext:
+    def ctx(self, *, sends: bool = False) -> AppContext:
+        """The app context; `sends` for a command that renders notices (templates checked first)."""
         if self._ctx is None:
             from mailticket import app
 
             try:
-                self._ctx = app.build(self.config())
+                self._ctx = app.build(self.config(), sends=sends)
             except ConfigError as exc:
                 click.echo(str(exc), err=True)
                 sys.exit(self.fail_code)

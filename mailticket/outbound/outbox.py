@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import jinja2
 from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
@@ -129,6 +128,8 @@ def render_pending(ctx: AppContext, ids: Sequence[int]) -> dict[int, Built]:
     cannot be used) is failed with the error and a `notice_failed` event: no retry would build it.
     The database work is a handful of statements per batch, whatever its size.
     """
+    import jinja2  # rendering is the sender's: queuing a notice (intake) never loads it
+
     built: dict[int, Built] = {}
     with Session(ctx.engine) as session, session.begin():
         conn = session.connection()

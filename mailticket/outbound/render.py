@@ -22,14 +22,16 @@ import re
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
 from markupsafe import Markup, escape
 
 from mailticket.config.messages import did_you_mean
 from mailticket.errors import ConfigError
 from mailticket.i18n import DEFAULT_LANGUAGE, TAG, format_size, format_when, greeting_name
+
+if TYPE_CHECKING:
+    import jinja2
 
 # The top-level templates/ folder, reached through the mailticket/templates symlink so
 # that a built wheel carries the same files as a checkout.
@@ -116,7 +118,6 @@ def _variable_hint(message: str, kind: str) -> str:
     return did_you_mean(found.group(2), [*_TICKET_SAMPLE, *_ENTRY_SAMPLE])
 
 
-@jinja2.pass_context
 def _when(context: jinja2.runtime.Context, value: str | None) -> str:
     """A stored ISO time in the notice's language and the department's time zone.
 
@@ -128,7 +129,6 @@ def _when(context: jinja2.runtime.Context, value: str | None) -> str:
         return str(value)
 
 
-@jinja2.pass_context
 def _filesize(context: jinja2.runtime.Context, value: int) -> str:
     return format_size(int(value), context["language"])
 
@@ -170,6 +170,8 @@ class Renderer:
         """The (cached) environment of a language; an unknown language gets English's."""
         language = language if language in self.languages else DEFAULT_LANGUAGE
         if language not in self._envs:
+            import jinja2  # only a process that renders pays for it (an MTA's `ingest` never does)
+
             env = jinja2.Environment(
                 loader=jinja2.FileSystemLoader([str(p) for p in self._roots(language)]),
                 autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
@@ -179,9 +181,9 @@ class Renderer:
                 # never half-checked in a running sender (and no stat() per notice).
                 auto_reload=False,
             )
-            env.filters["when"] = _when
+            env.filters["when"] = jinja2.pass_context(_when)
             env.filters["paragraphs"] = _paragraphs
-            env.filters["filesize"] = _filesize
+            env.filters["filesize"] = jinja2.pass_context(_filesize)
             self._envs[language] = env
         return self._envs[language]
 
@@ -215,6 +217,8 @@ class Renderer:
             raise ConfigError("templates", list(dict.fromkeys(problems)))
 
     def _check_language(self, language: str) -> list[str]:
+        import jinja2
+
         problems: list[str] = []
         env = self.env(language)
         expected = [f"{kind}.{part}.j2" for kind in KINDS for part in PARTS]
@@ -249,6 +253,8 @@ class Renderer:
 
     @staticmethod
     def _template(env: jinja2.Environment, kind: str, part: str) -> jinja2.Template | None:
+        import jinja2
+
         try:
             return env.get_template(f"{kind}.{part}.j2")
         except jinja2.TemplateNotFound:

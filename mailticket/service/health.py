@@ -35,7 +35,6 @@ from mailticket import logs
 from mailticket.config import MailboxConfig, parse_duration
 from mailticket.context import AppContext
 from mailticket.errors import DatabaseUnavailable, MailticketError
-from mailticket.oauth.status import status_for_config
 from mailticket.storage.db import upsert
 from mailticket.storage.serialize import iso
 from mailticket.storage.tables import Heartbeat, IntakeRecord, OutboxMessage, SourceHealth
@@ -192,6 +191,8 @@ def age(now: datetime, then: datetime | None) -> float | None:
 def oauth_tokens(ctx: AppContext) -> list[dict[str, Any]]:
     """Each OAuth mailbox's token state as JSON, with `healthy` and `problem` (read from the token
     files, no network: docs/oauth.md)."""
+    from mailticket.oauth.status import status_for_config  # `status` needs it; `ingest`'s warning does not
+
     return [row.as_json() for row in status_for_config(ctx.config)]
 
 

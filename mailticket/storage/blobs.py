@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Select, Table, func, select
-from sqlalchemy.dialects.postgresql import insert
 
 from mailticket.errors import DiskUnavailable
 from mailticket.storage.tables import Blob
@@ -157,6 +156,8 @@ class DatabaseBlobStore(Blobs):
         return "the database's blobs table"
 
     def _write(self, digest: str, data: bytes) -> str:
+        from sqlalchemy.dialects.postgresql import insert  # only this store needs PostgreSQL's dialect
+
         with self.engine.begin() as conn:
             conn.execute(insert(BLOBS).values(sha256=digest, data=data).on_conflict_do_nothing())
         return digest

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Table, create_engine, event, inspect, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import OperationalError
 
@@ -19,6 +18,7 @@ from mailticket.errors import DatabaseUnavailable
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
+    from sqlalchemy.dialects import postgresql, sqlite
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000  # how long a SQLite writer waits for the lock before "database is locked"
@@ -67,9 +67,15 @@ def _engine(url: str) -> Engine:
 
 
 def upsert(dialect: str, table: Table) -> sqlite.Insert | postgresql.Insert:
-    """An INSERT with `.on_conflict_do_nothing()` / `.on_conflict_do_update()`, which both databases have."""
+    """An INSERT with `.on_conflict_do_nothing()` / `.on_conflict_do_update()`, which both databases have.
+
+    Only the dialect in use is imported: a SQLite desk never loads PostgreSQL's (and asyncpg's) modules."""
     if dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
         return sqlite.insert(table)
+    from sqlalchemy.dialects import postgresql
+
     return postgresql.insert(table)
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from mailticket.cli.main import COMMANDS, main
+from tests.factories import mail, write_config
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -36,7 +39,42 @@ def test_help_imports_no_database_mail_or_scheduler_code() -> None:
 
 
 def test_an_unknown_command_is_a_usage_error() -> None:
-    from click.testing import CliRunner
-
     result = CliRunner().invoke(main, ["nonsense"])
     assert result.exit_code == 2 and "No such command 'nonsense'" in result.output
+
+
+def test_ingest_of_a_plain_message_loads_no_template_dkim_babel_or_migration_code(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "mailticket.toml")
+    probe = (
+        "import sys\n"
+        "from mailticket.cli import main\n"
+        f"sys.stdin = open({str(tmp_path / 'plain.eml')!r})\n"
+        f"try:\n    main(['--config', {str(config)!r}, 'ingest'])\n"
+        "except SystemExit as exc:\n    print('EXIT', exc.code)\n"
+        "unused = sorted(m for m in ('alembic', 'jinja2', 'babel', 'dkim', 'dns', 'apscheduler',"
+        " 'imapclient', 'aiosmtpd', 'sqlalchemy.dialects.postgresql', 'mailticket.oauth.status')"
+        " if m in sys.modules)\n"
+        "print('UNUSED', unused)\n"
+    )
+    # The first run creates and migrates the database (Alembic); the second finds it current.
+    for n in range(2):
+        (tmp_path / "plain.eml").write_bytes(mail(subject=f"Printer {n} on fire"))
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+        assert "EXIT 0" in out and "stored on ticket" in out
+    assert "UNUSED []" in out
+
+
+def test_only_a_command_that_sends_checks_the_templates(tmp_path: Path) -> None:
+    """A broken template stops `outbox flush` (it would render with it); `ingest` and `tickets`
+    never render, so they store and read as before and the mail is not deferred over a template."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "ack.subject.j2").write_text("Re: {{ ticket.subject }")
+    config = str(write_config(tmp_path / "mailticket.toml", service={"templates_dir": str(templates)}))
+    runner = CliRunner()
+    stored = runner.invoke(main, ["--config", config, "ingest"], input=mail(subject="Printer on fire"))
+    assert stored.exit_code == 0, stored.output
+    listed = runner.invoke(main, ["--config", config, "tickets", "list"])
+    assert listed.exit_code == 0 and "Printer on fire" in listed.output
+    flushed = runner.invoke(main, ["--config", config, "outbox", "flush"])
+    assert flushed.exit_code == 2 and "ack.subject.j2, line 1" in flushed.output
