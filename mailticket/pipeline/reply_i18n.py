@@ -2,22 +2,28 @@
 
 ``email_reply_parser`` knows English only. This module finds, line by line, the first place
 below which everything is history, so ``reply.visible_reply`` can cut there before the English
-parser runs. Three kinds of places, all language-independent in shape:
+parser runs. Four kinds of places, all language-independent in shape:
 
 * the reply marker every notice carries (``##- ... -##``, whatever language it is written in):
   everything from it down is removed, quoted or not;
 * a separator line ("-----Original Message-----", "---------- Forwarded message ---------",
   their translations) or a forwarded-header block (a From line, then Sent/Date/To/Subject lines
-  within a few lines, in the client's language: Outlook, Gmail, Apple Mail, Thunderbird);
+  within a few lines, in the client's language: Outlook, Gmail, Apple Mail, Thunderbird; a
+  dated line just above the From line, "Message du : 12/12/2016 13:20", belongs to it);
+* a device line ("Sent from my iPhone", "Gesendet von Outlook für Android<https://aka.ms/..>")
+  below written text: mobile clients put it at the end of what was typed and the history,
+  often unquoted, below it;
 * an attribution line ("On ... wrote:", "Am ... schrieb ...:", "Le ... a écrit :", Gmail's
   "пн, 15 янв. 2025 г. в 17:03, Name <a@b>:", "... 写道：") over up to three lines, when what
   follows is only quotation, or only unquoted text (clients that quote without ``>``). When the
-  writer answered inline (text after quoted lines), nothing is cut: the English parser keeps
-  the quote the answer refers to.
+  writer answered inline (a paragraph after quoted lines), nothing is cut: the English parser
+  keeps the quote the answer refers to. A wrapped quote line left unquoted between quoted
+  ones, and a quoted mail's footer below "-- ", are not answers.
 
 Every pattern is matched against one line, or at most three joined lines of bounded length, so
 the work is linear in the body. The phrases were collected from the clients' own output; the
-expectation set in tests/reply_i18n/ holds an example of each.
+expectation sets in tests/reply_i18n/ (written here, and public/ from other parsers' test
+suites) hold an example of each.
 """
 
 from __future__ import annotations
@@ -29,11 +35,13 @@ from typing import Final
 MARKER: Final = re.compile(r"^[>\s]*##-\s.{1,200}\s-##\s*$")
 
 _QUOTED: Final = re.compile(r"^\s*>")
+_SIG_DASHES: Final = re.compile(r"^--\s*$")
 _MAX_LINE: Final = 300
 
 _VERBS: Final = (
     r"wrote|schrieb|a\s+écrit|escribió|ha\s+scritto|schreef|escreveu|skrev|kirjoitti|"
-    r"napisał\(a\)|napisała?|написал\(а\)|написала?|写道|寫道|のメール|さんは書きました|書きました"
+    r"napisał\(a\)|napisała?|написал\(а\)|написала?|写道|寫道|のメール|のメッセージ|さんは書きました|書きました|"
+    r"ha\s+escrit|작성"
 )
 #: A line that ends an attribution: the verb and a colon, or (Gmail in Russian, Japanese and
 #: Polish without a verb) a date with digits and an address in angle brackets, then a colon.
@@ -48,6 +56,13 @@ _VERB_FIRST: Final = re.compile(
     r"escribió|escreveu|wrote|écrit|scritto|kirjoitti)\b[^:：]{0,160}[:：]\s*$",
     re.IGNORECASE,
 )
+
+#: "On ... Name <a@b> wrote" without the colon (crisp's fixtures): counted only with a date and an
+#: address on the line, see ``_attribution_end``.
+_NO_COLON: Final = re.compile(rf"(?:^|\s)(?:{_VERBS})\s*$", re.IGNORECASE)
+_ADDRESS: Final = re.compile(r"<[^<>\s@]+@[^<>\s]+>")
+#: Outlook renders a linked address as "a@b<mailto:a@b>"; the link is dropped before matching.
+_MAILTO: Final = re.compile(r"<mailto:[^<>]{0,200}>", re.IGNORECASE)
 
 _SEPARATOR_PHRASES: Final = (
     r"original message|forwarded message|ursprüngliche nachricht|original-nachricht|"
@@ -73,7 +88,7 @@ _FROM_KEYS: Final = (
     r"afzender|avsändare|nadawca|отправитель"
 )
 _OTHER_KEYS: Final = (
-    r"sent|date|to|subject|cc|gesendet|datum|an|betreff|envoyé|à|objet|enviado(?:\s+el|\s+em)?|"
+    r"sent|date|to|subject|cc|sendt|dato|til|emne|kopi|gesendet|datum|an|betreff|envoyé|à|objet|enviado(?:\s+el|\s+em)?|"
     r"enviada\s+em|fecha|para|asunto|assunto|inviato|data|a|oggetto|verzonden|aan|onderwerp|skickat|"
     r"till|ämne|wysłano|wysłane|do|temat|dw|kopia|отправлено|дата|кому|тема|копия|送信日時|日時|宛先|"
     r"件名|日付|发送时间|发送日期|时间|日期|收件人|主题|抄送|寄件日期|傳送時間|收件者|主旨|副本"
@@ -121,7 +136,7 @@ _SENT_FROM: Final = re.compile(
             r"获取\s?\S{0,20}\s?outlook\s?\S{0,20}",
         )
     )
-    + r")\.?$",
+    + r")\.?(?:\s*<https?://[^<>\s]{1,200}>)?$",
     re.IGNORECASE,
 )
 #: Lines that only rule a signature off: "-- ", underscores, em dashes (Chinese clients).
@@ -139,13 +154,24 @@ def _has_date(text: str) -> bool:
     return sum(ch.isdigit() for ch in text) >= 2
 
 
+def _wrapped_quote_line(lines: list[str], index: int) -> bool:
+    """An unquoted line wedged between quoted ones: a long quoted line the client wrapped
+    without quoting its continuation (Gmail, Outlook), not an answer."""
+    return 0 < index < len(lines) - 1 and _is_quoted(lines[index - 1]) and _is_quoted(lines[index + 1])
+
+
 def _inline_answer(rest: list[str]) -> bool:
-    """True when unquoted text follows quoted lines: the writer answered inside the quote."""
+    """True when unquoted text follows quoted lines: the writer answered inside the quote.
+
+    Wrapped quote lines do not count, nor anything below a "-- " delimiter (the quoted mail's
+    signature and footer, which some clients leave unquoted)."""
     seen_quote = False
-    for line in rest:
+    for index, line in enumerate(rest):
         if _is_quoted(line):
             seen_quote = True
-        elif seen_quote and line.strip():
+        elif _SIG_DASHES.match(line):
+            return False
+        elif seen_quote and line.strip() and not _wrapped_quote_line(rest, index):
             return True
     return False
 
@@ -157,10 +183,21 @@ def _attribution_end(lines: list[str], index: int) -> int | None:
         line = lines[end].strip()
         if not line or len(line) > _MAX_LINE or (end > index and _is_quoted(lines[end])):
             return None
-        joined = f"{joined} {line}" if joined else line
-        if _ATTRIBUTION.search(joined) or (_VERB_FIRST.search(joined) and _has_date(joined)):
+        # Gmail wraps right after the "<" of the address: join without a space there.
+        joined = f"{joined}{'' if joined.endswith('<') else ' '}{line}" if joined else line
+        if _is_attribution(_MAILTO.sub("", joined)):
             return end + 1
     return None
+
+
+def _is_attribution(text: str) -> bool:
+    if _ATTRIBUTION.search(text):
+        return True
+    dated = _has_date(text)
+    return dated and (
+        _VERB_FIRST.search(text) is not None
+        or (_NO_COLON.search(text) is not None and _ADDRESS.search(text) is not None)
+    )
 
 
 def _attribution_cut(lines: list[str], index: int) -> bool:
@@ -186,9 +223,41 @@ def _header_block(lines: list[str], index: int) -> bool:
     return any(_OTHER_LINE.match(line) for line in reach)
 
 
+def _header_block_top(lines: list[str], index: int) -> int:
+    """A header block may open with a dated line above its From line, in the same paragraph
+    ("Message du : 12/12/2016 13:20" in French webmail, "Date: ..." first): the block starts there."""
+    top = index
+    while top > index - _DATE_LINES_ABOVE and top > 0:
+        above = lines[top - 1]
+        if not (_HEADERISH.match(above) and _has_date(above)):
+            break
+        top -= 1
+    return top
+
+
+def _device_line(line: str) -> bool:
+    """A "Sent from my ..." line, quoted or not: what follows it is the client's, not the writer's."""
+    text = line.strip().lstrip("> ")
+    return len(text) <= _DEVICE_LINE_MAX and _SENT_FROM.match(text) is not None
+
+
+def _history_line(lines: list[str], index: int) -> int | None:
+    """Where history starts if it starts at line ``index`` (a line at or above it), else None."""
+    line = lines[index]
+    if _SEPARATOR.match(line) or _device_line(line) or _attribution_cut(lines, index):
+        return index
+    if _header_block(lines, index):
+        return _header_block_top(lines, index)
+    return None
+
+
 _HEADERISH: Final = re.compile(r"^\s*[*]*[^\s:：][^:：]{0,30}[:：]\s*\S")
 #: At most this many lines directly above the marker are taken for the client's own header.
 _CLIENT_HEADER_LINES: Final = 6
+#: Dated header lines above a From line that still belong to its block.
+_DATE_LINES_ABOVE: Final = 2
+#: A device line is short; a longer line that starts the same way is a sentence.
+_DEVICE_LINE_MAX: Final = 120
 
 
 def _client_header_start(lines: list[str], marker: int) -> int:
@@ -223,23 +292,23 @@ def history_start(text: str) -> int | None:
     offsets = [0]
     for line in lines:
         offsets.append(offsets[-1] + len(line) + 1)
-    written = False
+    first_written: int | None = None
     for index, line in enumerate(lines):
-        offset = offsets[index]
         if MARKER.match(line):
             return offsets[_client_header_start(lines, index)]
-        if written and (
-            _SEPARATOR.match(line) or _header_block(lines, index) or _attribution_cut(lines, index)
-        ):
-            return offset
-        written = written or bool(line.strip())
+        if first_written is not None:
+            top = _history_line(lines, index)
+            if top is not None and top > first_written:
+                return offsets[top]
+        if first_written is None and line.strip():
+            first_written = index
     return None
 
 
 def strip_device_signature(text: str) -> str:
     """Drop a trailing "Sent from my ..." line (any language) and a rule line above it."""
     lines = text.rstrip().split("\n")
-    if lines and len(lines[-1]) <= 80 and _SENT_FROM.match(lines[-1].strip().lstrip("> ")):
+    if lines and _device_line(lines[-1]):
         lines.pop()
         while lines and (not lines[-1].strip() or _RULE.match(lines[-1])):
             lines.pop()

@@ -50,8 +50,12 @@ def test_multilingual_pass_rate() -> None:
     rate = sum(passed.values()) / len(cases)
     lines = [f"  {lang}: {passed[lang]}/{total[lang]}" for lang in sorted(total)]
     report = "\n".join(
-        ["multilingual reply expectations:", *lines, *failures,
-         f"SUMMARY multilingual {sum(passed.values())}/{len(cases)} = {rate:.1%}, target {TARGET:.0%}"]
+        [
+            "multilingual reply expectations:",
+            *lines,
+            *failures,
+            f"SUMMARY multilingual {sum(passed.values())}/{len(cases)} = {rate:.1%}, target {TARGET:.0%}",
+        ]
     )
     print(report)
     assert set(LANGUAGES) <= set(total), report
@@ -110,3 +114,71 @@ def test_pathological_bodies_finish_fast(body: str) -> None:
     start = time.perf_counter()
     visible_reply(body)
     assert time.perf_counter() - start < 1
+
+
+# Rules added for shapes found in the public set (tests/reply_i18n/public/); each with the
+# case that must stay as it is.
+@pytest.mark.parametrize(
+    ("body", "reply"),
+    [
+        # A quoted line wrapped without ">" on its continuation, and an unquoted "-- " footer
+        # below the quote, are not answers: the attribution still cuts.
+        (
+            "Ciao\n\nIl 8 dic 2016, Q <q@x.it>\nha scritto:\n> Lorem d\nignissim?\n>\n> x\n\n-- \nfooter\n",
+            "Ciao",
+        ),
+        # ... but a paragraph typed below a quote is one, and keeps the quote it answers.
+        (
+            "Hi\n\nOn 1 Jan 2020, Q <q@x.com> wrote:\n> a\n\nmy answer\n",
+            "Hi\n\nOn 1 Jan 2020, Q <q@x.com> wrote:\n> a\n\nmy answer",
+        ),
+        # A device line cuts what a mobile client put below it, unquoted, in any language,
+        # with or without Outlook's link after it.
+        ("Reply\n\nGesendet von Outlook für Android<https://aka.ms/x>\n\nHi there!\n", "Reply"),
+        ("Reply\n\nTélécharger Outlook pour iOS<https://aka.ms/y>\n", "Reply"),
+        (
+            "Reply\n\nGesendet von meinem Schreibtisch aus, das ist einfacher.\nMehr\n",
+            "Reply\n\nGesendet von meinem Schreibtisch aus, das ist einfacher.\nMehr",
+        ),
+        # An attribution without its colon counts with a date and an address on the line.
+        ("Reply\n\nOn Wed, 14 Nov 2018 08:14:43 -0200 John <j@d.com> wrote\n\nOld\n", "Reply"),
+        ("I know what she wrote\n\nand more\n", "I know what she wrote\n\nand more"),
+        # Outlook's "a@b<mailto:a@b>" inside an attribution.
+        (
+            'Text\n\nAm 09.07.2016 um 14:03 schrieb "s@e.org<mailto:s@e.org>" '
+            "<s@e.org<mailto:s@e.org>>:\n\nOld\n",
+            "Text",
+        ),
+        # Gmail wrapping right after "<".
+        ("Reply\n\n2014-10-17 11:28 GMT+03:00 Postmaster <\npostmaster@x.org>:\n\n> Old\n", "Reply"),
+        # A dated line opening a header block in the same paragraph belongs to it.
+        (
+            "Text\n\n==========\n\nMessage du : 12/12/2016 13:20\n"
+            "De : Q <q@x.fr>\nA : m@x.fr\nSujet : s\n\nOld\n",
+            "Text",
+        ),
+        # Danish/Norwegian Outlook keys, Catalan Gmail, Korean and Japanese Apple Mail.
+        ("Svar.\n\nFra: P <p@x.dk>\nSendt: 24. november 2025 09:30\nTil: A\nEmne: Hej\n\nHej\n", "Svar."),
+        ("Gràcies\n\nEl 19/03/2014 11:34, Joan <j@x.cat> ha escrit:\n\nOld\n", "Gràcies"),
+        ("감사\n\n2016. 11. 8. 오후 12:39 Test <t@x.kr> 작성:\n\nOld\n", "감사"),
+        ("了解\n\n2016/11/08 14:26、Test <t@x.jp> のメッセージ:\n\nOld\n", "了解"),
+    ],
+    ids=[
+        "wrapped-quote-and-footer",
+        "inline-answer-kept",
+        "device-line-cuts",
+        "device-line-url",
+        "device-sentence-kept",
+        "attribution-no-colon",
+        "wrote-sentence-kept",
+        "mailto",
+        "wrap-after-lt",
+        "dated-line-above-block",
+        "danish-outlook",
+        "catalan-gmail",
+        "korean-apple",
+        "japanese-apple",
+    ],
+)
+def test_public_set_shapes(body: str, reply: str) -> None:
+    assert visible_reply(body) == reply
