@@ -36,6 +36,8 @@ MARKER: Final = re.compile(r"^[>\s]*##-\s.{1,200}\s-##\s*$")
 
 _QUOTED: Final = re.compile(r"^\s*>")
 _SIG_DASHES: Final = re.compile(r"^--\s*$")
+#: A quoted line at least this long may have been wrapped by the client.
+_WRAPPED_WIDTH: Final = 50
 _MAX_LINE: Final = 300
 
 _VERBS: Final = (
@@ -155,9 +157,18 @@ def _has_date(text: str) -> bool:
 
 
 def _wrapped_quote_line(lines: list[str], index: int) -> bool:
-    """An unquoted line wedged between quoted ones: a long quoted line the client wrapped
-    without quoting its continuation (Gmail, Outlook), not an answer."""
-    return 0 < index < len(lines) - 1 and _is_quoted(lines[index - 1]) and _is_quoted(lines[index + 1])
+    """A long quoted line the client wrapped without quoting its continuation (Gmail, Outlook):
+    a line wedged between quoted ones, right after a long one, going on in lower case. A short
+    answer typed between two quoted lines ("> Does it work?" / "Yes." / "> And ...") is not."""
+    if not 0 < index < len(lines) - 1:
+        return False
+    above, line, below = lines[index - 1], lines[index].strip(), lines[index + 1]
+    return (
+        _is_quoted(above)
+        and _is_quoted(below)
+        and len(above.lstrip("> ")) >= _WRAPPED_WIDTH
+        and line[:1].islower()
+    )
 
 
 def _inline_answer(rest: list[str]) -> bool:

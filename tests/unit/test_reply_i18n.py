@@ -124,13 +124,22 @@ def test_pathological_bodies_finish_fast(body: str) -> None:
         # A quoted line wrapped without ">" on its continuation, and an unquoted "-- " footer
         # below the quote, are not answers: the attribution still cuts.
         (
-            "Ciao\n\nIl 8 dic 2016, Q <q@x.it>\nha scritto:\n> Lorem d\nignissim?\n>\n> x\n\n-- \nfooter\n",
+            "Ciao\n\nIl 8 dic 2016, Q <q@x.it>\nha scritto:\n"
+            "> Lorem ipsum dolor sit amet, consectetur adipiscing elit. Nullam d\nignissim?\n>\n"
+            "> x\n\n-- \nfooter\n",
             "Ciao",
         ),
         # ... but a paragraph typed below a quote is one, and keeps the quote it answers.
         (
             "Hi\n\nOn 1 Jan 2020, Q <q@x.com> wrote:\n> a\n\nmy answer\n",
             "Hi\n\nOn 1 Jan 2020, Q <q@x.com> wrote:\n> a\n\nmy answer",
+        ),
+        # ... and so is a short answer typed between two quoted lines.
+        (
+            "Hi\n\nOn 1 Jan 2020, Q <q@x.com> wrote:\n> Does the update fix the crash on startup for you?\n"
+            "Yes, it does.\n> And the login?\n",
+            "Hi\n\nOn 1 Jan 2020, Q <q@x.com> wrote:\n> Does the update fix the crash on startup for you?\n"
+            "Yes, it does.",
         ),
         # A device line cuts what a mobile client put below it, unquoted, in any language,
         # with or without Outlook's link after it.
@@ -166,6 +175,7 @@ def test_pathological_bodies_finish_fast(body: str) -> None:
     ids=[
         "wrapped-quote-and-footer",
         "inline-answer-kept",
+        "tight-inline-answer-kept",
         "device-line-cuts",
         "device-line-url",
         "device-sentence-kept",
