@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -16,7 +17,8 @@ import tomli_w
 from mailticket.app import build
 from mailticket.config import Config
 from mailticket.context import AppContext
-from mailticket.models import Outcome, RawMail
+from mailticket.models import Outcome, ParsedMessage, RawMail
+from mailticket.pipeline.parse import parse
 from mailticket.process import Pipeline
 
 # The test corpus ships with the repository (tests/corpus, pinned by its SHA256SUMS);
@@ -133,3 +135,18 @@ def body_html(msg: EmailMessage) -> str:
     part = msg.get_body(("html",))
     assert part is not None
     return str(part.get_content()).replace("\r\n", "\n")  # type: ignore[attr-defined]
+
+
+# A parser worker that misbehaves on cue (`ParsePool(..., parser=misbehaving_parse)`): a message
+# whose body is SPIN never finishes (the CPU limit ends its worker), one whose body is DIE kills
+# its worker with SIGKILL as a crash or an operator would; anything else is parsed as usual.
+SPIN, DIE = b"spin-forever", b"die-now"
+
+
+def misbehaving_parse(raw: bytes, *, max_bytes: int) -> ParsedMessage:
+    if raw.rstrip().endswith(SPIN):
+        while True:
+            pass
+    if raw.rstrip().endswith(DIE):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return parse(raw, max_bytes=max_bytes)

@@ -61,6 +61,9 @@ class ServiceConfig(_Model):
     templates_dir: Path | None = None
     message_id_domain: str | None = None
     max_message_mb: float = Field(default=30, gt=0)
+    workers: int = Field(default=0, ge=0)  # parser processes (intake/workers.py); 0 = one per core
+    worker_memory_mb: int = Field(default=512, ge=16)  # address space a parser worker may add (RLIMIT_AS)
+    worker_cpu_seconds: int = Field(default=30, ge=1)  # CPU one message may cost its worker (RLIMIT_CPU)
     metrics: str | None = None  # "host:port" of the daemon's HTTP /metrics and /healthz; off when unset
 
     @field_validator("metrics")

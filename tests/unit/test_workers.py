@@ -1,0 +1,88 @@
+"""The parser pool (intake/workers.py): the same results as parsing in-process, in order, and a
+message that breaks a limit or kills its worker costs only itself; the pool replaces the worker."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from mailticket.config.schema import ServiceConfig
+from mailticket.errors import ParseError
+from mailticket.intake.workers import Limits, ParsePool, WorkerLost, shared_pool, worker_count
+from mailticket.models import ParsedMessage
+from mailticket.pipeline.parse import parse
+from tests.factories import CORPUS, DIE, SPIN, mail, misbehaving_parse
+
+LIMITS = Limits(memory_mb=256, cpu_seconds=1, max_bytes=30 * 1024 * 1024)
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ParsePool]:
+    with ParsePool(2, LIMITS, parser=misbehaving_parse) as started:
+        yield started
+
+
+def test_results_equal_an_in_process_parse_in_the_order_given(pool: ParsePool) -> None:
+    raws = [path.read_bytes() for path in sorted(CORPUS.glob("**/*.eml"))[:60]]
+    raws += [mail(subject=f"message {n}") for n in range(40)] + [b"", b"   \r\n"]
+    results = pool.parse_many(raws)
+    assert len(results) == len(raws)
+    for raw, result in zip(raws, results, strict=True):
+        try:
+            expected: ParsedMessage | ParseError = parse(raw, max_bytes=LIMITS.max_bytes)
+        except ParseError as exc:
+            expected = exc
+        if isinstance(expected, ParseError):
+            assert type(result) is ParseError and str(result) == str(expected)
+        else:
+            assert result == expected
+
+
+def test_a_message_over_the_cpu_limit_ends_its_worker_and_spares_the_others(pool: ParsePool) -> None:
+    raws = [mail(subject="before"), mail(body=SPIN.decode()), mail(subject="after")]
+    before, spun, after = pool.parse_many(raws)
+    assert isinstance(spun, WorkerLost)
+    assert str(spun) == "parser worker exceeded worker_cpu_seconds (1 s)"
+    assert isinstance(before, ParsedMessage) and before.subject == "before"
+    assert isinstance(after, ParsedMessage) and after.subject == "after"
+    again = pool.parse_many([mail(subject=f"m{n}") for n in range(4)])  # replaced: all workers serve
+    assert [r.subject for r in again if isinstance(r, ParsedMessage)] == ["m0", "m1", "m2", "m3"]
+
+
+def test_a_killed_worker_loses_only_its_message(pool: ParsePool) -> None:
+    results = pool.parse_many([mail(body=DIE.decode()), mail(subject="kept")])
+    assert isinstance(results[0], WorkerLost)
+    assert results[0].reason.startswith("was killed (SIGKILL")
+    assert isinstance(results[1], ParsedMessage) and results[1].subject == "kept"
+
+
+def test_a_message_over_the_memory_limit_is_refused_naming_the_limit() -> None:
+    blob = base64.encodebytes(os.urandom(8 << 20)).decode()
+    big = (
+        "From: a@customer.example\r\nSubject: big\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Transfer-Encoding: base64\r\n\r\n{blob}"
+    ).encode()
+    with ParsePool(1, Limits(memory_mb=32, cpu_seconds=5, max_bytes=LIMITS.max_bytes)) as small:
+        refused, unread, fine = small.parse_many([big, big * 4, mail(subject="small")])
+    assert type(refused) is ParseError
+    assert str(refused) == "parsing needs more than worker_memory_mb (32 MB)"
+    assert isinstance(unread, WorkerLost)  # did not even fit through the pipe
+    assert str(unread) == "parser worker ran out of worker_memory_mb (32 MB)"
+    assert isinstance(fine, ParsedMessage) and fine.subject == "small"
+
+
+def test_workers_zero_means_one_per_core() -> None:
+    assert worker_count(0) == len(os.sched_getaffinity(0))
+    assert worker_count(3) == 3
+
+
+def test_the_shared_pool_is_kept_until_its_settings_change() -> None:
+    service = ServiceConfig(workers=1)
+    first = shared_pool(service)
+    assert shared_pool(ServiceConfig(workers=1)) is first
+    second = shared_pool(ServiceConfig(workers=1, worker_cpu_seconds=7))
+    assert second is not first and second.limits.cpu_seconds == 7
+    assert second.parse_many([mail(subject="x")])[0].subject == "x"  # type: ignore[union-attr]
