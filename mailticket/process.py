@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from mailticket.context import AppContext
 from mailticket.errors import ParseError
@@ -30,7 +30,7 @@ from mailticket.pipeline.classify import classify, for_ticket
 from mailticket.pipeline.parse import header_message_id, parse
 from mailticket.pipeline.route import route
 from mailticket.storage import repository
-from mailticket.storage.tables import Ticket
+from mailticket.storage.tables import IntakeRecord, Ticket
 from mailticket.tickets.followup import followup
 from mailticket.tickets.open import open_ticket
 from mailticket.tickets.store import Store, known
@@ -201,6 +201,17 @@ class Batch:
         self._next()
         self.done.append((raw, None, outcome))
         return outcome
+
+    def poison(self, raw: RawMail, attempts: int) -> Outcome:
+        """Quarantine unparsed a message that never finished in `attempts - 1` tries (a worker died
+        on it each time); unless its exact bytes are already kept."""
+        sha = hashlib.sha256(raw.data).hexdigest()
+        seen = self.session.exec(select(IntakeRecord).where(IntakeRecord.raw_sha256 == sha)).first()
+        if seen is not None:  # stored by an attempt that crashed after its commit
+            return Outcome("duplicate", reason=seen.status)
+        return self.quarantine(
+            raw, f"processing did not finish in {attempts - 1} attempts (worker crash?); kept unparsed"
+        )
 
     def wait_for_blobs(self) -> None:
         """Before the commit: a failed blob write (disk full...) fails the transaction, so no

@@ -113,6 +113,13 @@ def token_recipient(message_id: str) -> str | None:
     return fields[1] if fields else None
 
 
+def message_id_ref(message_id: str) -> str | None:
+    """The ticket one of our Message-IDs names, read without checking it: only for ordering
+    mail that may thread together, never to decide what it threads onto."""
+    fields = _fields(message_id)
+    return normalise_ref(fields[0]) if fields else None
+
+
 def verify_reply_token(
     secret: bytes, message_id: str, *, domain: str, now: datetime, max_age: timedelta
 ) -> ReplyToken | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from mailticket.storage.tables import Entry, IntakeRecord, Ticket
 from tests import factories
@@ -156,3 +156,14 @@ def counts(engine: Engine) -> dict[str, int]:
             "entries": session.exec(select(func.count()).select_from(Entry)).one(),
             "intake": session.exec(select(func.count()).select_from(IntakeRecord)).one(),
         }
+
+
+def threads(engine: Engine) -> set[tuple[str | None, ...]]:
+    """Each ticket as its entries' Message-IDs, oldest first: equal for two runs over the same
+    mail exactly when they opened the same tickets and stored each one's mail in the same order."""
+    with Session(engine) as session:
+        rows = session.exec(select(Entry.ticket_id, Entry.message_id).order_by(col(Entry.id))).all()
+    tickets: dict[int, list[str | None]] = {}
+    for ticket_id, message_id in rows:
+        tickets.setdefault(ticket_id, []).append(message_id)
+    return {tuple(ids) for ids in tickets.values()}

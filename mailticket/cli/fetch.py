@@ -17,7 +17,9 @@ from rich.table import Table
 
 from mailticket.cli.output import console, print_json
 from mailticket.cli.state import State
+from mailticket.context import AppContext
 from mailticket.intake.imap import PollResult, poll_mailbox
+from mailticket.intake.spool import Processor
 from mailticket.outbound.send import FlushResult, flush
 
 PROGRESS_FROM = 50  # messages waiting in one mailbox before a progress bar is worth showing
@@ -75,6 +77,15 @@ def summary(results: list[PollResult], outbox: FlushResult) -> dict[str, Any]:
     }
 
 
+def drain_spool(ctx: AppContext, results: list[PollResult]) -> None:
+    """`[service] spool`: store what the passes spooled (and anything else claimable), counted
+    under the mailbox it came from."""
+    by_mailbox = {r.mailbox: r for r in results}
+    for raw, outcome in Processor(ctx).drain():
+        if (result := by_mailbox.get(raw.mailbox or "")) is not None:
+            result.count(outcome)
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
@@ -91,6 +102,8 @@ def fetch(state: State, as_json: bool) -> None:
             results.append(poll_mailbox(ctx, mailbox, progress=bar))
         finally:
             bar.close()
+    if ctx.config.service.spool:
+        drain_spool(ctx, results)
     outbox = flush(ctx)
     data = summary(results, outbox)
     if as_json:

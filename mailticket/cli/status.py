@@ -61,6 +61,11 @@ def _print(report: Report, state: State) -> None:
     age = f" (oldest {span(oldest)})" if oldest is not None else ""
     console.print(f"outbox: {out['queued']:,} queued{age}, {out['failed']:,} failed")
     console.print(f"quarantine: {report.quarantine['count']:,} message(s)")
+    if state.config().service.spool or report.spool["waiting"]:
+        spooled = report.spool
+        oldest = spooled["oldest_age_seconds"]
+        age = f" (oldest {span(oldest)})" if oldest is not None else ""
+        console.print(f"spool: {spooled['waiting']:,} waiting{age}, {spooled['claimed']:,} being stored")
     for token in report.tokens:
         expires = when(token["expires_at"], state)
         console.print(f"oauth {token['mailbox']}: {token['state']}, access token expires {expires}")

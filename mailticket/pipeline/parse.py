@@ -462,20 +462,46 @@ def _recover_multipart(part: Message) -> Message | None:
     return inner if inner.is_multipart() else None
 
 
-def header_message_id(raw: bytes) -> str | None:
-    """The Message-ID `parse` finds, read from the header block alone (cheap: no MIME tree).
-
-    Lets the caller recognise a message it already stored before paying for the full parse.
-    None when there is none, or when the header block is one `parse` would refuse.
-    """
+def _header_block(raw: bytes) -> Message | None:
+    """The header block alone (cheap: no MIME tree); None when `parse` would refuse it."""
     try:
         head = _prepare(raw[: MAX_HEADER_BYTES + 8], [])
     except ParseError:
         return None
-    end = _header_end(head)
-    values = BytesHeaderParser(policy=policy.compat32).parsebytes(head[:end]).get_all("Message-ID") or []
+    return BytesHeaderParser(policy=policy.compat32).parsebytes(head[: _header_end(head)])
+
+
+def header_message_id(raw: bytes) -> str | None:
+    """The Message-ID `parse` finds, read from the header block alone.
+
+    Lets the caller recognise a message it already stored before paying for the full parse.
+    None when there is none, or when the header block is one `parse` would refuse.
+    """
+    block = _header_block(raw)
+    values = (block.get_all("Message-ID") or []) if block is not None else []
     ids = message_ids(_text(str(values[0]))) if values and str(values[0]).isascii() else ()
     return ids[0] if ids else None
+
+
+def header_thread_ids(raw: bytes) -> tuple[str | None, tuple[str, ...], str]:
+    """What threading reads, from the header block alone: the Message-ID, the Message-IDs it
+    answers (In-Reply-To, References) and the subject. Known before the parse, so intake can
+    order messages that may thread together (intake/spool.py)."""
+    block = _header_block(raw)
+    if block is None:
+        return None, (), ""
+
+    def values(name: str) -> list[str]:
+        return [_header_str(str(v), "cp1252") for v in block.get_all(name) or []]
+
+    own = values("Message-ID")
+    answered = (*message_ids(" ".join(values("In-Reply-To"))), *message_ids(" ".join(values("References"))))
+    subject = values("Subject")
+    return (
+        (message_ids(_text(own[0])) or (None,))[0] if own else None,
+        answered,
+        _text(subject[0])[:MAX_SUBJECT_CHARS] if subject else "",
+    )
 
 
 def parse(raw: bytes, *, max_bytes: int = 30 * 1024 * 1024) -> ParsedMessage:

@@ -3,6 +3,7 @@
     scheduler jobs   jobs.py: outbox, sla_check, autoclose, poll:<mailbox>
     threads          idle:<mailbox>  IMAP IDLE for mailboxes with idle = true
                      config watcher  reloads the TOML file when it changes
+                     spool           with [service] spool: stores spooled mail, whoever fetched it
     listener         SMTP/LMTP intake when [intake] enabled = true
 
 SIGTERM or SIGINT starts a clean stop: the stop event makes polls finish the
@@ -31,7 +32,8 @@ from mailticket.config import Config, MailboxConfig
 from mailticket.context import AppContext
 from mailticket.intake.imap import PollResult, idle_mailbox
 from mailticket.intake.smtp import IntakeServer
-from mailticket.models import Outcome
+from mailticket.intake.spool import Processor
+from mailticket.models import Outcome, RawMail
 from mailticket.outbound.render import Renderer
 from mailticket.service import health, jobs
 from mailticket.service.reload import ConfigWatcher
@@ -85,6 +87,9 @@ class Daemon:
         for job in jobs.periodic(self.ctx, self.scheduler.owner, on_flush):
             self.scheduler.add(job.name, job.run, job.seconds, leased=job.leased)
         self._sync_mailboxes(config)
+        if config.service.spool:
+            processor = Processor(self.ctx, observe=self._spool_stored)
+            self._spawn("spool", processor.run, self.stop_event)
         if config.intake.enabled:
             intake = IntakeServer(self.ctx, on_stored=self._stored,
                                   observe=metrics.message if metrics is not None else None)
@@ -105,6 +110,7 @@ class Daemon:
                     else None,
                     "transport": config.smtp.transport,
                     "metrics": config.service.metrics,
+                    "spool": config.service.spool,
                 }
             },
         )
@@ -120,6 +126,12 @@ class Daemon:
     def _stored(self, _outcome: Outcome) -> None:
         """New mail usually means an acknowledgement or alert to send: flush now, not in 5 s."""
         self.scheduler.run_soon("outbox")
+
+    def _spool_stored(self, raw: RawMail, outcome: Outcome) -> None:
+        if self.metrics is not None:
+            self.metrics.spooled(raw, outcome)
+        if outcome.status == "stored":
+            self.scheduler.run_soon("outbox")
 
     def _polled_result(self, result: PollResult) -> None:
         if self.metrics is not None:

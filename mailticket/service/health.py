@@ -35,6 +35,7 @@ from mailticket import logs
 from mailticket.config import MailboxConfig, parse_duration
 from mailticket.context import AppContext
 from mailticket.errors import DatabaseUnavailable, MailticketError
+from mailticket.intake import spool
 from mailticket.storage.db import upsert
 from mailticket.storage.serialize import iso
 from mailticket.storage.tables import Heartbeat, IntakeRecord, OutboxMessage, SourceHealth
@@ -165,6 +166,7 @@ class Report:
     outbox: dict[str, Any]
     quarantine: dict[str, Any]
     tokens: list[dict[str, Any]]
+    spool: dict[str, Any] = field(default_factory=dict)  # `[service] spool`: waiting, claimed, oldest
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -181,6 +183,7 @@ class Report:
             "outbox": self.outbox,
             "quarantine": self.quarantine,
             "tokens": self.tokens,
+            "spool": self.spool,
         }
 
 
@@ -212,6 +215,7 @@ def collect(ctx: AppContext) -> Report:
                 .where(col(IntakeRecord.status).in_(("quarantined", "dropped")))
             ).one()},
             tokens=oauth_tokens(ctx),
+            spool=_spool(session, now),
         )
     report.sources = _sources(ctx, recorded)
     report.problems = _problems(ctx, report)
@@ -244,6 +248,13 @@ def _outbox(session: Session, now: datetime) -> dict[str, Any]:
         "oldest_queued_at": iso(oldest),
         "oldest_queued_age_seconds": age(now, oldest),
     }
+
+
+def _spool(session: Session, now: datetime) -> dict[str, Any]:
+    """Mail fetched and waiting for a processor (intake/spool.py; empty without `[service] spool`)."""
+    found = spool.depth(session.connection(), now)
+    return {"waiting": found["waiting"], "claimed": found["claimed"],
+            "oldest_age_seconds": age(now, found["oldest"])}
 
 
 def _source_row(name: str, row: SourceHealth | None, mailbox: MailboxConfig | None) -> dict[str, Any]:

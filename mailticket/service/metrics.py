@@ -10,7 +10,7 @@
                  mailticket_outbox_flush_seconds              one outbox flush
                and, read from the database at each scrape (so every process agrees),
                  mailticket_outbox_queued / _failed / _oldest_queued_age_seconds,
-                 mailticket_quarantine_messages, mailticket_source_backlog{source},
+                 mailticket_quarantine_messages, mailticket_spool_depth, mailticket_source_backlog{source},
                  mailticket_source_up{source}, mailticket_daemons_alive, mailticket_healthy
     /healthz   200 and "ok" when `mailticket status` would exit 0, else 503 and its problems
                (one a line), for a load balancer or a systemd watchdog script
@@ -36,6 +36,7 @@ from mailticket.config import listen_address
 from mailticket.context import AppContext
 from mailticket.errors import MailticketError
 from mailticket.intake.imap import PollResult
+from mailticket.models import Outcome, RawMail
 from mailticket.outbound.send import FlushResult
 from mailticket.service import health
 
@@ -76,6 +77,10 @@ class Metrics:
         if not result.busy:
             self.poll_seconds.labels(result.mailbox).observe(result.seconds)
 
+    def spooled(self, raw: RawMail, outcome: Outcome) -> None:
+        """A message this daemon stored from the spool (whichever daemon fetched it)."""
+        self.messages.labels(health.mailbox_source(raw.mailbox or ""), outcome.status).inc()
+
     def flushed(self, result: FlushResult, seconds: float) -> None:
         for status in ("sent", "retrying", "failed"):
             if count := getattr(result, status):
@@ -106,6 +111,8 @@ class _Depths(Collector):
                                 "Oldest queued notice's age", value=out["oldest_queued_age_seconds"] or 0)
         yield GaugeMetricFamily("mailticket_quarantine_messages", "Mail kept without a ticket",
                                 value=report.quarantine["count"])
+        yield GaugeMetricFamily("mailticket_spool_depth", "Fetched mail waiting in the spool to be stored",
+                                value=report.spool["waiting"])
         backlog = GaugeMetricFamily("mailticket_source_backlog", "Messages waiting at a source after its "
                                     "last pass", labels=["source"])
         up = GaugeMetricFamily("mailticket_source_up", "1 unless the source is failing or paused",

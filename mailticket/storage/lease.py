@@ -60,7 +60,7 @@ def owner_id() -> str:
         return _OWNER[1]
 
 
-def _holder_is_dead(owner: str) -> bool:
+def holder_is_dead(owner: str) -> bool:
     """True only when the owner provably ran on this host and its process is gone."""
     parts = owner.rsplit(":", 2)
     if len(parts) != 3 or parts[0] != _host_id() or not parts[1].isdigit():
@@ -88,7 +88,7 @@ def acquire(engine: Engine, name: str, owner: str, seconds: float, *, now: datet
         if taken:
             return True
         holder = conn.execute(select(_LEASES.c.owner).where(_LEASES.c.name == name)).scalar_one_or_none()
-        if holder is not None and _holder_is_dead(holder):
+        if holder is not None and holder_is_dead(holder):
             # Only this exact stale row is replaced: if a live process renewed or took the
             # lease in the meantime, the owner no longer matches and nothing changes.
             return bool(

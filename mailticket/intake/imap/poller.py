@@ -36,7 +36,6 @@ paused (intake/pause.py) and the daemon tries it again within seconds.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -48,12 +47,12 @@ from functools import partial
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
-from sqlmodel import select
 
 from mailticket import logs
 from mailticket.config import MailboxConfig
 from mailticket.context import AppContext
 from mailticket.errors import IntakeError, OperationError, StoreUnavailable
+from mailticket.intake import spool
 from mailticket.intake.imap.connection import (
     RetryPolicy,
     as_operation_error,
@@ -67,7 +66,6 @@ from mailticket.models import Outcome, RawMail
 from mailticket.process import Batch, Pipeline
 from mailticket.service import health
 from mailticket.storage import lease
-from mailticket.storage.tables import IntakeRecord
 
 log = logging.getLogger("mailticket.intake.imap")
 
@@ -104,6 +102,7 @@ class PollResult:
     dropped: int = 0
     new_tickets: int = 0
     failed: int = 0  # raised in the pipeline; left above the cursor for the next poll
+    spooled: int = 0  # committed into the spool (`[service] spool`), for any daemon to store
     busy: bool = False  # another process holds this mailbox's lease
     backlog: int = 0  # messages above the cursor not done when the pass ended
     seconds: float = 0.0  # how long the pass took
@@ -221,6 +220,10 @@ class Poller:
                 if (body := bodies.get(uid, {}).get(b"BODY[]")) is not None
             ]
             left -= set(group) - {mail.uid for mail in mails}  # expunged between the two fetches
+            if self.ctx.config.service.spool:
+                self._spool(uidvalidity, mails, acks)
+                left -= {mail.uid for mail in mails}
+                continue
             rest = mails
             if self.cursor.count_first_attempts(uidvalidity, group):
                 rest = self._group(uidvalidity, mails, acks)
@@ -232,6 +235,13 @@ class Poller:
         oversized = [_Fetched(u, self._header(client, u), sizes[u]) for u in big]
         left -= set(self._one_by_one(uidvalidity, oversized, acks))
         return acks, left
+
+    def _spool(self, uidvalidity: int, mails: list[_Fetched], acks: dict[str | None, list[int]]) -> None:
+        """`[service] spool`: commit the group into the spool, where any daemon's processor stores
+        it (intake/spool.py); acknowledged as processed once committed."""
+        positions = [(_position(uidvalidity, mail.uid), mail.data) for mail in mails]
+        self.result.spooled += spool.add(self.ctx, self.mailbox.name, self.source, positions)
+        acks.setdefault(self.mailbox.processed_folder, []).extend(mail.uid for mail in mails)
 
     def _group(
         self, uidvalidity: int, mails: list[_Fetched], acks: dict[str | None, list[int]]
@@ -309,7 +319,7 @@ class Poller:
             raw = RawMail(
                 data=mail.data,
                 source=self.source,
-                position=f"uidvalidity={uidvalidity} uid={mail.uid}",
+                position=_position(uidvalidity, mail.uid),
                 mailbox=self.mailbox.name,
             )
             if mail.oversized is not None:
@@ -320,23 +330,13 @@ class Poller:
                     f"is kept here, the whole message is in IMAP folder {self.mailbox.quarantine_folder!r}",
                 )
             elif attempts > MAX_ATTEMPTS:
-                done[mail.uid] = self._poison(batch, raw, attempts)
+                done[mail.uid] = batch.poison(raw, attempts)
             else:
                 done[mail.uid] = batch.process(raw)
         return done
 
     def _stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
-
-    def _poison(self, batch: Batch, raw: RawMail, attempts: int) -> Outcome:
-        """Quarantine unparsed a message that never finished; unless its exact bytes are already kept."""
-        sha = hashlib.sha256(raw.data).hexdigest()
-        seen = batch.session.exec(select(IntakeRecord).where(IntakeRecord.raw_sha256 == sha)).first()
-        if seen is not None:  # stored by an attempt that crashed after its commit
-            return Outcome("duplicate", reason=seen.status)
-        return batch.quarantine(
-            raw, f"processing did not finish in {attempts - 1} attempts (worker crash?); kept unparsed"
-        )
 
     def _destination(self, outcome: Outcome) -> str | None:
         """Where the source copy goes: quarantine for rejected mail, else processed (None: \\Seen)."""
@@ -370,6 +370,10 @@ class Poller:
                     raise
             log.info("created folder", extra={"fields": {"mailbox": self.mailbox.name, "folder": folder}})
         self._folders_ready.add(folder)
+
+def _position(uidvalidity: int, uid: int) -> str:
+    return f"uidvalidity={uidvalidity} uid={uid}"
+
 
 def _groups(uids: Sequence[int], sizes: dict[int, int], budget: int) -> Iterator[list[int]]:
     """Split into runs whose total size stays under `budget` (a bigger message goes alone)."""
