@@ -7,8 +7,9 @@ one PostgreSQL database share that work:
      raw bytes and thread keys (`add`), then acknowledges them at the source (\\Seen or MOVE
      to processed_folder) and moves the cursor, as intake/imap/poller.py does without it;
   2. a `Processor` in any daemon claims rows (`SELECT ... FOR UPDATE SKIP LOCKED` on
-     PostgreSQL, under BEGIN IMMEDIATE on SQLite), parses them outside any transaction, and
-     stores them through `Pipeline.in_transaction` in the transaction that deletes their rows.
+     PostgreSQL, under BEGIN IMMEDIATE on SQLite), parses them in its parser workers
+     (intake/workers.py) outside any transaction, and stores them through
+     `Pipeline.in_transaction` in the transaction that deletes their rows.
 
 Exactly once: a row leaves the spool only in the transaction that stores its message. A
 processor that dies leaves its claim behind; another takes it over (at once when the dead
@@ -57,9 +58,10 @@ from sqlalchemy.orm import aliased
 
 from mailticket import logs
 from mailticket.context import AppContext
-from mailticket.errors import IntakeError, ParseError, StoreUnavailable
+from mailticket.errors import IntakeError, StoreUnavailable
 from mailticket.intake.pause import is_environment_fault, pause_for
-from mailticket.models import Outcome, ParsedMessage, RawMail
+from mailticket.intake.workers import Parsed, WorkerLost, shared_pool
+from mailticket.models import Outcome, RawMail
 from mailticket.pipeline.parse import header_thread_ids
 from mailticket.process import Batch, Pipeline
 from mailticket.refs import find_token, message_id_ref
@@ -82,8 +84,6 @@ _REFS: Table = MessageRef.__table__  # type: ignore[attr-defined]
 _TICKETS: Table = Ticket.__table__  # type: ignore[attr-defined]
 _S = _SPOOL.c
 
-Parsed = ParsedMessage | ParseError
-ParseAll = Callable[[Sequence[RawMail]], list[Parsed]]  # the parse step: one call, swappable
 Observer = Callable[[RawMail, Outcome], None]  # told each outcome once it has committed
 
 
@@ -187,18 +187,16 @@ class Processor:
     """Claims spool rows and stores them; one per process (its own stale claims are freed when it
     finds nothing to claim)."""
 
-    def __init__(
-        self, ctx: AppContext, *, parse: ParseAll | None = None, observe: Observer | None = None
-    ) -> None:
+    def __init__(self, ctx: AppContext, *, observe: Observer | None = None) -> None:
         self.ctx = ctx
         self.pipeline = Pipeline(ctx)
         self.owner = lease.owner_id()
-        self.parse_all: ParseAll = parse or self._parse_here
         self.observe = observe
         self.pause = pause_for(PAUSE_SOURCE)
 
-    def _parse_here(self, raws: Sequence[RawMail]) -> list[Parsed]:
-        return [self.pipeline.parse(raw) for raw in raws]
+    def _parse(self, rows: Sequence[Claimed]) -> list[Parsed]:
+        """The parse stage in this process's parser workers (intake/workers.py)."""
+        return shared_pool(self.ctx.config.service).parse_many([row.raw.data for row in rows])
 
     def run(self, stop: threading.Event) -> None:
         """The daemon's processor thread: until `stop`, claim and store; pause on a fault of the
@@ -212,23 +210,23 @@ class Processor:
                 stop.wait(self.pause.failed(str(exc)))
                 continue
             self.pause.ok()
-            if not done:
+            if done is None:
                 stop.wait(IDLE_SECONDS)
 
     def drain(self) -> list[tuple[RawMail, Outcome]]:
         """Store everything claimable now (`mailticket fetch`); what other processes hold is theirs."""
         outcomes: list[tuple[RawMail, Outcome]] = []
-        while done := self.step():
+        while (done := self.step()) is not None:
             outcomes.extend(done)
         return outcomes
 
-    def step(self) -> list[tuple[RawMail, Outcome]]:
-        """Claim once and store what was claimed; the outcomes committed (none: nothing claimable)."""
+    def step(self) -> list[tuple[RawMail, Outcome]] | None:
+        """Claim once and store what was claimed; the outcomes committed (None: nothing claimable)."""
         rows = self._claim()
         if not rows and self._free_stale_claims():
             rows = self._claim()
         if not rows:
-            return []
+            return None
         if rows[0].attempts:
             return self._alone(rows[0])
         return self._group(rows)
@@ -309,8 +307,17 @@ class Processor:
 
     def _group(self, rows: list[Claimed]) -> list[tuple[RawMail, Outcome]]:
         """Fresh rows, one transaction. When it fails they are given back, to be claimed one by one
-        (charged); an environment fault gives them back too, and pauses the processor."""
-        parsed = self.parse_all([row.raw for row in rows])
+        (charged); an environment fault gives them back too, and pauses the processor. A row whose
+        parser worker died goes back at once, to be claimed alone (charged) and parsed again."""
+        parsed = self._parse(rows)
+        pairs = list(zip(rows, parsed, strict=True))
+        lost = [row for row, one in pairs if isinstance(one, WorkerLost)]
+        if lost:
+            self._release(lost)
+            pairs = [(row, one) for row, one in pairs if not isinstance(one, WorkerLost)]
+            rows, parsed = [row for row, _ in pairs], [one for _, one in pairs]
+        if not rows:
+            return []
         try:
             outcomes = self.pipeline.in_transaction(partial(self._store, rows, parsed))
         except Exception as exc:
@@ -325,12 +332,20 @@ class Processor:
 
     def _alone(self, row: Claimed) -> list[tuple[RawMail, Outcome]]:
         """A tried row: quarantined unparsed past MAX_ATTEMPTS, else stored in its own transaction.
-        A message that fails waits RETRY_SECONDS; an environment fault gives its charge back."""
+        A message that fails waits RETRY_SECONDS; an environment fault gives its charge back. A lost
+        parser worker costs the attempt and a new parse; on the last attempt its reason quarantines
+        the message."""
         try:
             if row.attempts > MAX_ATTEMPTS:
                 outcomes = self.pipeline.in_transaction(partial(self._poison, row))
             else:
-                parsed = self.parse_all([row.raw])
+                parsed = self._parse([row])
+                if isinstance(parsed[0], WorkerLost) and row.attempts < MAX_ATTEMPTS:
+                    log.warning("parser worker lost a spooled message; parsing it again",
+                                extra={"fields": {"position": row.raw.position, "reason": parsed[0].reason,
+                                                  "attempt": row.attempts}})
+                    self._release([row])
+                    return []
                 outcomes = self.pipeline.in_transaction(partial(self._store, [row], parsed))
         except Exception as exc:
             if is_environment_fault(exc):

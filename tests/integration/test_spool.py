@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import text, update
 from sqlmodel import Session, select
@@ -19,13 +20,14 @@ from mailticket.cli import main
 from mailticket.config import load_config
 from mailticket.context import AppContext
 from mailticket.intake import spool
+from mailticket.intake.workers import ParsePool, limits_of
 from mailticket.pipeline.parse import header_thread_ids
 from mailticket.refs import subject_token
 from mailticket.storage import lease
 from mailticket.storage.tables import IntakeRecord, SpoolRow
 from tests import factories
 from tests.daemonproc import threads
-from tests.factories import ingest, mail, make_ctx
+from tests.factories import DIE, ingest, mail, make_ctx, misbehaving_parse
 from tests.servers import Dovecot
 
 SOURCE = "imap:support/INBOX"
@@ -136,4 +138,20 @@ def test_fetch_through_the_spool_stores_each_message_once_with_the_tickets_of_a_
     assert status["spool"] == {"waiting": 0, "claimed": 0, "oldest_age_seconds": None}
     assert threads(ctx.engine) == serial_run(tmp_path, corpus)
     assert all(b"\\Seen" in flags for flags in dovecot.flags().values())
+    ctx.engine.dispose()
+
+
+def test_a_message_whose_parser_worker_dies_is_parsed_again_then_quarantined_with_the_reason(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_ctx(tmp_path, db_url, service={"spool": True})
+    with ParsePool(1, limits_of(ctx.config.service), parser=misbehaving_parse) as pool:
+        monkeypatch.setattr(spool, "shared_pool", lambda _service: pool)
+        spooled(ctx, mail(subject="Kills its parser", body=DIE.decode()), mail(subject="Fine"))
+        done = {header_thread_ids(raw.data)[2]: outcome for raw, outcome in spool.Processor(ctx).drain()}
+    assert done["Fine"].status == "stored"
+    assert done["Kills its parser"].status == "quarantined"
+    assert "parser worker" in (done["Kills its parser"].reason or "")
+    with ctx.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM spool")).scalar_one() == 0
     ctx.engine.dispose()
