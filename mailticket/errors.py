@@ -13,6 +13,8 @@
         │   └── StoreUnavailable     the environment, not the message: pause the source, retry
         │       ├── DatabaseUnavailable  down, unreachable or locked too long
         │       └── DiskUnavailable      data_dir full, read-only or not writable (ENOSPC, EROFS...)
+        ├── RuleTimeoutError         a rule's regex ran past its time bound on one message:
+        │                            that condition does not hold (the message goes on)
         ├── ScheduleError            an SLA plan cannot place a due time
         ├── OAuthError               an OAuth 2.0 mailbox has no token (`fix` says what to do)
         │   ├── GrantError           no usable grant: `mailticket auth login NAME` is needed
@@ -91,6 +93,30 @@ class IntakeError(OperationError):
 
 class ParseError(IntakeError):
     """The bytes are not a message we can store as a ticket entry."""
+
+
+class RuleTimeoutError(OperationError):
+    """A rule's regex gave up on a field of one message: the condition is taken as not holding.
+
+    The rules engine is pure, so it does not raise or log this: it returns it on the Decision
+    (`rule_errors`), and the stage that stores the message logs it and records it in an event.
+    """
+
+    def __init__(self, rule: str, field: str, condition: str, timeout_ms: int) -> None:
+        self.rule = rule
+        self.field = field
+        self.condition = condition
+        self.timeout_ms = timeout_ms
+        super().__init__(
+            f"rule {rule!r}: {condition} timed out after {timeout_ms} ms on the {field} field; "
+            "taken as no match (simplify the pattern, see docs/rules.md)"
+        )
+
+    def as_event(self) -> dict[str, object]:
+        """The JSON an event records of it."""
+        return {
+            "rule": self.rule, "field": self.field, "condition": self.condition, "timeout_ms": self.timeout_ms
+        }
 
 
 class StoreError(OperationError):

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from mailticket.errors import RuleTimeoutError
+
 
 @dataclass(frozen=True)
 class RawMail:
@@ -159,6 +161,7 @@ class Decision:
     drop: bool = False
     language: str | None = None  # a rule's choice of the notices' language
     hits: tuple[RuleHit, ...] = field(default=())
+    rule_errors: tuple[RuleTimeoutError, ...] = ()  # conditions that timed out: taken as no match
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from mailticket.storage import repository
 from mailticket.storage.tables import IntakeRecord, Ticket
 from mailticket.tickets.followup import followup
 from mailticket.tickets.open import open_ticket
+from mailticket.tickets.routing import rule_errors
 from mailticket.tickets.store import Store, known
 
 log = logging.getLogger("mailticket.pipeline")
@@ -159,7 +160,8 @@ class Pipeline:
             reason = f"dropped by rule {rules[-1] if rules else '?'}"
             store.record(raw, key, raw_sha, "dropped", reason)
             repository.record_event(
-                store.session, store.ctx.clock(), None, "dropped", None, rules=rules, dedup_key=key
+                store.session, store.ctx.clock(), None, "dropped", None, rules=rules, dedup_key=key,
+                **rule_errors(decision, f"message {parsed.message_id or key}"),
             )
             return Outcome("dropped", reason=reason)
         ticket, entry = open_ticket(store, raw, parsed, cls, decision)

@@ -72,6 +72,7 @@ def report(
             "acknowledge": decision.acknowledge,
             "drop": decision.drop,
             "matched_rules": [h.rule for h in decision.hits],
+            "rule_errors": [str(e) for e in decision.rule_errors],
         },
     }
 
@@ -92,6 +93,8 @@ def _print_table(data: dict[str, Any]) -> None:
         table.add_row(str(i), rule["name"], rule["result"], detail)
     console.print(table)
     d = data["decision"]
+    for error in d["rule_errors"]:
+        console.print(f"error: {error}", markup=False, highlight=False)
     assignee = d["assignee"] or "-"
     if d["assignee_pool"]:
         assignee += f" among {', '.join(d['assignee_pool'])}"

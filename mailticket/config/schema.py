@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +28,9 @@ from mailticket.config.durations import parse_duration
 from mailticket.config.messages import did_you_mean, where
 from mailticket.config.oauth2 import OAuth2Config
 from mailticket.i18n import DEFAULT_LANGUAGE, normalise_tag
+
+if TYPE_CHECKING:
+    import regex
 
 
 def _check_duration(value: str) -> str:
@@ -206,6 +209,11 @@ class TicketsConfig(_Model):
     alerts_per_sender_per_hour: int = Field(default=10, ge=0)  # new-ticket alerts; then one digest
 
 
+# A rule regex's time on one field of one message: a well-written pattern takes microseconds on
+# the 64 KiB it reads; a catastrophically backtracking one is cut off here (docs/rules.md).
+RULE_REGEX_TIMEOUT_MS = 100
+
+
 class SecurityConfig(_Model):
     trusted_authserv_ids: list[str] = []
     agent_auth: list[Literal["dkim", "dmarc", "spf"]] = ["dkim", "dmarc"]
@@ -213,6 +221,7 @@ class SecurityConfig(_Model):
     reply_token_days: int = Field(default=30, ge=1)
     hops_after_border: int = Field(default=0, ge=0, le=10)  # parse.MAX_HOPS_AFTER_BORDER
     verify_dkim: bool = False
+    rule_regex_timeout_ms: int = Field(default=RULE_REGEX_TIMEOUT_MS, ge=1, le=10_000)
 
 
 def _zone(value: str) -> str:
@@ -322,10 +331,10 @@ class ConditionConfig(_Model):
     field: str
     op: str = "contains"
     value: str | bool | list[str]
-    _pattern: re.Pattern[str] | None = PrivateAttr(default=None)
+    _pattern: regex.Pattern[str] | None = PrivateAttr(default=None)
 
     @property
-    def pattern(self) -> re.Pattern[str] | None:
+    def pattern(self) -> regex.Pattern[str] | None:
         """The compiled regex of a regex / not_regex condition: compiled once, at load."""
         return self._pattern
 
@@ -383,9 +392,11 @@ class ConditionConfig(_Model):
         if base != "in" and isinstance(self.value, list):
             raise ValueError(f"op {self.op!r} needs a single value; use op 'in' for a list")
         if base == "regex":
+            import regex  # the maintained `regex` module: its searches take a timeout (rules/engine.py)
+
             try:
-                self._pattern = re.compile(str(self.value))
-            except re.error as exc:
+                self._pattern = regex.compile(str(self.value))
+            except regex.error as exc:
                 raise ValueError(
                     f"bad regex '{self.value}': {exc}; fix the pattern (to match a literal '(' write '\\(')"
                 ) from None

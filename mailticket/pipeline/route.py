@@ -61,7 +61,10 @@ def route(
     envelope: tuple[str, ...] = (),
 ) -> Decision:
     base = _base(msg, config, mailbox, envelope)
-    decision = evaluate(config.rules, msg, base, mailbox=mailbox, followup=followup)
+    decision = evaluate(
+        config.rules, msg, base, mailbox=mailbox, followup=followup,
+        regex_timeout_ms=config.security.rule_regex_timeout_ms,
+    )
     return _department_assign(decision, config)
 
 
@@ -75,5 +78,8 @@ def explain(
 ) -> tuple[Decision, tuple[RuleTrace, ...]]:
     """`route` with every rule's result, for `mailticket rules test`."""
     base = _base(msg, config, mailbox, envelope)
-    decision, traces = trace(config.rules, msg, base, mailbox=mailbox, followup=followup)
+    decision, traces = trace(
+        config.rules, msg, base, mailbox=mailbox, followup=followup,
+        regex_timeout_ms=config.security.rule_regex_timeout_ms,
+    )
     return _department_assign(decision, config), traces

@@ -8,11 +8,15 @@ for the case-insensitive ops; only `regex` sees the original text.
 
 `evaluate` (the pipeline's fast path) and `trace` (`mailticket rules test`)
 are the same loop, `_run`; the trace only asks it to record every condition.
+
+Regex conditions run on the `regex` module, which takes a timeout: mail decides the text and
+a pattern may backtrack catastrophically on it, so each search is bounded in time as well as
+in length. A search that times out makes its condition not hold for that message and is
+returned as a RuleTimeoutError on the Decision, for the caller to log and record.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -20,6 +24,8 @@ from dataclasses import dataclass, replace
 from operator import methodcaller
 
 from mailticket.config import ActionsConfig, ConditionConfig, RuleConfig
+from mailticket.config.schema import RULE_REGEX_TIMEOUT_MS
+from mailticket.errors import RuleTimeoutError
 from mailticket.models import Decision, ParsedMessage, RuleHit
 
 # A condition's check gets the message's facts and returns what it matched on, or None.
@@ -54,17 +60,13 @@ def _describe(cond: ConditionConfig) -> str:
 
 
 def _predicate(cond: ConditionConfig) -> tuple[Callable[[str], object], str | None]:
-    """(a C-level test of one value, the case-folded needle of a contains op).
+    """(a C-level test of one value, the case-folded needle of a contains op); not for regex.
 
     Bound methods and methodcaller keep the per-value test out of Python code:
     evaluating 200 rules stays well under a millisecond.
     """
     base = cond.op.removeprefix("not_")
     value = cond.value
-    if base == "regex":
-        assert cond.pattern is not None  # compiled by the config validator, at load
-        search = cond.pattern.search
-        return (lambda value: search(value, 0, MAX_REGEX_CHARS)), None
     if base == "in":
         return frozenset(str(v).casefold() for v in value).__contains__, None  # type: ignore[union-attr]
     needle = str(value).lower() if isinstance(value, bool) else str(value).casefold()
@@ -77,19 +79,18 @@ def _predicate(cond: ConditionConfig) -> tuple[Callable[[str], object], str | No
     return needle.__eq__, None
 
 
-def _check(cond: ConditionConfig, text: str) -> Check:
+def _check(cond: ConditionConfig, text: str, rule: str) -> Check:
     """One closure per condition: read the field's values, test each, say what matched."""
+    if cond.op.endswith("regex"):
+        return _regex_check(cond, text, rule)
     field = cond.field
     negate = cond.op.startswith("not_")
-    which = 0 if cond.op.endswith("regex") else 1  # regex alone sees the original text: case-sensitive
     show = cond.op not in ("equals", "not_equals")  # an equals match is the value itself
     test, needle = _predicate(cond)
 
-    def shown(original: str, folded: str, hit: object) -> str:
+    def shown(original: str, folded: str) -> str:
         if not show:
             return text
-        if isinstance(hit, re.Match):
-            return f"{text}: {_quote(hit.group(0))}"
         if needle is not None and len(original) > _SHOWN and len(original) == len(folded):
             # A long value (the body) is quoted around the match, not from its start.
             start = max(0, folded.find(needle) - 20)
@@ -98,9 +99,35 @@ def _check(cond: ConditionConfig, text: str) -> Check:
 
     def check(facts: _Facts) -> str | None:
         for pair in facts[field]:
-            hit = test(pair[which])
+            hit = test(pair[1])
             if hit:
-                return None if negate else shown(pair[0], pair[1], hit)
+                return None if negate else shown(pair[0], pair[1])
+        return text if negate else None
+
+    return check
+
+
+def _regex_check(cond: ConditionConfig, text: str, rule: str) -> Check:
+    """A regex condition: the original (not case-folded) text, searched within length and time bounds.
+
+    On a timeout the condition does not hold, negated or not (what the pattern would have said
+    is unknown), and the facts keep a RuleTimeoutError for the Decision.
+    """
+    assert cond.pattern is not None  # compiled by the config validator, at load
+    search = cond.pattern.search
+    field = cond.field
+    negate = cond.op.startswith("not_")
+
+    def check(facts: _Facts) -> str | None:
+        seconds = facts.regex_timeout_ms / 1000
+        for original, _ in facts[field]:
+            try:
+                hit = search(original, 0, MAX_REGEX_CHARS, timeout=seconds)
+            except TimeoutError:
+                facts.rule_errors.append(RuleTimeoutError(rule, field, text, facts.regex_timeout_ms))
+                return None
+            if hit:
+                return None if negate else f"{text}: {_quote(hit.group(0))}"
         return text if negate else None
 
     return check
@@ -129,7 +156,7 @@ def compile_rule(rule: RuleConfig) -> CompiledRule:
     conditions = []
     for cond in rule.conditions:
         text = _describe(cond)
-        conditions.append(Condition(text, _check(cond, text)))
+        conditions.append(Condition(text, _check(cond, text, rule.name)))
     return CompiledRule(
         name=rule.name,
         match_any=rule.match == "any",
@@ -175,10 +202,12 @@ class _Facts(dict[str, tuple[tuple[str, str], ...]]):
     A dict, so a known field costs one C-level lookup for every rule after the first.
     """
 
-    def __init__(self, msg: ParsedMessage, mailbox: str | None) -> None:
+    def __init__(self, msg: ParsedMessage, mailbox: str | None, regex_timeout_ms: int) -> None:
         super().__init__()
         self.msg = msg
         self.mailbox = mailbox
+        self.regex_timeout_ms = regex_timeout_ms
+        self.rule_errors: list[RuleTimeoutError] = []
 
     def __missing__(self, field: str) -> tuple[tuple[str, str], ...]:
         found = self[field] = tuple((v, v.casefold()) for v in self._read(field))
@@ -263,8 +292,9 @@ def _run(
     mailbox: str | None,
     followup: bool,
     traces: list[RuleTrace] | None,
+    regex_timeout_ms: int,
 ) -> Decision:
-    facts = _Facts(msg, mailbox)
+    facts = _Facts(msg, mailbox, regex_timeout_ms)
     decision = base
     hits: list[RuleHit] = []
     stopped_by: str | None = None
@@ -285,6 +315,8 @@ def _run(
         decision = _apply(decision, rule.actions)
         if rule.stop or rule.actions.drop:  # a dropped message has nothing left to decide
             stopped_by = rule.name
+    if facts.rule_errors:
+        return replace(decision, hits=tuple(hits), rule_errors=tuple(facts.rule_errors))
     return replace(decision, hits=tuple(hits)) if hits else base
 
 
@@ -337,9 +369,10 @@ def evaluate(
     *,
     mailbox: str | None,
     followup: bool,
+    regex_timeout_ms: int = RULE_REGEX_TIMEOUT_MS,
 ) -> Decision:
     """Apply the rules that match, in file order, to `base`; hits name each rule and what it matched."""
-    return _run(rules, msg, base, mailbox, followup, None)
+    return _run(rules, msg, base, mailbox, followup, None, regex_timeout_ms)
 
 
 def trace(
@@ -349,8 +382,9 @@ def trace(
     *,
     mailbox: str | None,
     followup: bool,
+    regex_timeout_ms: int = RULE_REGEX_TIMEOUT_MS,
 ) -> tuple[Decision, tuple[RuleTrace, ...]]:
     """The same decision as `evaluate`, plus every rule's result and every condition's."""
     traces: list[RuleTrace] = []
-    decision = _run(rules, msg, base, mailbox, followup, traces)
+    decision = _run(rules, msg, base, mailbox, followup, traces, regex_timeout_ms)
     return decision, tuple(traces)

@@ -21,6 +21,7 @@ from mailticket.tickets import actions, notices
 from mailticket.tickets.agent_mail import agent_mail
 from mailticket.tickets.assignment import pick_agent
 from mailticket.tickets.lifecycle import closed_reply
+from mailticket.tickets.routing import rule_errors
 from mailticket.tickets.sla import due_times
 from mailticket.tickets.store import Store
 
@@ -33,8 +34,11 @@ def apply_followup_rules(
         return None
     config = ctx.config
     base = Decision(department=ticket.department, priority=ticket.priority, acknowledge=False)
-    decision = evaluate(config.rules, parsed, base, mailbox=mailbox, followup=True)
-    if not decision.hits:
+    decision = evaluate(
+        config.rules, parsed, base, mailbox=mailbox, followup=True,
+        regex_timeout_ms=config.security.rule_regex_timeout_ms,
+    )
+    if not decision.hits and not decision.rule_errors:
         return None
     names = [h.rule for h in decision.hits]
     repository.record_event(
@@ -45,6 +49,7 @@ def apply_followup_rules(
         None,
         followup=True,
         rules=[{"rule": h.rule, "matched_on": list(h.matched_on)} for h in decision.hits],
+        **rule_errors(decision, f"ticket {ticket.ref}"),
     )
     if decision.department != ticket.department:
         repository.record_event(

@@ -8,6 +8,7 @@ from mailticket.storage import repository
 from mailticket.storage.tables import Entry, Event, Participant, Ticket
 from mailticket.tickets import actions, notices
 from mailticket.tickets.assignment import pick_agent
+from mailticket.tickets.routing import rule_errors
 from mailticket.tickets.store import Store, clean_subject
 
 
@@ -49,6 +50,7 @@ def open_ticket(
         tags=ticket.tags,
         assign=decision.assign,
         acknowledge=decision.acknowledge,
+        **rule_errors(decision, f"ticket {ticket.ref}"),
     )
     repository.add_rows(session, Event, [created, routed])
     if decision.assign:

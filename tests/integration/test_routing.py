@@ -7,11 +7,13 @@ policies over many tickets.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlmodel import Session, col, select
 
 from mailticket.context import AppContext
@@ -243,3 +245,31 @@ def test_least_open_picks_the_agent_with_fewest_open_tickets(tmp_path: Path, db_
             t.status = "resolved"
     more = [ticket(ctx, ingest(ctx, mail(subject=f"More {n}")).ticket_ref).assignee for n in range(4)]
     assert more == ["alice@example.com"] * 3 + ["bob@example.com"]
+
+
+def test_a_timed_out_rule_regex_is_logged_recorded_and_taken_as_no_match(
+    tmp_path: Path, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """(a|aa)+$ backtracks exponentially on 'a' * 40 + 'b': bounded, the mail is routed as if it
+    did not match, one warning names the rule, and the routed event keeps it."""
+    redos = {"field": "subject", "op": "regex", "value": "(a|aa)+$"}
+    rules = [
+        {"name": "Backtracker", "conditions": [redos], "actions": {"priority": "urgent"},
+         "applies_to": "all"},
+        {"name": "Tag all", "actions": {"tags": ["seen"]}, "applies_to": "all"},
+    ]
+    ctx = make_ctx(tmp_path, db_url, rules=rules, security={"rule_regex_timeout_ms": 20})
+    with caplog.at_level(logging.WARNING, logger="mailticket.rules"):
+        first = ingest(ctx, mail(message_id="redos@customer.example", subject="a" * 40 + "b"))
+        ingest(ctx, mail(subject="Re: " + "a" * 40 + "b", in_reply_to="redos@customer.example"))
+    t = ticket(ctx, first.ticket_ref)
+    assert (first.status, t.priority, t.tags) == ("stored", "normal", ["seen"])
+    expected = {"rule": "Backtracker", "field": "subject", "condition": "subject regex '(a|aa)+$'",
+                "timeout_ms": 20}
+    routed = events(ctx, "routed", t.id)
+    assert [e.data["rule_errors"] for e in routed] == [[expected], [expected]]  # the new ticket, the reply
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [
+        f"ticket {t.ref}: rule 'Backtracker': subject regex '(a|aa)+$' timed out after 20 ms on the subject "
+        "field; taken as no match (simplify the pattern, see docs/rules.md)"
+    ] * 2

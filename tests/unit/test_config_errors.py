@@ -172,8 +172,8 @@ def test_duplicate_rule_name(check: Check) -> None:
 def test_bad_regex(check: Check) -> None:
     result, path = check('op = "contains", value = "urgent"', "op = 'regex', value = 'URG-(\\d+'")
     assert lines(result) == [
-        f"{path}: rules[0] ('Urgent').conditions[0]: bad regex 'URG-(\\d+': missing ), "
-        "unterminated subpattern at position 4; fix the pattern (to match a literal '(' write '\\(')"
+        f"{path}: rules[0] ('Urgent').conditions[0]: bad regex 'URG-(\\d+': missing ) at "
+        "position 8; fix the pattern (to match a literal '(' write '\\(')"
     ]
 
 
