@@ -35,6 +35,7 @@ def write_config(
     intake_port: int | None = None,
     intake_protocol: str = "smtp",
     metrics: str | None = None,
+    service: dict[str, Any] | None = None,
 ) -> Path:
     """A complete config for one test: SQLite or PostgreSQL, optional mailbox, sink and intake."""
     sections: dict[str, Any] = {
@@ -46,8 +47,7 @@ def write_config(
             "retry_base_seconds": 1,
         },
     }
-    if metrics is not None:
-        sections["service"] = {"metrics": metrics}
+    sections["service"] = {**(service or {}), **({"metrics": metrics} if metrics is not None else {})}
     if intake_port is not None:
         sections["intake"] = {"enabled": True, "host": "127.0.0.1", "port": intake_port,
                               "protocol": intake_protocol}
@@ -69,7 +69,21 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> DaemonProcess:
-        self.log_path = self.config.parent / f"daemon-{int(time.time() * 1000)}.log"
+        self.launch()
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while READY_LINE not in self.log():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"daemon not ready in {timeout}s:\n{self.log()}")
+            time.sleep(0.05)
+        return self
+
+    def launch(self) -> None:
+        """Start the process and return at once (a kill storm does not wait for it to be ready)."""
+        self.log_path = self.config.parent / f"daemon-{time.time_ns()}.log"
         # PYTHONFAULTHANDLER: a daemon that hangs is aborted with every thread's stack in its log.
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
         with open(self.log_path, "wb") as log:
@@ -80,15 +94,6 @@ class DaemonProcess:
                 cwd=self.config.parent,
                 env=env,
             )
-        deadline = time.monotonic() + timeout
-        while READY_LINE not in self.log():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError(f"daemon not ready in {timeout}s:\n{self.log()}")
-            time.sleep(0.05)
-        return self
 
     def log(self) -> str:
         try:
@@ -167,3 +172,13 @@ def threads(engine: Engine) -> set[tuple[str | None, ...]]:
     for ticket_id, message_id in rows:
         tickets.setdefault(ticket_id, []).append(message_id)
     return {tuple(ids) for ids in tickets.values()}
+
+
+def serial_threads(folder: Path, corpus: list[bytes]) -> set[tuple[str | None, ...]]:
+    """`threads` of the same mail stored one message after the other, in mailbox order (SQLite)."""
+    ctx = factories.make_ctx(folder)
+    for raw in corpus:
+        factories.ingest(ctx, raw)
+    found = threads(ctx.engine)
+    ctx.engine.dispose()
+    return found

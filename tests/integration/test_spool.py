@@ -26,7 +26,7 @@ from mailticket.refs import subject_token
 from mailticket.storage import lease
 from mailticket.storage.tables import IntakeRecord, SpoolRow
 from tests import factories
-from tests.daemonproc import threads
+from tests.daemonproc import serial_threads, threads
 from tests.factories import DIE, ingest, mail, make_ctx, misbehaving_parse
 from tests.servers import Dovecot
 
@@ -109,16 +109,6 @@ def test_a_row_that_keeps_killing_its_processor_is_quarantined_on_its_fourth_cla
     ctx.engine.dispose()
 
 
-def serial_run(tmp_path: Path, corpus: list[bytes]) -> set[tuple[str | None, ...]]:
-    """The tickets of the same mail stored one message after the other, in mailbox order."""
-    ctx = make_ctx(tmp_path / "serial")
-    for raw in corpus:
-        ingest(ctx, raw)
-    found = threads(ctx.engine)
-    ctx.engine.dispose()
-    return found
-
-
 def test_fetch_through_the_spool_stores_each_message_once_with_the_tickets_of_a_serial_run(
     tmp_path: Path, db_url: str, dovecot: Dovecot
 ) -> None:
@@ -136,7 +126,7 @@ def test_fetch_through_the_spool_stores_each_message_once_with_the_tickets_of_a_
     status = json.loads(CliRunner().invoke(main, ["--config", str(config), "status", "--json"]).stdout)
     assert (box["stored"], box["duplicates"], box["error"]) == (150, 0, None)
     assert status["spool"] == {"waiting": 0, "claimed": 0, "oldest_age_seconds": None}
-    assert threads(ctx.engine) == serial_run(tmp_path, corpus)
+    assert threads(ctx.engine) == serial_threads(tmp_path / "serial", corpus)
     assert all(b"\\Seen" in flags for flags in dovecot.flags().values())
     ctx.engine.dispose()
 

@@ -1,0 +1,99 @@
+"""Several `mailticket run` processes on one PostgreSQL database and one Dovecot mailbox, sharing
+its work through the spool (`[service] spool`, blobs in the database): each stores some, every
+message is stored exactly once, and the tickets are those of a serial run, also under a kill -9
+storm that hits both daemons in turn."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from benchmarks.ingest import generate
+from mailticket.storage.db import make_engine
+from tests.daemonproc import DaemonProcess, serial_threads, threads, wait_until, write_config
+from tests.integration.test_faults import intake_rows, storm_corpus, tally
+from tests.servers import Dovecot, postgres_database
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+SHARED = {"spool": True, "blob_store": "postgres", "workers": 1}
+
+
+def spool_left(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM spool")).scalar_one())
+
+
+def more_rows(engine: Engine, target: int) -> bool:
+    return intake_rows(engine) >= target
+
+
+def all_stored(engine: Engine, total: int) -> bool:
+    return intake_rows(engine) == total and spool_left(engine) == 0
+
+
+def test_two_daemons_share_one_mailbox_and_store_each_message_once_as_a_serial_run_would(
+    tmp_path: Path, dovecot: Dovecot
+) -> None:
+    corpus = list(generate(400, seed=3))  # a third are replies to earlier messages
+    with postgres_database() as url:
+        config = write_config(tmp_path / "mt.toml", db_url=url, dovecot=dovecot, service=SHARED)
+        engine = make_engine(url)
+        with DaemonProcess(config) as first, DaemonProcess(config) as second:
+            dovecot.append_many("INBOX", corpus)  # both are up: whoever holds the lease fetches
+            first.wait_until(lambda: all_stored(engine, 400), timeout=120, what="every message stored")
+        logs = [first.log(), second.log()]
+        counts, found = tally(engine), threads(engine)
+        engine.dispose()
+    serial = serial_threads(tmp_path / "serial", corpus)
+    assert counts == {"stored": 400, "quarantined": 0, "entries": 400, "distinct_entries": 400,
+                      "tickets": len(serial), "attempts": 0}
+    assert found == serial
+    shares = [log.count("message stored") for log in logs]
+    assert all(shares) and sum(shares) == 400, shares
+
+
+def test_a_kill_storm_on_two_daemons_stores_every_message_once_as_a_serial_run_would(
+    tmp_path: Path, dovecot: Dovecot
+) -> None:
+    """Each daemon in turn is killed (-9) 0 to 40 ms after 15 more intake rows, so inside a claim,
+    a parse, a store, a spool commit or between a commit and its acknowledgement (or while it
+    starts), and started again at once; the other goes on meanwhile. Then both stop cleanly
+    once every message is stored."""
+    total, originals = 600, 420
+    corpus = storm_corpus(originals, total - originals)
+    delays = itertools.cycle([0.0, 0.004, 0.012, 0.025, 0.04, 0.002, 0.018])
+    with postgres_database() as url:
+        config = write_config(tmp_path / "mt.toml", db_url=url, dovecot=dovecot, service=SHARED)
+        engine = make_engine(url)
+        daemons = [DaemonProcess(config).start(), DaemonProcess(config).start()]
+        kills = 0
+        started = time.monotonic()
+        try:
+            dovecot.append_many("INBOX", corpus)
+            for victim in itertools.cycle(daemons):
+                target = min(intake_rows(engine) + 15, total)
+                if target == total:
+                    break
+                wait_until(partial(more_rows, engine, target), 60, 0.002, "15 more intake rows")
+                time.sleep(next(delays))
+                victim.kill()
+                kills += 1
+                victim.launch()
+            daemons[0].wait_until(lambda: all_stored(engine, total), timeout=60, what="every message stored")
+            elapsed = time.monotonic() - started
+        finally:
+            for daemon in daemons:
+                daemon.terminate()
+        counts, found = tally(engine), threads(engine)
+        engine.dispose()
+    assert kills >= 20
+    assert counts == {"stored": total, "quarantined": 0, "entries": total, "distinct_entries": total,
+                      "tickets": originals, "attempts": 0}
+    assert found == serial_threads(tmp_path / "serial", corpus)
+    print(f"\nkill storm on two daemons: {kills} kills across {total} messages, {elapsed:.0f}s in all")
