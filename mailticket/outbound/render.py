@@ -76,7 +76,7 @@ KIND_VARIABLES: dict[str, dict[str, Any]] = {
     "command_error": {"problems": ["unknown command '#frobnicate'"], "known": ["#note", "#close"]},
     "unverified_agent": {"reason": "dkim=fail for example.com from mx.example.com", "token_days": 30},
     "reopened": {"reason": "customer replied"},
-    "alert": {"attachments": [
+    "alert": {"digest": {"count": 11, "requester": "flood@spam.example"}, "attachments": [
         {"name": "invoice.pdf", "content_type": "application/pdf", "size": 48_213, "sha256": "0" * 64,
          "content_id": None, "attached": True},
         {"name": "video.mp4", "content_type": "video/mp4", "size": 52_428_800, "sha256": None,

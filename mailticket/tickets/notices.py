@@ -124,13 +124,9 @@ def _alert_flood(
     repository.record_event(
         session, ctx.clock(), ticket, "alert_digest", None, requester=ticket.requester, count=opened
     )
-    digest = (
-        f"{opened} new tickets from {ticket.requester} in the last hour (a flood or a loop?): "
-        f"no more alerts for their new tickets this hour; `mailticket tickets list` shows them all.\n\n"
-    )
-    entry = context["entry"]
-    flags = ["digest", *context["flags"]]
-    return {**context, "entry": {**entry, "body": digest + entry["body"]}, "flags": flags}
+    # Said in the alert's language by the templates' _digest partial (templates/<language>/).
+    digest = {"count": opened, "requester": ticket.requester}
+    return {**context, "digest": digest, "flags": ["digest", *context["flags"]]}
 
 
 def moved(session: Session, ctx: AppContext, ticket: Ticket, first: Entry | None, actor: str | None) -> None:

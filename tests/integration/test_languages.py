@@ -11,6 +11,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlmodel import Session, select
 
 from mailticket.context import AppContext
@@ -144,3 +145,33 @@ def test_the_marker_of_a_notice_cuts_the_customers_reply(
     # A client in a language no table knows: only the marker can say where history starts.
     reply = f"Es geht wieder, danke.\n\nKimden: Support\nGönderildi: 23 Kasım 2026\n{quoted}\n"
     assert visible_reply(reply) == "Es geht wieder, danke."
+
+
+DIGESTS = {
+    "en": "2 new tickets from carol@customer.example in the last hour",
+    "de": "2 neue Tickets von carol@customer.example in der letzten",
+    "fr": "2 nouveaux tickets de carol@customer.example dans la dernière",
+    "es": "2 tickets nuevos de carol@customer.example en la última hora",
+}
+
+
+@pytest.mark.parametrize("language", sorted(DIGESTS))
+def test_the_digest_alert_is_in_the_departments_language(
+    language: str, smtp_sink: SmtpSink, db_url: str, tmp_path: Path
+) -> None:
+    """Past `alerts_per_sender_per_hour` one digest alert goes out, worded like any agent notice:
+    in the department's language, whatever the customer's (Spanish here, then Dutch)."""
+    departments = [{**BASE["departments"][0], "language": language}, BASE["departments"][1]]
+    limits = {"alerts_per_sender_per_hour": 1}
+    ctx = _ctx(tmp_path, db_url, smtp_sink, departments=departments, tickets=limits)
+    for i, tag in enumerate(("es", "nl", "es")):
+        raw = _lang_mail("Content-Language", tag, sender=CAROL, subject=f"Flood {i}", body=f"Text {i}\n")
+        ingest(ctx, raw)
+    flush(ctx, ignore_backoff=True)
+    alerts = [m for m in smtp_sink.messages if to_addr(m) == "alice@example.com"]
+    assert len(alerts) == 2  # the cap, then the digest; the third is suppressed
+    first, digest = body_text(alerts[0]), body_text(alerts[1])
+    assert DIGESTS[language] not in first
+    assert DIGESTS[language] in digest and "mailticket tickets list" in digest
+    assert DIGESTS[language] in " ".join(body_html(alerts[1]).split())
+    assert "  Text 1" in digest  # what the customer wrote stays as written, below the summary
