@@ -66,6 +66,10 @@ def _print(report: Report, state: State) -> None:
         oldest = spooled["oldest_age_seconds"]
         age = f" (oldest {span(oldest)})" if oldest is not None else ""
         console.print(f"spool: {spooled['waiting']:,} waiting{age}, {spooled['claimed']:,} being stored")
+    waiting = report.incoming
+    if waiting["waiting"]:
+        console.print(f"incoming: {waiting['waiting']:,} waiting to be stored (oldest "
+                      f"{span(waiting['oldest_age_seconds'])})")
     for token in report.tokens:
         expires = when(token["expires_at"], state)
         console.print(f"oauth {token['mailbox']}: {token['state']}, access token expires {expires}")

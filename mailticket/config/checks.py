@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from mailticket.config.messages import Loc, did_you_mean
+from mailticket.config.messages import did_you_mean
+from mailticket.config_file import Loc
 
 EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 DEFAULT_DEPARTMENTS = [{"name": "general"}]

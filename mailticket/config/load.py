@@ -2,62 +2,28 @@
 
 from __future__ import annotations
 
-import os
-import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from mailticket import CONFIG_ENV
 from mailticket.config.checks import cross_reference_problems
 from mailticket.config.locate import key_lines, line_of
-from mailticket.config.messages import Loc, Problem, problems_from, where
 from mailticket.config.messages import location as _location
+from mailticket.config.messages import problems_from, where
 from mailticket.config.schema import Config
+from mailticket.config_file import Problem, anchor, expand_env, locate, read
 from mailticket.errors import ConfigError
 
 _SQLITE = "sqlite:///"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _expand_env(node: Any, loc: Loc, problems: list[Problem]) -> Any:
-    """Replace ${VAR} in every string; a missing variable is a problem, not an empty string."""
-    if isinstance(node, dict):
-        return {k: _expand_env(v, (*loc, k), problems) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_expand_env(v, (*loc, i), problems) for i, v in enumerate(node)]
-    if isinstance(node, str):
-
-        def sub(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in os.environ:
-                fix = f"export {name}=... before starting mailticket"
-                problems.append((loc, f"environment variable {name} is not set ({fix})", loc))
-                return ""
-            return os.environ[name]
-
-        return _ENV_REF.sub(sub, node)
-    return node
 
 
 def load_config(path: str | Path | None = None, *, text: str | None = None) -> Config:
     """Read (or take `text` as the file's content), expand, validate; ConfigError lists every problem."""
-    location = Path(path or os.environ.get(CONFIG_ENV) or "mailticket.toml")
-    try:
-        source = text if text is not None else location.read_text(encoding="utf-8")
-        raw = tomllib.loads(source)
-    except FileNotFoundError:
-        raise ConfigError(
-            str(location), ["file not found (pass --config or set MAILTICKET_CONFIG)"]
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(location), [f"not valid TOML: {exc}"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(location), [f"cannot read: {exc}"]) from None
+    location = locate(path)
+    source, raw = read(location, text)
     problems: list[Problem] = []
-    expanded = _expand_env(raw, (), problems)
+    expanded = expand_env(raw, (), problems)
     # A disabled mailbox may name variables that are not set on this machine.
     disabled = {
         ("mailboxes", i) for i, m in enumerate(raw.get("mailboxes") or [])
@@ -84,17 +50,16 @@ def load_config(path: str | Path | None = None, *, text: str | None = None) -> C
 
 def _anchored(config: Config, base: Path) -> Config:
     """Relative paths (data_dir, templates_dir, ca_file, a sqlite:/// URL) taken from the config
-    file's folder, never from the current directory: an MTA pipe runs in its queue folder, cron in
-    a home folder, and both must find the same desk as the admin's shell."""
-    base = base.resolve()
+    file's folder (`config_file.anchor`), so an MTA pipe and cron find the same desk as the
+    admin's shell."""
 
     def at(path: Path | None) -> Path | None:
-        return None if path is None else base / path  # an absolute path stays as it is
+        return None if path is None else anchor(base, path)
 
     service = config.service
     url = service.database_url
     if url is not None and url.startswith(_SQLITE) and url[len(_SQLITE):] not in ("", ":memory:"):
-        url = _SQLITE + str(base / url[len(_SQLITE):])
+        url = _SQLITE + str(anchor(base, Path(url[len(_SQLITE):])))
     return config.model_copy(
         update={
             "service": service.model_copy(

@@ -9,7 +9,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
-Loc = tuple[int | str, ...]
+from mailticket.config_file import Loc, Problem
 
 
 def did_you_mean(word: str, options: Iterable[str], cutoff: float = 0.7) -> str:
@@ -64,9 +64,6 @@ def _unknown_key(root: type[BaseModel], loc: Loc) -> str:
 
 def location(err: Any) -> Loc:
     return tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-
-
-Problem = tuple[Loc, str, Loc]  # (what the line names, the message, the key whose line it is on)
 
 
 def problems_from(root: type[BaseModel], errors: list[Any], raw: dict[str, Any]) -> list[Problem]:

@@ -27,6 +27,7 @@ from mailticket.config.checks import DEFAULT_DEPARTMENTS, EMAIL, agent_departmen
 from mailticket.config.durations import parse_duration
 from mailticket.config.messages import did_you_mean, where
 from mailticket.config.oauth2 import OAuth2Config
+from mailticket.config_file import DEFAULT_DATA_DIR
 from mailticket.i18n import DEFAULT_LANGUAGE, normalise_tag
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ class _Model(BaseModel):
 
 
 class ServiceConfig(_Model):
-    data_dir: Path = Path("./data")
+    data_dir: Path = DEFAULT_DATA_DIR
     database_url: str | None = None
     # "postgres": raw mail and attachments in the database (every host reads them); needs PostgreSQL
     blob_store: Literal["folder", "postgres"] = "folder"
@@ -182,6 +183,7 @@ class HealthConfig(_Model):
     expect_daemon: bool = True  # false for cron-only set-ups (`fetch` / `outbox flush` from cron)
     heartbeat_max_age: Duration = "1m"
     notice_max_age: Duration = "15m"
+    incoming_max_age: Duration = "5m"  # mail kept by `ingest --detach` and not stored yet
 
 
 class IntakeConfig(_Model):

@@ -36,6 +36,7 @@ from mailticket.config import MailboxConfig, parse_duration
 from mailticket.context import AppContext
 from mailticket.errors import DatabaseUnavailable, MailticketError
 from mailticket.intake import spool
+from mailticket.intake.pipe import Incoming
 from mailticket.storage.db import upsert
 from mailticket.storage.serialize import iso
 from mailticket.storage.tables import Heartbeat, IntakeRecord, OutboxMessage, SourceHealth
@@ -167,6 +168,7 @@ class Report:
     quarantine: dict[str, Any]
     tokens: list[dict[str, Any]]
     spool: dict[str, Any] = field(default_factory=dict)  # `[service] spool`: waiting, claimed, oldest
+    incoming: dict[str, Any] = field(default_factory=dict)  # `ingest --detach` mail not stored yet
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -184,6 +186,7 @@ class Report:
             "quarantine": self.quarantine,
             "tokens": self.tokens,
             "spool": self.spool,
+            "incoming": self.incoming,
         }
 
 
@@ -216,6 +219,7 @@ def collect(ctx: AppContext) -> Report:
             ).one()},
             tokens=oauth_tokens(ctx),
             spool=_spool(session, now),
+            incoming=_incoming(ctx, now),
         )
     report.sources = _sources(ctx, recorded)
     report.problems = _problems(ctx, report)
@@ -255,6 +259,16 @@ def _spool(session: Session, now: datetime) -> dict[str, Any]:
     found = spool.depth(session.connection(), now)
     return {"waiting": found["waiting"], "claimed": found["claimed"],
             "oldest_age_seconds": age(now, found["oldest"])}
+
+
+def _incoming(ctx: AppContext, now: datetime) -> dict[str, Any]:
+    waiting = Incoming(ctx.data_dir).waiting()
+    return {
+        "waiting": waiting.count,
+        "oldest_at": iso(waiting.oldest),
+        "oldest_age_seconds": age(now, waiting.oldest),
+        "last_error": waiting.last_error,
+    }
 
 
 def _source_row(name: str, row: SourceHealth | None, mailbox: MailboxConfig | None) -> dict[str, Any]:
@@ -318,6 +332,14 @@ def _problems(ctx: AppContext, report: Report) -> list[str]:
             f"(more than {health.notice_max_age}): see `mailticket outbox list`; is a daemon sending?"
         )
     problems += [f"oauth {t['mailbox']}: {t['problem']}" for t in report.tokens if not t.get("healthy", True)]
+    waiting = report.incoming["oldest_age_seconds"]
+    if waiting is not None and waiting > parse_duration(health.incoming_max_age).total_seconds():
+        error = report.incoming["last_error"]
+        problems.append(
+            f"incoming: {report.incoming['waiting']} message(s) kept by `ingest --detach` not stored yet, "
+            f"the oldest for {span(waiting)}{f' (last failure: {error})' if error else ''}: "
+            "run `mailticket ingest --drain` to see why"
+        )
     return problems
 
 

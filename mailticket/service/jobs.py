@@ -5,6 +5,8 @@
                                                                      rows are claimed, not leased)
     sla_check   every SLA_SECONDS        leased: one process at a time
     autoclose   every AUTOCLOSE_SECONDS  leased: one process at a time
+    incoming    every INCOMING_SECONDS: mail `ingest --detach` kept and no drainer stored (the
+                drain lock keeps it to one process; each run stores at most INCOMING_BATCH)
     poll:<name> every mailbox's poll_seconds (mailboxes without IDLE; the mailbox lease
                 inside `poll_mailbox` keeps it to one poller)
 """
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from mailticket.config import MailboxConfig
 from mailticket.context import AppContext
 from mailticket.intake.imap import PollResult, poll_mailbox
+from mailticket.intake.pipe import drain
 from mailticket.outbound.send import FlushResult, flush
 from mailticket.service import health
 from mailticket.tickets.lifecycle import autoclose
@@ -30,6 +33,8 @@ log = logging.getLogger("mailticket.service.daemon")
 OUTBOX_SECONDS = 5.0  # with CLAIM_SECONDS: a dead sender's rows go out within ~13 s
 SLA_SECONDS = 60.0
 AUTOCLOSE_SECONDS = 600.0
+INCOMING_SECONDS = 10.0
+INCOMING_BATCH = 500  # a stop never waits for a long backlog; the next run goes on
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ def periodic(ctx: AppContext, owner: str, on_flush: FlushObserver | None = None)
         Job("outbox", lambda: flush_outbox(ctx, on_flush), OUTBOX_SECONDS),
         Job("sla_check", lambda: sla_check(ctx), SLA_SECONDS, leased=True),
         Job("autoclose", lambda: autoclose(ctx), AUTOCLOSE_SECONDS, leased=True),
+        Job("incoming", lambda: drain_incoming(ctx), INCOMING_SECONDS),
     ]
 
 
@@ -64,6 +70,13 @@ def flush_outbox(ctx: AppContext, on_flush: FlushObserver | None = None) -> None
             "outbox flushed",
             extra={"fields": {"sent": result.sent, "retrying": result.retrying, "failed": result.failed}},
         )
+
+
+def drain_incoming(ctx: AppContext) -> None:
+    """Store what `ingest --detach` kept; one log line when anything was stored."""
+    stored = drain(ctx, limit=INCOMING_BATCH)
+    if stored:
+        log.info("incoming mail stored", extra={"fields": {"stored": stored}})
 
 
 def poll(ctx: AppContext, mailbox: MailboxConfig, stop: threading.Event) -> PollResult | None:

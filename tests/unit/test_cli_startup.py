@@ -78,3 +78,30 @@ def test_only_a_command_that_sends_checks_the_templates(tmp_path: Path) -> None:
     assert listed.exit_code == 0 and "Printer on fire" in listed.output
     flushed = runner.invoke(main, ["--config", config, "outbox", "flush"])
     assert flushed.exit_code == 2 and "ack.subject.j2, line 1" in flushed.output
+
+
+def test_ingest_detach_reads_only_the_config_files_toml(tmp_path: Path) -> None:
+    """`--detach` keeps the message without the database, pydantic or a parser (the drainer loads
+    them); the drain lock is held here, so no drainer starts."""
+    from mailticket.intake.pipe import Incoming
+
+    config = write_config(tmp_path / "mailticket.toml")
+    (tmp_path / "plain.eml").write_bytes(mail(subject="Printer on fire"))
+    probe = (
+        "import sys\n"
+        "from mailticket.cli import main\n"
+        f"sys.stdin = open({str(tmp_path / 'plain.eml')!r})\n"
+        f"try:\n    main(['--config', {str(config)!r}, 'ingest', '--detach'])\n"
+        "except SystemExit as exc:\n    print('EXIT', exc.code)\n"
+        "heavy = sorted(m for m in ('sqlalchemy', 'sqlmodel', 'pydantic', 'mailparser', 'email.parser',"
+        " 'html2text', 'nh3', 'jinja2', 'babel', 'dkim', 'mailticket.config', 'mailticket.process')"
+        " if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    incoming = Incoming(tmp_path / "data")
+    with incoming.lock() as mine:
+        assert mine
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "EXIT 0" in out and "kept as" in out
+    assert "HEAVY []" in out
+    assert len(incoming.names()) == 1

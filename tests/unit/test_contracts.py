@@ -19,8 +19,9 @@ PACKAGE = ROOT / "mailticket"
 # The pure stages: bytes and config in, frozen data out.
 PURE = ("mailticket.pipeline", "mailticket.rules", "mailticket.models", "mailticket.refs", "mailticket.i18n")
 # What a pure module may import from the package besides other pure modules ("mailticket" itself
-# holds only constants: the version and the name of the config variable).
-PURE_MAY_USE = ("mailticket.config", "mailticket.errors")
+# holds only constants: the version and the name of the config variable; config_file is the
+# config's TOML before validation, which config.load builds on).
+PURE_MAY_USE = ("mailticket.config", "mailticket.config_file", "mailticket.errors")
 ROOT_PACKAGE = "mailticket"
 FORBIDDEN_EXTERNAL = (
     "sqlalchemy", "sqlmodel", "alembic", "psycopg", "imapclient", "imaplib", "smtplib", "aiosmtpd",
