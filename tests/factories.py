@@ -139,14 +139,21 @@ def body_html(msg: EmailMessage) -> str:
 
 # A parser worker that misbehaves on cue (`ParsePool(..., parser=misbehaving_parse)`): a message
 # whose body is SPIN never finishes (the CPU limit ends its worker), one whose body is DIE kills
-# its worker with SIGKILL as a crash or an operator would; anything else is parsed as usual.
-SPIN, DIE = b"spin-forever", b"die-now"
+# its worker with SIGKILL as a crash or an operator would, one whose body is DIE_ONCE and a path
+# does so only while that file does not exist (and creates it); anything else is parsed as usual.
+SPIN, DIE, DIE_ONCE = b"spin-forever", b"die-now", b"die-once:"
 
 
 def misbehaving_parse(raw: bytes, *, max_bytes: int) -> ParsedMessage:
-    if raw.rstrip().endswith(SPIN):
+    body = raw.rstrip()
+    if body.endswith(SPIN):
         while True:
             pass
-    if raw.rstrip().endswith(DIE):
+    if body.endswith(DIE):
         os.kill(os.getpid(), signal.SIGKILL)
+    if DIE_ONCE in body:
+        marker = Path(body.rsplit(DIE_ONCE, 1)[1].decode())
+        if not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
     return parse(raw, max_bytes=max_bytes)

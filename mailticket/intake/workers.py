@@ -26,12 +26,12 @@ caller decides what a loss costs: IMAP intake charges the message an attempt and
 again, and quarantines it with that reason after `MAX_ATTEMPTS` (intake/imap/poller.py), so a
 worker killed from outside costs a good message nothing but a second parse.
 
-Start method: "forkserver" with this module and the parser preloaded. A worker is forked from a
-small single-threaded server, never from the daemon itself (whose threads could hold locks at
-fork time), and starts in milliseconds once the server runs (the first start costs the
-server's imports, about a second). Pickling costs little next to parsing: a ParsedMessage
-carries its attachments' bytes, about 0.15 ms per message to unpickle on the benchmark's mix
-(docs/benchmarks.md).
+Start method: "spawn". A worker is a fresh interpreter that imports only the parser (about
+0.4 s, paid once per worker, in parallel): never a fork of the daemon, whose threads could hold
+locks and whose database connections a forked child could close under it. A process forked
+from one that has a pool (a test's storm of `fetch` processes) starts a pool of its own. Pickling
+costs little next to parsing: a ParsedMessage carries its attachments' bytes, about 0.15 ms
+per message to unpickle on the benchmark's mix (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -113,8 +113,7 @@ class ParsePool:
         self.workers = worker_count(workers)
         self.limits = limits
         self.parser = parser
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload([__name__])
+        self._context = multiprocessing.get_context("spawn")
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._feeders = [
             threading.Thread(target=self._feed, name=f"parser-feeder-{n}", daemon=True)
@@ -178,7 +177,7 @@ class ParsePool:
 class _Worker:
     """A parser process and the parent's end of its pipe."""
 
-    def __init__(self, context: multiprocessing.context.ForkServerContext, parser: Parser,
+    def __init__(self, context: multiprocessing.context.SpawnContext, parser: Parser,
                  limits: Limits) -> None:
         self.conn, child = context.Pipe()
         self.process: BaseProcess = context.Process(
@@ -204,6 +203,15 @@ def limits_of(service: ServiceConfig) -> Limits:
 
 _shared: ParsePool | None = None
 _shared_lock = threading.Lock()
+
+
+def _forget_shared() -> None:
+    """In a forked child: the parent's pool is not ours (its feeder threads did not come along)."""
+    global _shared, _shared_lock
+    _shared, _shared_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_shared)
 
 
 def shared_pool(service: ServiceConfig) -> ParsePool:

@@ -7,6 +7,7 @@ a crash, a lost connection, a poison message, a new UIDVALIDITY.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,13 +36,14 @@ from mailticket.context import AppContext
 from mailticket.errors import IntakeError
 from mailticket.intake.imap import PollResult, RetryPolicy, idle_mailbox, poll_mailbox, poller, wait_for_new
 from mailticket.intake.imap.cursor import Cursor
+from mailticket.intake.workers import Limits, ParsePool
 from mailticket.models import Outcome, RawMail
 from mailticket.process import Batch, Pipeline
 from mailticket.storage import lease
 from mailticket.storage.tables import Entry, IntakeRecord, MailboxState, Participant, Ticket, UidAttempt
 from mailticket.tickets import actions, notices
-from tests.factories import mail, make_ctx, write_config
-from tests.servers import Dovecot
+from tests.factories import DIE_ONCE, SPIN, mail, make_ctx, misbehaving_parse, write_config
+from tests.servers import Dovecot, postgres_database
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = RetryPolicy(attempts=4, first_wait=0.05, max_wait=0.2)
@@ -282,10 +284,10 @@ def test_poison_message_is_quarantined_after_three_crashes(
     dovecot.append_many("INBOX", [before, poison, after])
     real = Batch.process
 
-    def crashing(self: Batch, raw: RawMail) -> Outcome:
+    def crashing(self: Batch, raw: RawMail, **kw: Any) -> Outcome:
         if b"POISON" in raw.data:
             raise WorkerCrash
-        return real(self, raw)
+        return real(self, raw, **kw)
 
     monkeypatch.setattr(Batch, "process", crashing)
     # The first crash is in the fresh fetch group: charged to no one. Then one by one, the
@@ -321,12 +323,12 @@ def test_three_kills_while_an_innocent_message_heads_the_group_do_not_quarantine
     real = Batch.process
     kills = 0
 
-    def killed_while_first_in_hand(self: Batch, raw: RawMail) -> Outcome:
+    def killed_while_first_in_hand(self: Batch, raw: RawMail, **kw: Any) -> Outcome:
         nonlocal kills
         if ids[0].encode() in raw.data and kills < 3:
             kills += 1
             raise WorkerCrash
-        return real(self, raw)
+        return real(self, raw, **kw)
 
     monkeypatch.setattr(Batch, "process", killed_while_first_in_hand)
     for charged in (0, 1, 2):
@@ -351,10 +353,10 @@ def test_a_failing_message_does_not_block_the_others(
     dovecot.append_many("INBOX", [first, bad, last])
     real = Batch.process
 
-    def buggy(self: Batch, raw: RawMail) -> Outcome:
+    def buggy(self: Batch, raw: RawMail, **kw: Any) -> Outcome:
         if b"bug@customer.example" in raw.data:
             raise ValueError("a bug in some stage")
-        return real(self, raw)
+        return real(self, raw, **kw)
 
     monkeypatch.setattr(Batch, "process", buggy)
     result = poll(ctx)
@@ -501,9 +503,9 @@ def test_a_commit_that_fails_leaves_the_messages_for_the_next_poll(
     caplog.set_level(logging.INFO)
     real = Batch.process
 
-    def processing(self: Batch, raw: RawMail) -> Outcome:
+    def processing(self: Batch, raw: RawMail, **kw: Any) -> Outcome:
         self.session.info["pipeline"] = True
-        return real(self, raw)
+        return real(self, raw, **kw)
 
     def refuse(session: Session) -> None:
         if session.info.get("pipeline"):
@@ -532,6 +534,108 @@ def test_a_commit_that_fails_leaves_the_messages_for_the_next_poll(
     assert cursor(ctx)[1] == 3
 
 
+# -- parser workers --------------------------------------------------------------------------------
+
+
+def conversation(n: int) -> list[bytes]:
+    """New requests with replies interleaved (replies to replies too), each reply soon after what
+    it answers, so threading depends on the store order across fetch groups and batches."""
+    out: list[bytes] = []
+    for i in range(n):
+        out.append(crlf_mail(sender=f"C{i} <c{i}@customer.example>", subject=f"Order {i}",
+                             message_id=f"order-{i}@customer.example"))
+        if i >= 1:
+            j = i - 1
+            out.append(crlf_mail(sender=f"C{j} <c{j}@customer.example>", subject=f"Re: Order {j}",
+                                 message_id=f"re-{j}@customer.example",
+                                 in_reply_to=f"order-{j}@customer.example"))
+        if i >= 3:
+            k = i - 3
+            out.append(crlf_mail(sender=f"C{k} <c{k}@customer.example>", subject=f"Re: Re: Order {k}",
+                                 message_id=f"rere-{k}@customer.example",
+                                 in_reply_to=f"re-{k}@customer.example",
+                                 references=f"<order-{k}@customer.example> <re-{k}@customer.example>"))
+    return out
+
+
+def threads(ctx: AppContext) -> dict[str, list[str]]:
+    """Each ticket's subject and the Message-IDs of its entries, in the order they were stored."""
+    with Session(ctx.engine) as s:
+        rows = s.exec(sql_select(Ticket.subject, Entry.message_id)
+                      .join(Entry, col(Entry.ticket_id) == Ticket.id).order_by(col(Entry.id))).all()
+    out: dict[str, list[str]] = {}
+    for subject, mid in rows:
+        out.setdefault(subject, []).append(mid or "")
+    return out
+
+
+def test_several_parser_workers_give_the_tickets_of_one(
+    tmp_path: Path, db_url: str, dovecot: Dovecot
+) -> None:
+    """The same mailbox into two databases, with 1 and with 3 parser workers, in fetch groups
+    and batches smaller than the conversation: the same tickets with the same entries, in order."""
+    raws = conversation(40)
+    dovecot.append_many("INBOX", raws)
+    results = {}
+    with contextlib.ExitStack() as stack:
+        second = (db_url.replace("mailticket.db", "three.db") if db_url.startswith("sqlite")
+                  else stack.enter_context(postgres_database()))
+        for workers, url in ((1, db_url), (3, second)):
+            ctx = make_ctx(tmp_path / f"w{workers}", url, mailboxes=[mailbox_entry(dovecot, batch_size=7)],
+                           service={"workers": workers})
+            result = poll(ctx)
+            assert (result.stored, result.failed, result.error) == (len(raws), 0, None)
+            results[workers] = threads(ctx)
+            ctx.engine.dispose()
+    assert len(results[1]) == 40
+    assert results[1]["Order 5"] == ["order-5@customer.example", "re-5@customer.example",
+                                     "rere-5@customer.example"]
+    assert results[3] == results[1]
+
+
+def test_a_message_that_kills_its_parser_is_quarantined_after_three_tries_and_the_rest_stored(
+    make: Any, dovecot: Dovecot, tmp_path: Path
+) -> None:
+    """A message over worker_cpu_seconds ends its worker on each of three tries (each charged an
+    attempt, committed); then it is quarantined with the reason. A worker killed once from
+    outside costs a good message one more parse."""
+    ctx = make(processed_folder="Processed")
+    ids = mids(4, "around")
+    hostile = crlf_mail(subject="Hostile", message_id="hostile@attacker.example", body=SPIN.decode())
+    once = crlf_mail(subject="Unlucky", message_id="unlucky@customer.example",
+                     body=f"{DIE_ONCE.decode()}{tmp_path / 'killed-once'}")
+    good = messages(ids)
+    dovecot.append_many("INBOX", [good[0], hostile, good[1], once, good[2], good[3]])
+    with ParsePool(2, Limits(memory_mb=256, cpu_seconds=1, max_bytes=1 << 20),
+                   parser=misbehaving_parse) as pool:
+        result = poll(ctx, pool=pool)
+
+    assert (result.stored, result.quarantined, result.failed, result.error) == (5, 1, 0, None)
+    assert stored_message_ids(ctx) == sorted([*ids, "unlucky@customer.example"])
+    (kept,) = [r for r in records(ctx) if r.status == "quarantined"]
+    assert kept.reason == ("parser worker exceeded worker_cpu_seconds (1 s) on each of 3 attempts; "
+                           "kept unparsed")
+    assert ctx.blobs.get(kept.raw_sha256) == hostile
+    assert list(dovecot.fetch_all("Quarantine").values()) == [hostile]
+    assert len(dovecot.folder_uids("Processed")) == 5
+    assert count(ctx, UidAttempt) == 0 and cursor(ctx)[1] == 6
+
+
+def test_a_message_over_worker_memory_mb_is_quarantined_naming_the_limit(make: Any, dovecot: Dovecot) -> None:
+    ctx = make(sections={"service": {"workers": 1, "worker_memory_mb": 32}})
+    big = crlf_mail(subject="Scan", message_id="scan@customer.example",
+                    attachments=[("scan.bin", "application/octet-stream", os.urandom(8 << 20))])
+    small = messages(["small@customer.example"])[0]
+    dovecot.append_many("INBOX", [big, small])
+
+    result = poll(ctx)
+
+    assert (result.stored, result.quarantined, result.error) == (1, 1, None)
+    (kept,) = [r for r in records(ctx) if r.status == "quarantined"]
+    assert kept.reason == "parsing needs more than worker_memory_mb (32 MB)"
+    assert ctx.blobs.get(kept.raw_sha256) == big
+
+
 def test_busy_mailbox_is_left_to_the_lease_holder(make: Any, dovecot: Dovecot) -> None:
     ctx = make()
     dovecot.append("INBOX", messages(["busy@customer.example"])[0])
@@ -555,10 +659,10 @@ def test_server_restart_mid_fetch_reconnects_without_loss(
     real = Batch.process
     calls = 0
 
-    def restarting(self: Batch, raw: RawMail) -> Outcome:
+    def restarting(self: Batch, raw: RawMail, **kw: Any) -> Outcome:
         nonlocal calls
         calls += 1
-        outcome = real(self, raw)
+        outcome = real(self, raw, **kw)
         if calls == 3:
             dovecot.restart()  # same port; every connection is cut
         return outcome
@@ -585,10 +689,10 @@ def test_server_down_fails_the_poll_and_the_next_poll_recovers(
     real = Batch.process
     calls = 0
 
-    def stopping(self: Batch, raw: RawMail) -> Outcome:
+    def stopping(self: Batch, raw: RawMail, **kw: Any) -> Outcome:
         nonlocal calls
         calls += 1
-        outcome = real(self, raw)
+        outcome = real(self, raw, **kw)
         if calls == 5:
             dovecot.stop()
         return outcome

@@ -1,5 +1,11 @@
 """IMAP intake: poll a folder (or IDLE on it), run each message through the pipeline, then acknowledge.
 
+Each fetch group is parsed by the parser workers (intake/workers.py) before its transaction
+begins, and the next group is fetched and handed to them before this one is stored, so they
+parse it meanwhile; the store runs in the fetch (UID) order, as a serial run would. A worker that
+dies on a message charges it an attempt (committed) and parses it again; after MAX_ATTEMPTS such
+deaths it is quarantined with the worker's cause.
+
 What makes "every message exactly once" survive a crash at any point is the order of
 four steps per message, each of the database ones committed before the next begins:
 
@@ -51,7 +57,7 @@ from imapclient.exceptions import IMAPClientError
 from mailticket import logs
 from mailticket.config import MailboxConfig
 from mailticket.context import AppContext
-from mailticket.errors import IntakeError, OperationError, StoreUnavailable
+from mailticket.errors import IntakeError, OperationError, ParseError, StoreUnavailable
 from mailticket.intake import spool
 from mailticket.intake.imap.connection import (
     RetryPolicy,
@@ -62,6 +68,7 @@ from mailticket.intake.imap.connection import (
 )
 from mailticket.intake.imap.cursor import Cursor
 from mailticket.intake.pause import is_environment_fault, pause_for
+from mailticket.intake.workers import Parsed, ParseJob, ParsePool, WorkerLost, shared_pool
 from mailticket.models import Outcome, RawMail
 from mailticket.process import Batch, Pipeline
 from mailticket.service import health
@@ -88,6 +95,26 @@ class _Fetched:
     uid: int
     data: bytes
     oversized: int | None = None  # the message's size, when over service.max_message_mb
+
+
+@dataclass(frozen=True)
+class _Parsing:
+    """A fetch group: its UIDs, the messages the server still had, and their parse under way."""
+
+    group: list[int]
+    mails: list[_Fetched]
+    job: ParseJob | None  # None: for the spool, unparsed
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A batch ready to store: sizes, fetch groups (the first fetched and being parsed), and the
+    UIDs too large to download."""
+
+    sizes: dict[int, int]
+    groups: list[list[int]]
+    first: _Parsing | None
+    big: list[int]
 
 
 @dataclass
@@ -141,8 +168,10 @@ class Poller:
         renew: Callable[[], None],
         stop: threading.Event | None = None,
         progress: Progress | None = None,
+        pool: ParsePool | None = None,
     ) -> None:
         self.ctx = ctx
+        self._pool = pool
         self.mailbox = mailbox
         self.result = result
         self.renew = renew
@@ -162,10 +191,17 @@ class Poller:
                     mailbox=mailbox.name,
                 )
 
+    @property
+    def pool(self) -> ParsePool:
+        """The parser workers given, else this process's (started on first use: never with a spool)."""
+        return self._pool or shared_pool(self.ctx.config.service)
+
     def run(self, client: IMAPClient) -> int:
         """One pass: select, search above the cursor, then batch by batch process -> ack -> cursor.
 
-        Returns how many messages were found above the cursor.
+        The next fetch group is always fetched and handed to the parser workers before the
+        current one is stored, so they parse it meanwhile. Returns how many messages were found
+        above the cursor.
         """
         selected = client.select_folder(self.mailbox.folder)
         uidvalidity = int(selected[b"UIDVALIDITY"])
@@ -179,12 +215,15 @@ class Poller:
         unfinished: set[int] = set()  # failed or not reached: the cursor stays below the lowest
         if self.progress:
             self.progress(0, len(uids))
-        for start in range(0, len(uids), self.mailbox.batch_size):
-            batch = uids[start : start + self.mailbox.batch_size]
-            if self.stop is not None and self.stop.is_set():
+        size = self.mailbox.batch_size
+        batches = [uids[start : start + size] for start in range(0, len(uids), size)]
+        ahead: _Batch | None = self._prepare(client, batches[0])
+        for at, batch in enumerate(batches):
+            if ahead is None or self._stopped():
                 unfinished.update(batch)
                 break
-            acks, left = self._batch(client, uidvalidity, batch)
+            following = batches[at + 1] if at + 1 < len(batches) else None
+            acks, left, ahead = self._batch(client, uidvalidity, ahead, following)
             unfinished |= left
             self._acknowledge(client, acks)
             blocked_at = min(unfinished, default=batch[-1] + 1)
@@ -199,42 +238,93 @@ class Poller:
                 self.progress(done, len(uids))
         return len(uids)
 
-    def _batch(
-        self, client: IMAPClient, uidvalidity: int, batch: list[int]
-    ) -> tuple[dict[str | None, list[int]], set[int]]:
-        """Process one batch; returns acks by destination (None: flag \\Seen) and the UIDs left over."""
-        acks: dict[str | None, list[int]] = {}
+    def _prepare(self, client: IMAPClient, batch: list[int]) -> _Batch:
+        """A batch's sizes, its fetch groups, and its first group fetched and being parsed."""
         sizes = {
             int(uid): int(data[b"RFC822.SIZE"])
             for uid, data in client.fetch(batch, ["RFC822.SIZE"]).items()
             if b"RFC822.SIZE" in data
         }
-        left = set(sizes)  # a UID missing from the answer was expunged meanwhile: nothing to do
         limit = self.pipeline.max_bytes
         fits = [u for u in batch if u in sizes and sizes[u] <= limit]
-        for group in _groups(fits, sizes, FETCH_BYTES):
-            bodies = client.fetch(group, ["BODY.PEEK[]"])
-            mails = [
-                _Fetched(uid, bytes(body))
-                for uid in group
-                if (body := bodies.get(uid, {}).get(b"BODY[]")) is not None
-            ]
-            left -= set(group) - {mail.uid for mail in mails}  # expunged between the two fetches
-            if self.ctx.config.service.spool:
+        groups = list(_groups(fits, sizes, FETCH_BYTES))
+        first = self._fetch(client, groups[0]) if groups else None
+        return _Batch(sizes, groups, first, [u for u in batch if sizes.get(u, 0) > limit])
+
+    def _fetch(self, client: IMAPClient, group: list[int]) -> _Parsing:
+        """Fetch a group's bodies and hand them to the parser workers (this returns at once)."""
+        bodies = client.fetch(group, ["BODY.PEEK[]"])
+        mails = [
+            _Fetched(uid, bytes(body))
+            for uid in group
+            if (body := bodies.get(uid, {}).get(b"BODY[]")) is not None
+        ]
+        if self.ctx.config.service.spool:  # parsed by whichever daemon claims them
+            return _Parsing(group, mails, None)
+        return _Parsing(group, mails, self.pool.submit([mail.data for mail in mails]))
+
+    def _batch(
+        self, client: IMAPClient, uidvalidity: int, batch: _Batch, following: list[int] | None
+    ) -> tuple[dict[str | None, list[int]], set[int], _Batch | None]:
+        """Store one prepared batch, group by group, each after fetching the next (or preparing
+        the `following` batch) so the workers parse it meanwhile.
+
+        Returns the acks by destination (None: flag \\Seen), the UIDs left over and the following
+        batch prepared (None when the pass stops here).
+        """
+        acks: dict[str | None, list[int]] = {}
+        left = set(batch.sizes)  # a UID missing from the answer was expunged meanwhile: nothing to do
+        ahead: _Batch | None = None
+        current = batch.first
+        for at in range(len(batch.groups)):
+            assert current is not None
+            if at + 1 < len(batch.groups):
+                upcoming: _Parsing | None = self._fetch(client, batch.groups[at + 1])
+            else:
+                upcoming = None
+                ahead = self._prepare(client, following) if following else None
+            mails = current.mails
+            left -= set(current.group) - {mail.uid for mail in mails}  # expunged between the two fetches
+            if current.job is None:
                 self._spool(uidvalidity, mails, acks)
                 left -= {mail.uid for mail in mails}
+                current = upcoming
                 continue
+            parsed = self._parsed(uidvalidity, current.mails, current.job)
             rest = mails
-            if self.cursor.count_first_attempts(uidvalidity, group):
-                rest = self._group(uidvalidity, mails, acks)
+            if self.cursor.count_first_attempts(uidvalidity, current.group):
+                rest = self._group(uidvalidity, mails, parsed, acks)
                 left -= {m.uid for m in mails} - {m.uid for m in rest}
-            left -= set(self._one_by_one(uidvalidity, rest, acks))
+            left -= set(self._one_by_one(uidvalidity, rest, parsed, acks))
             if self._stopped():
-                return acks, left
-        big = [u for u in batch if sizes.get(u, 0) > limit]
-        oversized = [_Fetched(u, self._header(client, u), sizes[u]) for u in big]
-        left -= set(self._one_by_one(uidvalidity, oversized, acks))
-        return acks, left
+                return acks, left, None
+            current = upcoming
+        if not batch.groups and following:  # nothing to download here: prepare the next one now
+            ahead = self._prepare(client, following)
+        oversized = [_Fetched(u, self._header(client, u), batch.sizes[u]) for u in batch.big]
+        left -= set(self._one_by_one(uidvalidity, oversized, {}, acks))
+        return acks, left, ahead
+
+    def _parsed(self, uidvalidity: int, mails: list[_Fetched], job: ParseJob) -> dict[int, Parsed]:
+        """The group's parse results by UID, before any transaction begins.
+
+        A message whose worker died (`WorkerLost`) is charged an attempt (committed) and parsed
+        again; after MAX_ATTEMPTS such deaths it becomes a ParseError naming the cause, and the
+        store quarantines it: a worker killed from outside costs a good message one more parse.
+        """
+        parsed: dict[int, Parsed] = {}
+        for mail, result in zip(mails, job.results(), strict=True):
+            while isinstance(result, WorkerLost):
+                attempts = self.cursor.count_attempt(uidvalidity, mail.uid)
+                log.warning("parser worker lost on a message", extra={"fields": {
+                    "mailbox": self.mailbox.name, "uid": mail.uid, "attempt": attempts,
+                    "reason": result.reason}})
+                if attempts >= MAX_ATTEMPTS:
+                    result = ParseError(f"{result} on each of {attempts} attempts; kept unparsed")
+                else:
+                    result = self.pool.parse_many([mail.data])[0]
+            parsed[mail.uid] = result
+        return parsed
 
     def _spool(self, uidvalidity: int, mails: list[_Fetched], acks: dict[str | None, list[int]]) -> None:
         """`[service] spool`: commit the group into the spool, where any daemon's processor stores
@@ -244,7 +334,8 @@ class Poller:
         acks.setdefault(self.mailbox.processed_folder, []).extend(mail.uid for mail in mails)
 
     def _group(
-        self, uidvalidity: int, mails: list[_Fetched], acks: dict[str | None, list[int]]
+        self, uidvalidity: int, mails: list[_Fetched], parsed: dict[int, Parsed],
+        acks: dict[str | None, list[int]],
     ) -> list[_Fetched]:
         """Fresh mail, a whole fetch group per transaction (or what GROUP_SECONDS allows, then the
         rest in the next): one commit instead of one per message, and no attempt charged.
@@ -255,7 +346,7 @@ class Poller:
         """
         while mails and not self._stopped():
             try:
-                done = self.pipeline.in_transaction(partial(self._run, uidvalidity, mails, 0))
+                done = self.pipeline.in_transaction(partial(self._run, uidvalidity, mails, parsed, 0))
             except Exception as exc:
                 if is_environment_fault(exc):
                     raise
@@ -269,7 +360,8 @@ class Poller:
         return mails
 
     def _one_by_one(
-        self, uidvalidity: int, mails: list[_Fetched], acks: dict[str | None, list[int]]
+        self, uidvalidity: int, mails: list[_Fetched], parsed: dict[int, Parsed],
+        acks: dict[str | None, list[int]],
     ) -> list[int]:
         """One message per transaction, each charged an attempt (committed) before it is touched:
         a worker that dies now dies on this message. Returns the UIDs done.
@@ -283,7 +375,9 @@ class Poller:
                 break
             attempts = self.cursor.count_attempt(uidvalidity, mail.uid)
             try:
-                outcomes = self.pipeline.in_transaction(partial(self._run, uidvalidity, [mail], attempts))
+                outcomes = self.pipeline.in_transaction(
+                    partial(self._run, uidvalidity, [mail], parsed, attempts)
+                )
             except Exception as exc:
                 if is_environment_fault(exc):
                     with suppress(StoreUnavailable):  # the database itself may be the fault
@@ -306,10 +400,14 @@ class Poller:
             acks.setdefault(self._destination(outcome), []).append(uid)
 
     def _run(
-        self, uidvalidity: int, mails: list[_Fetched], attempts: int, batch: Batch
+        self, uidvalidity: int, mails: list[_Fetched], parsed: dict[int, Parsed], attempts: int,
+        batch: Batch,
     ) -> dict[int, Outcome]:
-        """Process (or quarantine) the messages in `batch`, until the stop event is set or
-        GROUP_SECONDS have passed (at least one message is always done)."""
+        """Store (or quarantine) the parsed messages in `batch`, until the stop event is set or
+        GROUP_SECONDS have passed (at least one message is always done).
+
+        A refused parse is quarantined with its reason before the attempt count is looked at:
+        it names the cause (a parser worker that died on it) better than "did not finish"."""
         done: dict[int, Outcome] = {}
         deadline = time.monotonic() + GROUP_SECONDS
         for mail in mails:
@@ -329,10 +427,10 @@ class Poller:
                     f"message of {mail.oversized} bytes exceeds max_message_mb ({mb:g}); only its header "
                     f"is kept here, the whole message is in IMAP folder {self.mailbox.quarantine_folder!r}",
                 )
-            elif attempts > MAX_ATTEMPTS:
+            elif attempts > MAX_ATTEMPTS and not isinstance(parsed[mail.uid], ParseError):
                 done[mail.uid] = batch.poison(raw, attempts)
             else:
-                done[mail.uid] = batch.process(raw)
+                done[mail.uid] = batch.process(raw, parsed=parsed[mail.uid])
         return done
 
     def _stopped(self) -> bool:
@@ -371,10 +469,6 @@ class Poller:
             log.info("created folder", extra={"fields": {"mailbox": self.mailbox.name, "folder": folder}})
         self._folders_ready.add(folder)
 
-def _position(uidvalidity: int, uid: int) -> str:
-    return f"uidvalidity={uidvalidity} uid={uid}"
-
-
 def _groups(uids: Sequence[int], sizes: dict[int, int], budget: int) -> Iterator[list[int]]:
     """Split into runs whose total size stays under `budget` (a bigger message goes alone)."""
     group: list[int] = []
@@ -387,6 +481,10 @@ def _groups(uids: Sequence[int], sizes: dict[int, int], budget: int) -> Iterator
         total += sizes[uid]
     if group:
         yield group
+
+
+def _position(uidvalidity: int, uid: int) -> str:
+    return f"uidvalidity={uidvalidity} uid={uid}"
 
 
 def _move(client: IMAPClient, uids: list[int], folder: str) -> None:
@@ -415,6 +513,7 @@ def poll_mailbox(
     stop: threading.Event | None = None,
     progress: Progress | None = None,
     retry: RetryPolicy = RetryPolicy(),
+    pool: ParsePool | None = None,
 ) -> PollResult:
     """One pass over a mailbox: everything above the cursor, reconnecting on connection loss.
 
@@ -438,7 +537,7 @@ def poll_mailbox(
             return result
         try:
             poller = Poller(ctx, mailbox, result, renew=renewer(ctx, mailbox, owner), stop=stop,
-                             progress=progress)
+                            progress=progress, pool=pool)
             for attempt in retrying(mailbox, retry, stop, lambda: poller.batches if poller else 0):
                 with attempt, connected(mailbox, ctx.tokens) as client:
                     poller.run(client)
