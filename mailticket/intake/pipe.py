@@ -108,7 +108,8 @@ class Incoming:
 
     def waiting(self) -> Waiting:
         names = self.names()
-        oldest = datetime.fromtimestamp(int(names[0].split(".")[0]) / 1e9, UTC) if names else None
+        arrived = next((t for name in names if (t := self._mtime(self.new / name)) is not None), None)
+        oldest = datetime.fromtimestamp(arrived, UTC) if arrived is not None else None
         try:
             error: str | None = (self.root / "error").read_text(encoding="utf-8").strip()
         except FileNotFoundError:
@@ -127,8 +128,16 @@ class Incoming:
         """Files of writers killed before their rename: never answered 0, so their MTA retried."""
         if self.tmp.is_dir():
             for path in self.tmp.iterdir():
-                if now - path.stat().st_mtime > STALE_TMP_SECONDS:
+                written = self._mtime(path)  # None: renamed into new/ meanwhile
+                if written is not None and now - written > STALE_TMP_SECONDS:
                     path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _mtime(path: Path) -> float | None:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:
+            return None
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -168,11 +177,15 @@ def drain(ctx: AppContext, limit: int | None = None) -> int | None:
                 for name in names[: None if limit is None else limit - stored]:
                     path = incoming.new / name
                     try:
-                        pipeline.process(RawMail(data=path.read_bytes(), source="pipe", position=name))
+                        data = path.read_bytes()
+                    except FileNotFoundError:  # taken away by hand meanwhile
+                        continue
+                    try:
+                        pipeline.process(RawMail(data=data, source="pipe", position=name))
                     except Exception as exc:
                         incoming.record_error(failure_line(exc, name))
                         raise
-                    path.unlink()
+                    path.unlink(missing_ok=True)
                     stored += 1
             incoming.clear_error()
     return stored
