@@ -430,3 +430,15 @@ def test_loop_brakes_take_whole_numbers_from_0(check: Check, key: str) -> None:
     result, path = check(append=f"\n[tickets]\n{key} = -1\n")
     (line,) = lines(result)
     assert line.startswith(f"{path}: tickets.{key}: "), line
+
+
+def test_check_config_warns_of_a_catastrophic_rule_regex(check: Check) -> None:
+    result, _ = check('op = "contains", value = "urgent"', "op = 'regex', value = '(\\w+\\s?)+$'")
+    assert result.exit_code == 0, result.output  # bounded in time anyway: a warning, not an error
+    assert result.stdout.splitlines()[0] == (
+        "rules[0] ('Urgent').conditions[0]: regex '(\\w+\\s?)+$' can backtrack catastrophically (nested "
+        "repetition): on such text a search gives up after 100 ms and the condition does not hold; write "
+        "it without a repeated group that itself repeats"
+    )
+    result, _ = check('op = "contains", value = "urgent"', "op = 'not_regex', value = '(?i)\\burgent\\b'")
+    assert result.exit_code == 0 and "backtrack" not in result.stdout
