@@ -108,10 +108,30 @@ def test_a_failing_drain_keeps_the_mail_status_shows_why_and_the_next_drain_stor
     assert b"Traceback" not in failed.stderr
     blobs.unlink()
     away.rename(blobs)
-    drained = cli(config, "ingest", "--drain")
-    assert drained.returncode == 0 and b"stored 1 message(s)" in drained.stdout
-    assert stored(config) == [("stored", "first"), ("stored", "second")]
+    # The next message's drainer stores the one that waited first, then its own.
+    assert cli(config, "ingest", "--detach", raw=mail(subject="third")).returncode == 0
+    wait_until(lambda: len(stored(config)) == 3 and not incoming(config).names(), timeout=90,
+               what="the next drainer stored both")
+    assert stored(config) == [("stored", "first"), ("stored", "second"), ("stored", "third")]
     assert incoming(config).waiting() == Waiting(0, None, None)
+
+
+def test_a_writer_killed_before_it_answered_keeps_nothing_half_written(config: Path) -> None:
+    """SIGKILL while the MTA is still writing: no exit 0, so the MTA retries; nothing in new/."""
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "mailticket", "--config", str(config), "ingest", "--detach"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=MTA_CWD,
+    )
+    assert writer.stdin is not None
+    writer.stdin.write(mail(subject="half")[:200])
+    writer.stdin.flush()
+    time.sleep(1)
+    writer.send_signal(signal.SIGKILL)
+    writer.communicate(timeout=30)
+    assert writer.returncode == -signal.SIGKILL
+    assert incoming(config).names() == []
+    assert cli(config, "ingest", "--detach", raw=mail(subject="whole")).returncode == 0  # the retry
+    wait_until(lambda: stored(config) == [("stored", "whole")], timeout=90, what="the retry stored")
 
 
 def test_one_drainer_at_a_time(config: Path) -> None:
