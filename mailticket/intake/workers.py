@@ -241,7 +241,7 @@ def _serve(conn: Connection, parser: Parser, limits: Limits) -> None:
     while True:
         try:
             raw = conn.recv_bytes()
-        except EOFError:
+        except (EOFError, ConnectionResetError):  # the parent hung up, or died
             return
         except MemoryError:  # the rest of the message is still in the pipe: this worker is done
             os._exit(OUT_OF_MEMORY)
@@ -250,6 +250,8 @@ def _serve(conn: Connection, parser: Parser, limits: Limits) -> None:
             conn.send(result)
         except MemoryError:
             os._exit(OUT_OF_MEMORY)
+        except (BrokenPipeError, ConnectionResetError):
+            return
 
 
 def _limit(limits: Limits) -> None:
