@@ -35,7 +35,6 @@ from mailticket import logs
 from mailticket.config import MailboxConfig, parse_duration
 from mailticket.context import AppContext
 from mailticket.errors import DatabaseUnavailable, MailticketError
-from mailticket.intake import spool
 from mailticket.intake.pipe import Incoming
 from mailticket.storage.db import upsert
 from mailticket.storage.serialize import iso
@@ -256,6 +255,8 @@ def _outbox(session: Session, now: datetime) -> dict[str, Any]:
 
 def _spool(session: Session, now: datetime) -> dict[str, Any]:
     """Mail fetched and waiting for a processor (intake/spool.py; empty without `[service] spool`)."""
+    from mailticket.intake import spool  # and its parser workers: `status` needs them, `ingest` does not
+
     found = spool.depth(session.connection(), now)
     return {"waiting": found["waiting"], "claimed": found["claimed"],
             "oldest_age_seconds": age(now, found["oldest"])}

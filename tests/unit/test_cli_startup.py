@@ -52,7 +52,8 @@ def test_ingest_of_a_plain_message_loads_no_template_dkim_babel_or_migration_cod
         f"try:\n    main(['--config', {str(config)!r}, 'ingest'])\n"
         "except SystemExit as exc:\n    print('EXIT', exc.code)\n"
         "unused = sorted(m for m in ('alembic', 'jinja2', 'babel', 'dkim', 'dns', 'apscheduler',"
-        " 'imapclient', 'aiosmtpd', 'sqlalchemy.dialects.postgresql', 'mailticket.oauth.status')"
+        " 'imapclient', 'aiosmtpd', 'sqlalchemy.dialects.postgresql', 'mailticket.oauth.status',"
+        " 'mailticket.intake.spool', 'mailticket.intake.workers')"
         " if m in sys.modules)\n"
         "print('UNUSED', unused)\n"
     )
