@@ -72,7 +72,7 @@ from mailticket.storage.tables import MessageRef, SpoolKey, SpoolRow, Ticket
 log = logging.getLogger("mailticket.intake.spool")
 
 MAX_ATTEMPTS = 3  # a row whose processing never finishes is quarantined on attempt 4
-GROUP = 16  # fresh rows claimed, parsed and stored together (one commit)
+GROUP = 32  # fresh rows claimed, parsed and stored together (one commit)
 CLAIM_SECONDS = 120.0  # a claim from a process on another host is taken over after this
 RETRY_SECONDS = 5.0  # a message that failed is claimable again after this
 IDLE_SECONDS = 0.25  # a processor with nothing to claim looks again after this
@@ -110,28 +110,34 @@ def thread_keys(raw: bytes) -> tuple[set[str], list[str]]:
 def add(ctx: AppContext, mailbox: str, source: str, mails: Sequence[tuple[str, bytes]]) -> int:
     """Commit fetched messages, (position, raw bytes) each, into the spool; how many were new.
 
-    A position already spooled (fetched again after a crash before its acknowledgement) is
-    not added twice.
+    A position already spooled (fetched again after a crash before its acknowledgement) is not
+    added twice. A handful of statements per call, whatever the number of messages.
     """
     keyed = [(position, data, *thread_keys(data)) for position, data in mails]
-    added = 0
+    answered = {mid for *_, unknown in keyed for mid in unknown}
     with ctx.engine.begin() as conn:
-        stored = _tickets_of(conn, {mid for *_, unknown in keyed for mid in unknown})
-        for position, data, keys, unknown in keyed:
-            row_id = conn.execute(
-                upsert(ctx.engine.dialect.name, _SPOOL)
-                .values(mailbox=mailbox, source=source, position=position, raw=data, created_at=ctx.clock(),
-                        tried=False, attempts=0)
-                .on_conflict_do_nothing()
-                .returning(_S.id)
-            ).scalar_one_or_none()
-            if row_id is None:
-                continue
+        stored = _tickets_of(conn, answered)
+        spooled = _spooled_keys(conn, [f"mid:{mid}" for mid in answered if mid not in stored])
+        now = ctx.clock()
+        new = [{"mailbox": mailbox, "source": source, "position": position, "raw": data, "created_at": now,
+                "tried": False, "attempts": 0} for position, data, _, _ in keyed]
+        inserted = conn.execute(
+            upsert(ctx.engine.dialect.name, _SPOOL).values(new).on_conflict_do_nothing()
+            .returning(_S.position, _S.id)
+        )
+        ids: dict[str, int] = {position: row_id for position, row_id in inserted}
+        rows: list[dict[str, Any]] = []
+        for position, _, keys, unknown in keyed:
             keys |= {f"ticket:{stored[mid]}" for mid in unknown if mid in stored}
-            keys |= _spooled_keys(conn, [f"mid:{mid}" for mid in unknown if mid not in stored])
-            conn.execute(insert(_KEYS), [{"spool_id": row_id, "key": key[:1000]} for key in sorted(keys)])
-            added += 1
-    return added
+            for mid in unknown:
+                keys |= spooled.get(f"mid:{mid}", set())
+            for key in keys:  # a later message of this call answering this one inherits its keys
+                spooled.setdefault(key, set()).update(keys)
+            if position in ids:
+                rows += [{"spool_id": ids[position], "key": key[:1000]} for key in sorted(keys)]
+        if rows:
+            conn.execute(insert(_KEYS), rows)
+    return len(ids)
 
 
 def _tickets_of(conn: Connection, message_ids: set[str]) -> dict[str, str]:
@@ -148,18 +154,20 @@ def _tickets_of(conn: Connection, message_ids: set[str]) -> dict[str, str]:
     return found
 
 
-def _spooled_keys(conn: Connection, keys: list[str]) -> set[str]:
-    """The keys of the spooled rows that share one of `keys`: a reply to a message still in the
-    spool waits for whatever that message waits for (a chain of replies keeps its root's keys)."""
-    if not keys:
-        return set()
+def _spooled_keys(conn: Connection, keys: list[str]) -> dict[str, set[str]]:
+    """key -> the keys of the spooled rows that have it: a reply to a message still in the spool
+    waits for whatever that message waits for (a chain of replies keeps its root's keys)."""
+    found: dict[str, set[str]] = {}
     mine, theirs = aliased(_KEYS), aliased(_KEYS)
-    found = conn.execute(
-        select(theirs.c.key).distinct()
-        .join(mine, mine.c.spool_id == theirs.c.spool_id)
-        .where(mine.c.key.in_(keys))
-    )
-    return set(found.scalars())
+    for start in range(0, len(keys), 500):
+        rows = conn.execute(
+            select(mine.c.key, theirs.c.key)
+            .join(theirs, theirs.c.spool_id == mine.c.spool_id)
+            .where(mine.c.key.in_(keys[start : start + 500]))
+        )
+        for key, theirs_key in rows:
+            found.setdefault(key, set()).add(theirs_key)
+    return found
 
 
 def depth(conn: Connection, now: datetime) -> dict[str, Any]:
@@ -200,7 +208,9 @@ class Processor:
 
     def run(self, stop: threading.Event) -> None:
         """The daemon's processor thread: until `stop`, claim and store; pause on a fault of the
-        environment, look again after IDLE_SECONDS when nothing is claimable."""
+        environment, look again after IDLE_SECONDS when nothing is claimable. The parser workers
+        start at once, not with the first mail."""
+        shared_pool(self.ctx.config.service)
         while not stop.is_set():
             try:
                 done = self.step()

@@ -1,0 +1,136 @@
+"""Several daemons, one mailbox: does a second `mailticket run` add throughput?
+
+N generated help-desk messages (the generator of benchmarks/ingest.py) wait in a staging
+folder of a private Dovecot. For each run: a fresh PostgreSQL database, then 1, 2 or 3
+`mailticket run` processes with `[service] spool = true`, `blob_store = "postgres"` and
+`workers = 1`; once all of them run, one IMAP MOVE puts the whole mail into INBOX and the
+clock starts. It stops when the database holds an intake record for every message and the
+spool is empty. Then the mail goes back to staging for the next run.
+
+Checked for each run against the mailbox: lost = messages without an intake record,
+duplicates = entries stored twice (entries minus distinct Message-IDs) plus copies the
+pipeline recognised (the intake rows' `duplicates` count, from a message spooled again
+after a crash; 0 in a clean run). With `--direct` one daemon without the spool runs too
+(the lease holder does all the work, as before #17). Target: 2 daemons at least 1.5x one
+daemon's rate. Run it nice'd from the repository root:
+
+    nice python3 benchmarks/scale.py [--n 5000] [--daemons 1 2 3] [--direct] [--seed 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import Engine, text  # noqa: E402
+
+from benchmarks.ingest import generate  # noqa: E402
+from mailticket.storage.db import make_engine, migrate  # noqa: E402
+from tests.daemonproc import DaemonProcess, wait_until, write_config  # noqa: E402
+from tests.servers import Dovecot, postgres_database  # noqa: E402
+
+STAGING = "Staging"
+
+
+def tally(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        one = conn.execute(text(
+            "SELECT (SELECT count(*) FROM intake), (SELECT coalesce(sum(duplicates), 0) FROM intake),"
+            " (SELECT count(*) FROM entries), (SELECT count(DISTINCT message_id) FROM entries),"
+            " (SELECT count(*) FROM tickets), (SELECT count(*) FROM spool)"
+        )).one()
+    return dict(zip(("intake", "seen_again", "entries", "distinct", "tickets", "spool"), map(int, one),
+                    strict=True))
+
+
+def move_all(dovecot: Dovecot, source: str, target: str) -> int:
+    with dovecot.session() as imap:
+        if not imap.folder_exists(source):
+            return 0
+        imap.select_folder(source)
+        uids = imap.search("ALL")
+        if uids:
+            imap.move(uids, target)
+        return len(uids)
+
+
+def run(daemons: int, spool: bool, n: int, dovecot: Dovecot, work: Path) -> dict[str, Any]:
+    """One measured run on a fresh database; the mail is back in staging afterwards."""
+    folder = work / f"{daemons}-{'spool' if spool else 'direct'}"
+    folder.mkdir()
+    with postgres_database("mailticket_scale") as url:
+        engine = make_engine(url)
+        migrate(engine)  # before the daemons: none of them pays for it inside the measurement
+        service = {"spool": spool, "blob_store": "postgres", "workers": 1}
+        config = write_config(folder / "mt.toml", db_url=url, dovecot=dovecot, service=service)
+        procs = [DaemonProcess(config) for _ in range(daemons)]
+        try:
+            for proc in procs:
+                proc.start(timeout=60)
+            started = time.perf_counter()
+            moved = move_all(dovecot, STAGING, "INBOX")
+
+            def done() -> bool:
+                counts = tally(engine)
+                return counts["intake"] >= moved and counts["spool"] == 0
+
+            wait_until(done, timeout=3600, interval=0.1, what="every message stored")
+            seconds = time.perf_counter() - started
+            shares = [proc.log().count("message stored") for proc in procs]
+        finally:
+            for proc in procs:
+                with contextlib.suppress(AssertionError):
+                    proc.terminate()
+        counts = tally(engine)
+        engine.dispose()
+    for stored_in in ("Processed", "INBOX"):  # the daemons' processed_folder, and anything left
+        move_all(dovecot, stored_in, STAGING)
+    return {
+        "daemons": daemons, "spool": spool, "messages": moved, "seconds": seconds, "rate": moved / seconds,
+        "lost": moved - counts["intake"],
+        "duplicates": counts["entries"] - counts["distinct"] + counts["seen_again"],
+        "tickets": counts["tickets"], "shares": shares,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=5000, help="messages in the mailbox (default 5000)")
+    parser.add_argument("--daemons", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--direct", action="store_true", help="also one daemon without the spool")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mailticket-scale-") as tmp, Dovecot() as dovecot:
+        made = time.perf_counter()
+        dovecot.load_maildir(list(generate(args.n, args.seed)), folder=STAGING)
+        print(f"generated {args.n} messages in {time.perf_counter() - made:.1f} s")
+        plan = [(d, True) for d in args.daemons] + ([(1, False)] if args.direct else [])
+        results = []
+        for daemons, spool in plan:
+            result = run(daemons, spool, args.n, dovecot, Path(tmp))
+            results.append(result)
+            print(
+                f"{daemons} daemon(s){'' if spool else ' without the spool'}: {result['seconds']:6.1f} s, "
+                f"{result['rate']:6.1f} msg/s; stored by each: {result['shares']}; "
+                f"{result['tickets']} tickets, {result['lost']} lost, {result['duplicates']} duplicates",
+                flush=True,
+            )
+        base = next((r for r in results if r["daemons"] == 1 and r["spool"]), None)
+        if base is not None:
+            for r in results:
+                if r["spool"] and r is not base:
+                    print(f"{r['daemons']} daemons = {r['rate'] / base['rate']:.2f}x one daemon's rate")
+
+
+if __name__ == "__main__":
+    main()
