@@ -11,8 +11,9 @@ Checked for each run against the mailbox: lost = messages without an intake reco
 duplicates = entries stored twice (entries minus distinct Message-IDs) plus copies the
 pipeline recognised (the intake rows' `duplicates` count, from a message spooled again
 after a crash; 0 in a clean run). With `--direct` one daemon without the spool runs too
-(the lease holder does all the work, as before #17). Target: 2 daemons at least 1.5x one
-daemon's rate. Run it nice'd from the repository root:
+(the lease holder does all the work, as before #17). The CPU the daemons and their parser
+workers used (PostgreSQL's backends not counted) shows how much of the 2 cores one daemon
+already takes. Target: 2 daemons at least 1.5x one daemon's rate. Run it nice'd from the repository root:
 
     nice python3 benchmarks/scale.py [--n 5000] [--daemons 1 2 3] [--direct] [--seed 1]
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import sys
 import tempfile
 import time
@@ -72,6 +74,7 @@ def run(daemons: int, spool: bool, n: int, dovecot: Dovecot, work: Path) -> dict
         service = {"spool": spool, "blob_store": "postgres", "workers": 1}
         config = write_config(folder / "mt.toml", db_url=url, dovecot=dovecot, service=service)
         procs = [DaemonProcess(config) for _ in range(daemons)]
+        cpu_before = _children_cpu()
         try:
             for proc in procs:
                 proc.start(timeout=60)
@@ -89,6 +92,7 @@ def run(daemons: int, spool: bool, n: int, dovecot: Dovecot, work: Path) -> dict
             for proc in procs:
                 with contextlib.suppress(AssertionError):
                     proc.terminate()
+        cpu = _children_cpu() - cpu_before  # the daemons and their parser workers, reaped by now
         counts = tally(engine)
         engine.dispose()
     for stored_in in ("Processed", "INBOX"):  # the daemons' processed_folder, and anything left
@@ -97,8 +101,14 @@ def run(daemons: int, spool: bool, n: int, dovecot: Dovecot, work: Path) -> dict
         "daemons": daemons, "spool": spool, "messages": moved, "seconds": seconds, "rate": moved / seconds,
         "lost": moved - counts["intake"],
         "duplicates": counts["entries"] - counts["distinct"] + counts["seen_again"],
-        "tickets": counts["tickets"], "shares": shares,
+        "tickets": counts["tickets"], "shares": shares, "cpu_seconds": cpu,
     }
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's waited-for children and theirs (PostgreSQL's not included)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -122,7 +132,9 @@ def main() -> None:
             print(
                 f"{daemons} daemon(s){'' if spool else ' without the spool'}: {result['seconds']:6.1f} s, "
                 f"{result['rate']:6.1f} msg/s; stored by each: {result['shares']}; "
-                f"{result['tickets']} tickets, {result['lost']} lost, {result['duplicates']} duplicates",
+                f"{result['tickets']} tickets, {result['lost']} lost, {result['duplicates']} duplicates; "
+                f"daemons' CPU {result['cpu_seconds']:.0f} s = "
+                f"{result['cpu_seconds'] / result['seconds']:.2f} cores",
                 flush=True,
             )
         base = next((r for r in results if r["daemons"] == 1 and r["spool"]), None)

@@ -1,7 +1,7 @@
 """Several `mailticket run` processes on one PostgreSQL database and one Dovecot mailbox, sharing
 its work through the spool (`[service] spool`, blobs in the database): each stores some, every
 message is stored exactly once, and the tickets are those of a serial run, also under a kill -9
-storm that hits both daemons in turn."""
+storm that hits both daemons in turn and across a database outage."""
 
 from __future__ import annotations
 
@@ -16,7 +16,14 @@ from sqlalchemy import Engine, text
 from benchmarks.ingest import generate
 from mailticket.storage.db import make_engine
 from tests.daemonproc import DaemonProcess, serial_threads, threads, wait_until, write_config
-from tests.integration.test_faults import intake_rows, storm_corpus, tally
+from tests.integration.test_faults import (
+    OUTAGE_SECONDS,
+    customer_mail,
+    database_outage,
+    intake_rows,
+    storm_corpus,
+    tally,
+)
 from tests.servers import Dovecot, postgres_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -97,3 +104,29 @@ def test_a_kill_storm_on_two_daemons_stores_every_message_once_as_a_serial_run_w
                       "tickets": originals, "attempts": 0}
     assert found == serial_threads(tmp_path / "serial", corpus)
     print(f"\nkill storm on two daemons: {kills} kills across {total} messages, {elapsed:.0f}s in all")
+
+
+def test_a_database_outage_pauses_both_daemons_and_they_store_everything_once_after_it(
+    tmp_path: Path, dovecot: Dovecot
+) -> None:
+    """Mail arrives while PostgreSQL refuses every connection: nothing is charged or quarantined,
+    and both daemons' spool processors resume by themselves when it is back."""
+    corpus = [customer_mail(i, "outage") for i in range(60)]
+    with postgres_database() as url:
+        config = write_config(tmp_path / "mt.toml", db_url=url, dovecot=dovecot, service=SHARED)
+        engine = make_engine(url)
+        with DaemonProcess(config) as first, DaemonProcess(config) as second:
+            dovecot.append_many("INBOX", corpus[:20])
+            first.wait_until(lambda: all_stored(engine, 20), timeout=60, what="the first mail stored")
+            engine.dispose()
+            with database_outage(url):
+                dovecot.append_many("INBOX", corpus[20:])
+                time.sleep(OUTAGE_SECONDS)
+            first.wait_until(lambda: all_stored(engine, 60), timeout=60, what="every message stored")
+            logs = first.log() + second.log()
+        counts = tally(engine)
+        engine.dispose()
+    assert counts == {"stored": 60, "quarantined": 0, "entries": 60, "distinct_entries": 60,
+                      "tickets": 60, "attempts": 0}
+    assert "intake paused" in logs and "intake resumed" in logs
+    assert "Traceback" not in logs

@@ -23,6 +23,8 @@ from mailticket.intake import spool
 from mailticket.intake.workers import ParsePool, limits_of
 from mailticket.pipeline.parse import header_thread_ids
 from mailticket.refs import subject_token
+from mailticket.service import health
+from mailticket.service.metrics import Metrics
 from mailticket.storage import lease
 from mailticket.storage.tables import IntakeRecord, SpoolRow
 from tests import factories
@@ -144,4 +146,18 @@ def test_a_message_whose_parser_worker_dies_is_parsed_again_then_quarantined_wit
     assert "parser worker" in (done["Kills its parser"].reason or "")
     with ctx.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM spool")).scalar_one() == 0
+    ctx.engine.dispose()
+
+
+def test_status_and_metrics_show_what_waits_in_the_spool(tmp_path: Path, db_url: str) -> None:
+    ctx = make_ctx(tmp_path, db_url, service={"spool": True})
+    spooled(ctx, mail(subject="A"), mail(subject="B"), mail(subject="C"))
+    assert len(spool.Processor(ctx)._claim()) == 3
+    spooled_again = spool.add(ctx, "support", SOURCE, [("uid=9", mail(subject="D"))])
+    report = health.collect(ctx)
+    assert spooled_again == 1
+    assert (report.spool["waiting"], report.spool["claimed"]) == (4, 3)
+    assert report.spool["oldest_age_seconds"] is not None
+    depth = {f.name: f for f in Metrics(ctx).registry.collect()}["mailticket_spool_depth"]
+    assert [sample.value for sample in depth.samples] == [4]
     ctx.engine.dispose()
