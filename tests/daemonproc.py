@@ -7,6 +7,7 @@ sees: the config file, the signals, the exit status and the log lines.
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -63,8 +64,9 @@ def write_config(
 class DaemonProcess:
     """One `mailticket run`; `start()` returns once it logged that it runs."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, user: str | None = None) -> None:
         self.config = config
+        self.user = user  # run as this user (the MTA pipe's), not as the test's
         self.log_path = config.parent / f"daemon-{int(time.time() * 1000)}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -93,6 +95,8 @@ class DaemonProcess:
                 stderr=subprocess.STDOUT,
                 cwd=self.config.parent,
                 env=env,
+                user=self.user,
+                group=pwd.getpwnam(self.user).pw_gid if self.user else None,
             )
 
     def log(self) -> str:

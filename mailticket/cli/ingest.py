@@ -7,8 +7,11 @@ leak the rule that dropped it); 75 (EX_TEMPFAIL) whenever it was not kept (datab
 disk error, a config that cannot be loaded), so the MTA keeps the message in its queue and
 tries again. Nothing else is ever returned.
 
-`--detach` imports nothing beyond the config file's TOML: the database and the parsers load in
-the detached process that stores the message (intake/pipe.py).
+Plain `ingest` first hands the message to the running daemon over `data_dir/ingest.sock` and
+answers with its verdict, importing nothing beyond the config file's TOML and smtplib
+(intake/handoff.py); with no daemon to answer it stores the message itself. `--detach` imports
+as little: the database and the parsers load in the detached process that stores the message
+(intake/pipe.py).
 """
 
 from __future__ import annotations
@@ -26,15 +29,6 @@ from mailticket.errors import ConfigError
 from mailticket.pipeline.untrusted import printable
 
 log = logging.getLogger("mailticket.cli")
-
-# What each outcome says on the MTA's log (Postfix shows the command's output in its log).
-_SAID = {
-    "stored": "stored on ticket {ref}",
-    "duplicate": "already stored ({reason}) {ref}",
-    "dropped": "kept without a ticket: {reason}",
-    "quarantined": "kept in quarantine: {reason}",
-}
-
 
 @click.command()
 @click.argument("file", type=click.File("rb"), default="-")
@@ -58,20 +52,39 @@ def ingest(state: State, file: BinaryIO, detach: bool, drain: bool) -> None:
     state.fail_code = EX_TEMPFAIL  # an MTA must retry, never bounce, when the config is broken
     if detach:
         _detach(state, file)
+    data = file.read()
+    _hand_over(state, data)
     try:
         from mailticket.intake.pipe import deliver
 
-        data = file.read()
         outcome = deliver(state.ctx(), data, getattr(file, "name", ""))
     except SystemExit:
         raise
     except Exception as exc:  # not kept: the MTA keeps the message and retries
         click.echo(printable(f"not stored, retry later: {type(exc).__name__}: {exc}"), err=True)
         sys.exit(EX_TEMPFAIL)
-    line = _SAID[outcome.status].format(ref=outcome.ticket_ref or "", reason=outcome.reason or outcome.status)
-    click.echo(printable(line.strip()))  # the reason may quote the mail
+    from mailticket.intake.handoff import said
+
+    # The reason may quote the mail.
+    click.echo(printable(said(outcome.status, outcome.ticket_ref, outcome.reason)))
     _warn_if_nothing_sends(state)
     sys.exit(EX_OK)
+
+
+def _hand_over(state: State, data: bytes) -> None:
+    """Exit with the daemon's verdict when it answers on its socket; return when none does."""
+    from mailticket import config_file
+    from mailticket.intake.handoff import hand_over, socket_path
+
+    try:
+        path = socket_path(config_file.data_dir(state.config_path))
+    except ConfigError:  # the in-process ingest reports it (and exits 75)
+        return
+    verdict = hand_over(path, data)
+    if verdict is None:
+        return
+    click.echo(printable(verdict.line), err=not verdict.kept)
+    sys.exit(EX_OK if verdict.kept else EX_TEMPFAIL)
 
 
 def _detach(state: State, source: BinaryIO) -> NoReturn:

@@ -69,6 +69,8 @@ class ServiceConfig(_Model):
     worker_memory_mb: int = Field(default=512, ge=16)  # address space a parser worker may add (RLIMIT_AS)
     worker_cpu_seconds: int = Field(default=30, ge=1)  # CPU one message may cost its worker (RLIMIT_CPU)
     metrics: str | None = None  # "host:port" of the daemon's HTTP /metrics and /healthz; off when unset
+    # The daemon's LMTP socket data_dir/ingest.sock, to which plain `ingest` hands its message
+    ingest_socket: bool = True
 
     @field_validator("metrics")
     @classmethod

@@ -5,6 +5,8 @@
                      config watcher  reloads the TOML file when it changes
                      spool           with [service] spool: stores spooled mail, whoever fetched it
     listener         SMTP/LMTP intake when [intake] enabled = true
+    ingest socket    data_dir/ingest.sock (LMTP) for plain `mailticket ingest`, unless
+                     [service] ingest_socket = false (intake/handoff.py)
 
 SIGTERM or SIGINT starts a clean stop: the stop event makes polls finish the
 message in hand and return, the intake listener stops accepting and answers
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING
 from mailticket.config import Config, MailboxConfig
 from mailticket.context import AppContext
 from mailticket.intake.imap import PollResult, idle_mailbox
-from mailticket.intake.smtp import IntakeServer
+from mailticket.intake.smtp import IntakeServer, SocketServer
 from mailticket.intake.spool import Processor
 from mailticket.models import Outcome, RawMail
 from mailticket.outbound.render import Renderer
@@ -60,6 +62,7 @@ class Daemon:
         self.stop_event = threading.Event()
         self.scheduler = Scheduler(ctx.engine)
         self.intake: IntakeServer | None = None
+        self.socket: SocketServer | None = None
         self.watcher: ConfigWatcher | None = None
         self._watch_config = watch_config and ctx.config.source is not None
         self._threads: list[threading.Thread] = []
@@ -95,6 +98,8 @@ class Daemon:
                                   observe=metrics.message if metrics is not None else None)
             intake.start()
             self.intake = intake
+        if config.service.ingest_socket:
+            self._serve_socket()
         self.scheduler.start()
         if self._watch_config and config.source is not None:
             self.watcher = ConfigWatcher(config.source, on_change=self._reload, config=config)
@@ -111,9 +116,21 @@ class Daemon:
                     "transport": config.smtp.transport,
                     "metrics": config.service.metrics,
                     "spool": config.service.spool,
+                    "ingest_socket": str(self.socket.path) if self.socket is not None else None,
                 }
             },
         )
+
+    def _serve_socket(self) -> None:
+        """Without the socket `ingest` stores in-process (slower, same outcome): a warning, no stop."""
+        server = SocketServer(self.ctx, on_stored=self._stored,
+                              observe=self.metrics.message if self.metrics is not None else None)
+        try:
+            if server.start():
+                self.socket = server
+        except OSError as exc:
+            log.warning("ingest socket not served (ingest stores in-process): %s", exc,
+                        extra={"fields": {"path": str(server.path)}})
 
     def _spawn(self, name: str, target: object, *args: object) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)  # type: ignore[arg-type]
@@ -210,6 +227,8 @@ class Daemon:
         self.stop_event.set()
         if self.intake is not None:
             self.intake.stop()
+        if self.socket is not None:
+            self.socket.stop()
         with self._mailbox_lock:
             for worker in self._idle.values():
                 worker.stop.set()

@@ -169,9 +169,20 @@ def _stored_when_drained(config: Path) -> list[tuple[str, str | None]]:
     return _stored(config)
 
 
-@pytest.mark.parametrize("detach", [False, True], ids=["ingest", "ingest-detach"])
-def test_pipe_recipe_keeps_every_message_and_bounces_none(desk: Path, postfix: Postfix, detach: bool) -> None:
+@pytest.mark.parametrize(("detach", "daemon"), [(False, False), (True, False), (False, True)],
+                         ids=["ingest", "ingest-detach", "ingest-daemon"])
+def test_pipe_recipe_keeps_every_message_and_bounces_none(
+    desk: Path, postfix: Postfix, detach: bool, daemon: bool
+) -> None:
+    """`daemon`: `mailticket run` runs as the pipe user, and each `ingest` hands it the message."""
     _install_pipe(postfix, desk, detach)
+    with DaemonProcess(desk, user=PIPE_USER) if daemon else contextlib.nullcontext() as running:
+        _send_three_and_check(postfix, desk)
+        if running is not None:
+            assert running.log().count('position="ingest.sock"') == 3, running.log()
+
+
+def _send_three_and_check(postfix: Postfix, desk: Path) -> None:
     postfix.send(mail(to=f"support@{DOMAIN}", subject="Printer on fire"), "carol@customer.example",
                  [f"support@{DOMAIN}"])
     postfix.send(mail(to=f"support@{DOMAIN}", subject="Our newsletter"), "news@shop.example",

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from mailticket.cli.main import COMMANDS, main
+from tests.daemonproc import DaemonProcess
 from tests.factories import mail, write_config
 
 
@@ -106,3 +107,27 @@ def test_ingest_detach_reads_only_the_config_files_toml(tmp_path: Path) -> None:
     assert "EXIT 0" in out and "kept as" in out
     assert "HEAVY []" in out
     assert len(incoming.names()) == 1
+
+
+HEAVY_FOR_A_CLIENT = ("sqlalchemy", "sqlmodel", "pydantic", "mailparser", "email.parser", "html2text", "nh3",
+                      "jinja2", "babel", "dkim", "aiosmtpd", "mailticket.config", "mailticket.process")
+
+
+def test_ingest_with_a_daemon_running_hands_over_without_the_database_or_a_parser(tmp_path: Path) -> None:
+    """Plain `ingest` gives the message to the daemon over its socket (intake/handoff.py): the
+    client loads neither the database, nor pydantic, nor a parser, and prints the daemon's line."""
+    config = write_config(tmp_path / "mailticket.toml")
+    (tmp_path / "plain.eml").write_bytes(mail(subject="Printer on fire"))
+    probe = (
+        "import sys\n"
+        "from mailticket.cli import main\n"
+        f"sys.stdin = open({str(tmp_path / 'plain.eml')!r})\n"
+        f"try:\n    main(['--config', {str(config)!r}, 'ingest'])\n"
+        "except SystemExit as exc:\n    print('EXIT', exc.code)\n"
+        f"print('HEAVY', sorted(m for m in {HEAVY_FOR_A_CLIENT!r} if m in sys.modules))\n"
+    )
+    with DaemonProcess(config) as daemon:
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+        assert 'position="ingest.sock"' in daemon.log()
+    assert "EXIT 0" in out and "stored on ticket" in out
+    assert "HEAVY []" in out
