@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import tomli_w
 from sqlmodel import Session, col, select
 
@@ -24,6 +25,8 @@ from mailticket.config import load_config
 from mailticket.storage.tables import IntakeRecord
 from tests.daemonproc import DaemonProcess
 from tests.factories import config_dict, mail
+from tests.integration.test_faults import database_outage
+from tests.servers import postgres_database
 
 MTA_CWD = "/"
 VIA_SOCKET = 'position="ingest.sock"'  # the daemon's log line of a message it got over the socket
@@ -38,12 +41,13 @@ def ingest(config: Path, raw: bytes) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(ingest_command(config), input=raw, capture_output=True, cwd=MTA_CWD, timeout=120)
 
 
-def desk(folder: Path) -> Path:
+def desk(folder: Path, db_url: str | None = None) -> Path:
     """A config with a drop rule and a relative data folder, as test_pipe.py's."""
     path = folder / "etc" / "mailticket.toml"
     path.parent.mkdir(parents=True)
     raw = config_dict(
         path.parent,
+        db_url,
         rules=[{"name": "Newsletters away", "conditions": [{"field": "subject", "op": "contains",
                                                           "value": "newsletter"}],
                 "actions": {"drop": True}}],
@@ -112,6 +116,25 @@ def test_a_failure_in_the_daemon_defers_and_the_retry_is_stored(tmp_path: Path) 
         assert retried.returncode == 0 and b"stored on ticket" in retried.stdout
         assert daemon.log().count(VIA_SOCKET) == 2  # the failed one is logged as a failure
     assert [r[:2] for r in records(config)] == [("pipe ingest.sock", "stored")] * 2
+
+
+@pytest.mark.postgres
+def test_a_database_down_while_the_daemon_runs_defers_and_the_retry_is_stored(tmp_path: Path) -> None:
+    """PostgreSQL refuses the desk's database: the daemon answers 451, ingest exits 75 naming the
+    database and does not try it itself; once the database is back, the MTA's retry is stored."""
+    with postgres_database() as url:
+        config = desk(tmp_path, url)
+        with DaemonProcess(config) as daemon:
+            assert ingest(config, mail(subject="before")).returncode == 0
+            with database_outage(url):
+                failed = ingest(config, mail(subject="during"))
+            assert failed.returncode == 75, failed.stdout
+            assert b"not stored, retry later: DatabaseUnavailable" in failed.stderr
+            assert b"Traceback" not in failed.stderr
+            retried = ingest(config, mail(subject="during"))
+            assert retried.returncode == 0 and b"stored on ticket" in retried.stdout
+            assert daemon.log().count(VIA_SOCKET) == 2
+        assert [r[:2] for r in records(config)] == [("pipe ingest.sock", "stored")] * 2
 
 
 def test_with_no_daemon_or_a_stale_socket_ingest_stores_in_process(tmp_path: Path) -> None:
