@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,25 @@ def test_with_no_daemon_or_a_stale_socket_ingest_stores_in_process(tmp_path: Pat
         assert VIA_SOCKET in daemon.log()
     assert not path.exists()
     assert [r[:2] for r in records(config)] == [("pipe <stdin>", "stored"), ("pipe ingest.sock", "stored")]
+
+
+def test_a_second_daemon_leaves_the_socket_to_the_first_and_the_key_turns_it_off(tmp_path: Path) -> None:
+    """A daemon finds the socket answering: it warns and serves none, the first one keeps it.
+    With `[service] ingest_socket = false` no socket is served and ingest stores in-process."""
+    config = desk(tmp_path)
+    path = config.parent / "desk" / "ingest.sock"
+    with DaemonProcess(config) as first, DaemonProcess(config) as second:
+        assert "another process serves the ingest socket" in second.log()
+        assert ingest(config, mail(subject="To the first")).returncode == 0
+        assert VIA_SOCKET in first.log() and VIA_SOCKET not in second.log()
+    raw = tomllib.loads(config.read_text())
+    raw["service"]["ingest_socket"] = False
+    config.write_text(tomli_w.dumps(raw))
+    with DaemonProcess(config) as daemon:
+        assert not path.exists()
+        assert ingest(config, mail(subject="In-process")).returncode == 0
+        assert VIA_SOCKET not in daemon.log()
+    assert [r[:2] for r in records(config)] == [("pipe ingest.sock", "stored"), ("pipe <stdin>", "stored")]
 
 
 def test_a_daemon_killed_mid_handoff_loses_nothing_and_stores_each_message_once(tmp_path: Path) -> None:
