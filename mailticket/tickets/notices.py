@@ -26,6 +26,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import bindparam
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, func, select
 
 from mailticket.context import AppContext
@@ -33,6 +35,18 @@ from mailticket.outbound.outbox import enqueue
 from mailticket.pipeline.untrusted import FALLBACK_FILENAME, safe_filename
 from mailticket.storage import repository
 from mailticket.storage.tables import Attachment, Entry, Participant, Ticket
+
+# Built once: every new ticket and every reply runs them, and building a statement costs more
+# than running it (docs/benchmarks.md). Core reads: nothing of the session needs flushing first.
+_FILES = (
+    sa_select(col(Attachment.filename), col(Attachment.content_type), col(Attachment.size),
+              col(Attachment.sha256), col(Attachment.content_id))
+    .where(col(Attachment.entry_id) == bindparam("entry_id"))
+    .order_by(col(Attachment.id))
+)
+_OPENED_SINCE = select(func.count()).where(
+    col(Ticket.requester) == bindparam("requester"), col(Ticket.created_at) >= bindparam("since")
+)
 
 
 def entry_context(entry: Entry | None, flags: list[str] | None = None) -> dict[str, Any]:
@@ -55,9 +69,7 @@ def files_context(session: Session, ctx: AppContext, entry: Entry | None) -> dic
     Content-ID so the HTML part can show them."""
     if entry is None or entry.id is None:
         return {"attachments": []}
-    rows = session.exec(
-        select(Attachment).where(Attachment.entry_id == entry.id).order_by(col(Attachment.id))
-    ).all()
+    rows = session.connection().execute(_FILES, {"entry_id": entry.id}).all()
     room = int(ctx.config.tickets.notice_attachments_mb * 1024 * 1024)
     files = []
     for row in rows:
@@ -110,9 +122,9 @@ def _alert_flood(
     """The alert's context: as is within the requester's hourly cap, a digest just past it, else None."""
     cap = ctx.config.tickets.alerts_per_sender_per_hour
     since = ctx.clock() - timedelta(hours=1)
-    opened = session.exec(
-        select(func.count()).where(Ticket.requester == ticket.requester, Ticket.created_at >= since)
-    ).one()
+    opened = session.connection().execute(
+        _OPENED_SINCE, {"requester": ticket.requester, "since": since}
+    ).scalar_one()
     if opened <= cap:
         return context
     if opened > cap + 1:
