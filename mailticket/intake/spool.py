@@ -8,8 +8,9 @@ one PostgreSQL database share that work:
      to processed_folder) and moves the cursor, as intake/imap/poller.py does without it;
   2. a `Processor` in any daemon claims rows (`SELECT ... FOR UPDATE SKIP LOCKED` on
      PostgreSQL, under BEGIN IMMEDIATE on SQLite), parses them in its parser workers
-     (intake/workers.py) outside any transaction, and stores them through
-     `Pipeline.in_transaction` in the transaction that deletes their rows.
+     (intake/workers.py) outside any transaction, the next group while it stores this one,
+     and stores them through `Pipeline.in_transaction` in the transaction that deletes
+     their rows.
 
 Exactly once: a row leaves the spool only in the transaction that stores its message. A
 processor that dies leaves its claim behind; another takes it over (at once when the dead
@@ -60,7 +61,7 @@ from mailticket import logs
 from mailticket.context import AppContext
 from mailticket.errors import IntakeError, StoreUnavailable
 from mailticket.intake.pause import is_environment_fault, pause_for
-from mailticket.intake.workers import Parsed, WorkerLost, shared_pool
+from mailticket.intake.workers import Parsed, ParseJob, WorkerLost, shared_pool
 from mailticket.models import Outcome, RawMail
 from mailticket.pipeline.parse import header_thread_ids
 from mailticket.process import Batch, Pipeline
@@ -201,6 +202,7 @@ class Processor:
         self.owner = lease.owner_id()
         self.observe = observe
         self.pause = pause_for(PAUSE_SOURCE)
+        self._ahead: tuple[list[Claimed], ParseJob | None] | None = None  # claimed, its parse begun
 
     def _parse(self, rows: Sequence[Claimed]) -> list[Parsed]:
         """The parse stage in this process's parser workers (intake/workers.py)."""
@@ -222,6 +224,9 @@ class Processor:
             self.pause.ok()
             if done is None:
                 stop.wait(IDLE_SECONDS)
+        if self._ahead is not None:  # claimed ahead, never stored: claimable again at once
+            with suppress(StoreUnavailable):
+                self._release(self._ahead[0])
 
     def drain(self) -> list[tuple[RawMail, Outcome]]:
         """Store everything claimable now (`mailticket fetch`); what other processes hold is theirs."""
@@ -231,15 +236,32 @@ class Processor:
         return outcomes
 
     def step(self) -> list[tuple[RawMail, Outcome]] | None:
-        """Claim once and store what was claimed; the outcomes committed (None: nothing claimable)."""
+        """Store one claimed group (or tried row); the outcomes committed (None: nothing claimable).
+
+        While a group is stored, the next one is already claimed and parsing in the workers, as
+        IMAP intake parses its next fetch group: the rows it holds are independent of this group's
+        (a row waits while an earlier one it may thread with is in the spool)."""
+        current = self._ahead or self._claim_and_parse(free_stale=True)
+        self._ahead = None
+        if current is None:
+            return None
+        rows, job = current
+        if job is None:
+            return self._alone(rows[0])
+        with suppress(StoreUnavailable):  # storing this group meets the fault, and reports it
+            self._ahead = self._claim_and_parse(free_stale=False)
+        return self._group(rows, job.results())
+
+    def _claim_and_parse(self, *, free_stale: bool) -> tuple[list[Claimed], ParseJob | None] | None:
+        """Claim, and start parsing a fresh group in the workers (a tried row is parsed alone)."""
         rows = self._claim()
-        if not rows and self._free_stale_claims():
+        if not rows and free_stale and self._free_stale_claims():
             rows = self._claim()
         if not rows:
             return None
         if rows[0].attempts:
-            return self._alone(rows[0])
-        return self._group(rows)
+            return rows, None
+        return rows, shared_pool(self.ctx.config.service).submit([row.raw.data for row in rows])
 
     # -- claiming ---------------------------------------------------------------------------------
 
@@ -315,11 +337,10 @@ class Processor:
 
     # -- storing ----------------------------------------------------------------------------------
 
-    def _group(self, rows: list[Claimed]) -> list[tuple[RawMail, Outcome]]:
+    def _group(self, rows: list[Claimed], parsed: list[Parsed]) -> list[tuple[RawMail, Outcome]]:
         """Fresh rows, one transaction. When it fails they are given back, to be claimed one by one
         (charged); an environment fault gives them back too, and pauses the processor. A row whose
         parser worker died goes back at once, to be claimed alone (charged) and parsed again."""
-        parsed = self._parse(rows)
         pairs = list(zip(rows, parsed, strict=True))
         lost = [row for row, one in pairs if isinstance(one, WorkerLost)]
         if lost:

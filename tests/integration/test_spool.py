@@ -68,11 +68,11 @@ def test_a_row_waits_while_an_earlier_row_it_may_thread_with_is_spooled(tmp_path
     token = subject_token(known.ticket_ref)
     assert subjects(claimed) == ["A", "D", f"E {token}"]
     assert second._claim() == []  # B, C and F each wait for an earlier row in the first one's hands
-    assert [outcome.status for _, outcome in first._group(claimed)] == ["stored"] * 3
+    assert [outcome.status for _, outcome in first._group(claimed, first._parse(claimed))] == ["stored"] * 3
     claimed = second._claim()
     assert subjects(claimed) == ["B", "F"]
     assert first._claim() == []  # C waits for B
-    second._group(claimed)
+    second._group(claimed, second._parse(claimed))
     assert first.drain() and second.drain() == []
     with Session(ctx.engine) as s:
         tickets = dict(s.exec(select(IntakeRecord.dedup_key, IntakeRecord.ticket_id)).all())
