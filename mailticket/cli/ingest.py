@@ -52,9 +52,9 @@ def ingest(state: State, file: BinaryIO, detach: bool, drain: bool) -> None:
     state.fail_code = EX_TEMPFAIL  # an MTA must retry, never bounce, when the config is broken
     if detach:
         _detach(state, file)
-    data = file.read()
-    _hand_over(state, data)
     try:
+        data = file.read()
+        _hand_over(state, data)
         from mailticket.intake.pipe import deliver
 
         outcome = deliver(state.ctx(), data, getattr(file, "name", ""))

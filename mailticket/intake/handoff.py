@@ -79,8 +79,9 @@ def hand_over(path: Path, data: bytes) -> Verdict | None:
         return None
     try:
         try:
-            conn.ehlo()
-            if conn.mail(SENDER, [f"SIZE={len(data)}"])[0] != 250 or conn.rcpt(RECIPIENT)[0] != 250:
+            if conn.ehlo()[0] != 250 or conn.mail(SENDER, [f"SIZE={len(data)}"])[0] != 250:
+                return None
+            if conn.rcpt(RECIPIENT)[0] != 250:
                 return None
             if conn.docmd("DATA")[0] != 354:
                 return None
