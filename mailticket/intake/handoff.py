@@ -28,6 +28,11 @@ SOCKET_NAME = "ingest.sock"
 SENDER = ""  # MAIL FROM:<>; the pipe knows no envelope, and the daemon uses none
 RECIPIENT = "ingest@localhost"  # LMTP needs one; the daemon ignores it (no envelope recipients)
 MAX_REPLY = 900  # characters of reply text: one line well under smtplib's limit
+# A daemon that does not greet or take the message within this falls back to in-process storing;
+# one that took it but gives no verdict within ANSWER_SECONDS (it stores under SQLite's busy
+# timeout, far shorter) is taken as not having kept it: exit 75, and the MTA retries.
+DIALOGUE_SECONDS = 30.0
+ANSWER_SECONDS = 300.0
 
 # What each outcome says on the MTA's log (Postfix shows the command's output in its log).
 _SAID = {
@@ -74,7 +79,7 @@ def hand_over(path: Path, data: bytes) -> Verdict | None:
     import smtplib  # here: the in-process ingest that prints `said` needs none of it
 
     try:
-        conn = smtplib.LMTP(str(path), local_hostname="localhost")
+        conn = smtplib.LMTP(str(path), local_hostname="localhost", timeout=DIALOGUE_SECONDS)
     except (OSError, smtplib.SMTPException):  # no socket, nothing listening, not allowed, no greeting
         return None
     try:
@@ -89,6 +94,8 @@ def hand_over(path: Path, data: bytes) -> Verdict | None:
         except (OSError, smtplib.SMTPException):  # the final dot never arrived: nothing was kept
             return None
         try:
+            assert conn.sock is not None
+            conn.sock.settimeout(ANSWER_SECONDS)
             code, text = conn.getreply()
         except (OSError, smtplib.SMTPException) as exc:
             return Verdict(False, f"the daemon did not answer ({exc}); not known to be stored, retry later")
