@@ -7,42 +7,22 @@ that keeps the mail must exit 0 and every failure that does not keep it must exi
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import tomli_w
 from sqlmodel import Session, select
 
 from mailticket.app import build
 from mailticket.config import load_config
 from mailticket.storage.tables import IntakeRecord
-from tests.factories import config_dict, mail, write_config
-
-MTA_CWD = "/"  # Postfix runs pipe commands in its queue folder; "/" stands for "anywhere else"
-
-
-def ingest(config: Path, raw: bytes) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "mailticket", "--config", str(config), "ingest"],
-        input=raw, capture_output=True, cwd=MTA_CWD, timeout=120,
-    )
+from tests.factories import mail, write_config
+from tests.pipes import MTA_CWD, argv, ingest, pipe_desk
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     """A config whose paths are all relative, in a folder that is not the working folder."""
-    path = tmp_path / "etc" / "mailticket.toml"
-    path.parent.mkdir()
-    raw = config_dict(
-        path.parent,
-        rules=[{"name": "Newsletters away", "conditions": [{"field": "subject", "op": "contains",
-                                                          "value": "newsletter"}],
-                "actions": {"drop": True}}],
-    )
-    raw["service"]["data_dir"] = "desk"  # relative: to the config's folder, not to the MTA's
-    path.write_text(tomli_w.dumps(raw))
-    return path
+    return pipe_desk(tmp_path)
 
 
 def statuses(config: Path) -> list[str]:
@@ -83,7 +63,7 @@ def test_relative_paths_come_from_the_config_folder(config: Path, tmp_path: Path
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     listed = subprocess.run(
-        [sys.executable, "-m", "mailticket", "--config", str(config), "tickets", "list", "--json"],
+        argv(config, "tickets", "list", "--json"),
         capture_output=True, cwd=elsewhere, timeout=120,
     )
     assert listed.returncode == 0, listed.stderr

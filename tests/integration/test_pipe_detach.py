@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import tomli_w
 from sqlmodel import Session, col, select
 
 from mailticket.app import build
@@ -21,33 +19,14 @@ from mailticket.config import load_config
 from mailticket.intake.pipe import Incoming, Waiting
 from mailticket.storage.tables import IntakeRecord, Ticket
 from tests.daemonproc import DaemonProcess, wait_until
-from tests.factories import config_dict, mail
-
-MTA_CWD = "/"
-
-
-def cli(config: Path, *args: str, raw: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "mailticket", "--config", str(config), *args],
-        input=raw, capture_output=True, cwd=MTA_CWD, timeout=120,
-    )
+from tests.factories import mail
+from tests.pipes import MTA_CWD, argv, cli, pipe_desk
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     """Relative paths, a drop rule, and `incoming_max_age` short enough to see in a test."""
-    path = tmp_path / "etc" / "mailticket.toml"
-    path.parent.mkdir()
-    raw = config_dict(
-        path.parent,
-        rules=[{"name": "Newsletters away", "conditions": [{"field": "subject", "op": "contains",
-                                                          "value": "newsletter"}],
-                "actions": {"drop": True}}],
-        health={"incoming_max_age": "1s"},
-    )
-    raw["service"]["data_dir"] = "desk"
-    path.write_text(tomli_w.dumps(raw))
-    return path
+    return pipe_desk(tmp_path, health={"incoming_max_age": "1s"})
 
 
 def incoming(config: Path) -> Incoming:
@@ -119,7 +98,7 @@ def test_a_failing_drain_keeps_the_mail_status_shows_why_and_the_next_drain_stor
 def test_a_writer_killed_before_it_answered_keeps_nothing_half_written(config: Path) -> None:
     """SIGKILL while the MTA is still writing: no exit 0, so the MTA retries; nothing in new/."""
     writer = subprocess.Popen(
-        [sys.executable, "-m", "mailticket", "--config", str(config), "ingest", "--detach"],
+        argv(config, "ingest", "--detach"),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=MTA_CWD,
     )
     assert writer.stdin is not None
@@ -154,7 +133,7 @@ def test_drainers_killed_with_sigkill_lose_nothing_and_store_nothing_twice(confi
     kills = 0
     for target in (total - 5, total - 20, total - 35):  # kill once this many are left
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mailticket", "--config", str(config), "ingest", "--drain"],
+            argv(config, "ingest", "--drain"),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=MTA_CWD,
         )
 

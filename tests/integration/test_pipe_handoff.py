@@ -12,7 +12,6 @@ import re
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import tomllib
 from pathlib import Path
@@ -25,36 +24,17 @@ from mailticket.app import build
 from mailticket.config import load_config
 from mailticket.storage.tables import IntakeRecord
 from tests.daemonproc import DaemonProcess
-from tests.factories import config_dict, mail
+from tests.factories import mail
 from tests.integration.test_faults import database_outage
+from tests.pipes import MTA_CWD, argv, ingest, pipe_desk
 from tests.servers import postgres_database
 
-MTA_CWD = "/"
 VIA_SOCKET = 'position="ingest.sock"'  # the daemon's log line of a message it got over the socket
 REF = re.compile(rb"\b[0-9A-Z]{4}-[0-9A-Z]{4}\b")
 
 
-def ingest_command(config: Path) -> list[str]:
-    return [sys.executable, "-m", "mailticket", "--config", str(config), "ingest"]
-
-
-def ingest(config: Path, raw: bytes) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(ingest_command(config), input=raw, capture_output=True, cwd=MTA_CWD, timeout=120)
-
-
 def desk(folder: Path, db_url: str | None = None) -> Path:
-    """A config with a drop rule and a relative data folder, as test_pipe.py's."""
-    path = folder / "etc" / "mailticket.toml"
-    path.parent.mkdir(parents=True)
-    raw = config_dict(
-        path.parent,
-        db_url,
-        rules=[{"name": "Newsletters away", "conditions": [{"field": "subject", "op": "contains",
-                                                          "value": "newsletter"}],
-                "actions": {"drop": True}}],
-    )
-    raw["service"]["data_dir"] = "desk"
-    path.write_text(tomli_w.dumps(raw))
+    path = pipe_desk(folder, db_url)
     (path.parent / "desk").mkdir()
     return path
 
@@ -193,7 +173,7 @@ def test_a_daemon_killed_mid_handoff_loses_nothing_and_stores_each_message_once(
         message = tmp_path / f"killed-{n}.eml"
         message.write_bytes(raw)
         with message.open("rb") as stdin:
-            client = subprocess.Popen(ingest_command(config), stdin=stdin, stdout=subprocess.PIPE,
+            client = subprocess.Popen(argv(config, "ingest"), stdin=stdin, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, cwd=MTA_CWD)
         time.sleep(delay)
         daemon.kill()

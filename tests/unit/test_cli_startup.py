@@ -82,6 +82,24 @@ def test_only_a_command_that_sends_checks_the_templates(tmp_path: Path) -> None:
     assert flushed.exit_code == 2 and "ack.subject.j2, line 1" in flushed.output
 
 
+# What a process that only hands a message on (`--detach`, the handoff client) must not load.
+HEAVY_FOR_A_CLIENT = ("sqlalchemy", "sqlmodel", "pydantic", "mailparser", "email.parser", "html2text", "nh3",
+                      "jinja2", "babel", "dkim", "aiosmtpd", "mailticket.config", "mailticket.process")
+
+
+def ingest_probe(config: Path, message: Path, *flags: str) -> str:
+    """A script that runs `ingest FLAGS` on `message` in-process, then prints its exit status
+    and which of HEAVY_FOR_A_CLIENT it loaded."""
+    return (
+        "import sys\n"
+        "from mailticket.cli import main\n"
+        f"sys.stdin = open({str(message)!r})\n"
+        f"try:\n    main(['--config', {str(config)!r}, 'ingest', *{flags!r}])\n"
+        "except SystemExit as exc:\n    print('EXIT', exc.code)\n"
+        f"print('HEAVY', sorted(m for m in {HEAVY_FOR_A_CLIENT!r} if m in sys.modules))\n"
+    )
+
+
 def test_ingest_detach_reads_only_the_config_files_toml(tmp_path: Path) -> None:
     """`--detach` keeps the message without the database, pydantic or a parser (the drainer loads
     them); the drain lock is held here, so no drainer starts."""
@@ -89,17 +107,7 @@ def test_ingest_detach_reads_only_the_config_files_toml(tmp_path: Path) -> None:
 
     config = write_config(tmp_path / "mailticket.toml")
     (tmp_path / "plain.eml").write_bytes(mail(subject="Printer on fire"))
-    probe = (
-        "import sys\n"
-        "from mailticket.cli import main\n"
-        f"sys.stdin = open({str(tmp_path / 'plain.eml')!r})\n"
-        f"try:\n    main(['--config', {str(config)!r}, 'ingest', '--detach'])\n"
-        "except SystemExit as exc:\n    print('EXIT', exc.code)\n"
-        "heavy = sorted(m for m in ('sqlalchemy', 'sqlmodel', 'pydantic', 'mailparser', 'email.parser',"
-        " 'html2text', 'nh3', 'jinja2', 'babel', 'dkim', 'mailticket.config', 'mailticket.process')"
-        " if m in sys.modules)\n"
-        "print('HEAVY', heavy)\n"
-    )
+    probe = ingest_probe(config, tmp_path / "plain.eml", "--detach")
     incoming = Incoming(tmp_path / "data")
     with incoming.lock() as mine:
         assert mine
@@ -109,8 +117,6 @@ def test_ingest_detach_reads_only_the_config_files_toml(tmp_path: Path) -> None:
     assert len(incoming.names()) == 1
 
 
-HEAVY_FOR_A_CLIENT = ("sqlalchemy", "sqlmodel", "pydantic", "mailparser", "email.parser", "html2text", "nh3",
-                      "jinja2", "babel", "dkim", "aiosmtpd", "mailticket.config", "mailticket.process")
 
 
 def test_ingest_with_a_daemon_running_hands_over_without_the_database_or_a_parser(tmp_path: Path) -> None:
@@ -118,14 +124,7 @@ def test_ingest_with_a_daemon_running_hands_over_without_the_database_or_a_parse
     client loads neither the database, nor pydantic, nor a parser, and prints the daemon's line."""
     config = write_config(tmp_path / "mailticket.toml")
     (tmp_path / "plain.eml").write_bytes(mail(subject="Printer on fire"))
-    probe = (
-        "import sys\n"
-        "from mailticket.cli import main\n"
-        f"sys.stdin = open({str(tmp_path / 'plain.eml')!r})\n"
-        f"try:\n    main(['--config', {str(config)!r}, 'ingest'])\n"
-        "except SystemExit as exc:\n    print('EXIT', exc.code)\n"
-        f"print('HEAVY', sorted(m for m in {HEAVY_FOR_A_CLIENT!r} if m in sys.modules))\n"
-    )
+    probe = ingest_probe(config, tmp_path / "plain.eml")
     with DaemonProcess(config) as daemon:
         out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
         assert 'position="ingest.sock"' in daemon.log()
