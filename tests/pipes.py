@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +45,18 @@ def pipe_desk(folder: Path, db_url: str | None = None, **sections: Any) -> Path:
     raw["service"]["data_dir"] = "desk"
     path.write_text(tomli_w.dumps(raw))
     return path
+
+
+@contextmanager
+def unwritable_blobs(config: Path) -> Iterator[None]:
+    """The desk's blob folder cannot be written while inside: a file stands where it should be
+    (root ignores mode bits); afterwards the folder is back as it was."""
+    blobs = config.parent / "desk" / "blobs"
+    away = blobs.with_name("blobs.away")
+    blobs.rename(away)
+    blobs.write_bytes(b"")
+    try:
+        yield
+    finally:
+        blobs.unlink()
+        away.rename(blobs)

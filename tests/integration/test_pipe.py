@@ -16,7 +16,7 @@ from mailticket.app import build
 from mailticket.config import load_config
 from mailticket.storage.tables import IntakeRecord
 from tests.factories import mail, write_config
-from tests.pipes import MTA_CWD, argv, ingest, pipe_desk
+from tests.pipes import MTA_CWD, argv, ingest, pipe_desk, unwritable_blobs
 
 
 @pytest.fixture
@@ -94,15 +94,8 @@ def test_a_data_folder_that_cannot_be_written_defers(config: Path) -> None:
     """The blob folder cannot be written (a file stands where it should be; root ignores mode
     bits): the transaction rolls back, nothing is kept, 75; the MTA's retry later succeeds."""
     assert ingest(config, mail(subject="first")).returncode == 0
-    blobs = config.parent / "desk" / "blobs"
-    away = blobs.with_name("blobs.away")
-    blobs.rename(away)
-    blobs.write_bytes(b"")
-    try:
+    with unwritable_blobs(config):
         result = ingest(config, mail(subject="second"))
-    finally:
-        blobs.unlink()
-        away.rename(blobs)
     assert result.returncode == 75, result.stdout
     assert b"Traceback" not in result.stderr
     assert statuses(config) == ["stored"]

@@ -26,7 +26,7 @@ from mailticket.storage.tables import IntakeRecord
 from tests.daemonproc import DaemonProcess
 from tests.factories import mail
 from tests.integration.test_faults import database_outage
-from tests.pipes import MTA_CWD, argv, ingest, pipe_desk
+from tests.pipes import MTA_CWD, argv, ingest, pipe_desk, unwritable_blobs
 from tests.servers import postgres_database
 
 VIA_SOCKET = 'position="ingest.sock"'  # the daemon's log line of a message it got over the socket
@@ -82,15 +82,8 @@ def test_a_failure_in_the_daemon_defers_and_the_retry_is_stored(tmp_path: Path) 
     config = desk(tmp_path)
     with DaemonProcess(config) as daemon:
         assert ingest(config, mail(subject="first")).returncode == 0
-        blobs = config.parent / "desk" / "blobs"
-        away = blobs.with_name("blobs.away")
-        blobs.rename(away)
-        blobs.write_bytes(b"")
-        try:
+        with unwritable_blobs(config):
             failed = ingest(config, mail(subject="second"))
-        finally:
-            blobs.unlink()
-            away.rename(blobs)
         assert failed.returncode == 75, failed.stdout
         assert b"not stored, retry later" in failed.stderr and b"Traceback" not in failed.stderr
         retried = ingest(config, mail(subject="second"))
