@@ -542,6 +542,12 @@ def _address_headers() -> list[str]:
     return [parse_module._clean(v) for v in values]  # as _addresses gets them
 
 
+def with_address(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs `_addresses` can keep: an empty one is dropped there. (For an empty value,
+    Debian's Python 3.11.2 `getaddresses` gives ('', ''), 3.11.7 nothing.)"""
+    return [pair for pair in pairs if pair[1]]
+
+
 def test_plain_mailbox_fast_path_agrees_with_mail_parser() -> None:
     """The regex reads only what mail-parser would read the same way; the rest goes to mail-parser."""
     values = _address_headers()
@@ -553,7 +559,7 @@ def test_plain_mailbox_fast_path_agrees_with_mail_parser() -> None:
         if fast is None:
             continue
         taken += 1
-        assert fast == parse_module._mail_parser_addresses(value, []), value
+        assert fast == with_address(parse_module._mail_parser_addresses(value, [])), value
     assert taken >= 100  # the common shapes of the corpus do take it
     assert parse_module._plain_mailboxes(lists[-1]) is None  # a quoted comma goes to mail-parser
     assert parse_module._plain_mailboxes(lists[-2]) == [("", "a@b.example"), ("", "c@d.example")]
