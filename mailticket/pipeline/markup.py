@@ -61,8 +61,12 @@ _FORMATTING: Final = frozenset(
 _RAW_TEXT: Final = frozenset(
     ["script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes", "noscript"]
 )
+# MathML and SVG integration points: both special and a scope boundary in the HTML standard.
+_INTEGRATION_POINTS: Final = frozenset(
+    ["mi", "mo", "mn", "ms", "mtext", "annotation-xml", "foreignobject", "desc"]
+)
 # The HTML spec's "special" category: an ordinary end tag never pops through one of these.
-_SPECIAL: Final = frozenset(
+_SPECIAL: Final = _INTEGRATION_POINTS | frozenset(
     [
         "address",
         "applet",
@@ -147,18 +151,10 @@ _SPECIAL: Final = frozenset(
         "ul",
         "wbr",
         "xmp",
-        "mi",
-        "mo",
-        "mn",
-        "ms",
-        "mtext",
-        "annotation-xml",
-        "foreignobject",
-        "desc",
     ]
 )
 # "Has an element in scope" stops at these (plus button for </p>, ol/ul for </li>).
-_SCOPE: Final = frozenset(
+_SCOPE: Final = _INTEGRATION_POINTS | frozenset(
     [
         "applet",
         "caption",
@@ -169,14 +165,6 @@ _SCOPE: Final = frozenset(
         "marquee",
         "object",
         "template",
-        "mi",
-        "mo",
-        "mn",
-        "ms",
-        "mtext",
-        "annotation-xml",
-        "foreignobject",
-        "desc",
         "title",
     ]
 )
