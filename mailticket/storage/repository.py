@@ -1,24 +1,22 @@
 """Queries the pipeline and the CLI share. Each takes an open Session.
 
-Rows that are only ever inserted on the intake path (participants, Message-IDs, events,
-attachments, intake records, notices) are written with Core `INSERT`s on the session's
-connection: same transaction, none of the ORM's per-object bookkeeping, which was most of
-the cost of storing a message.
+Rows are inserted with prepared INSERTs (storage/prepared.py) on the session's connection:
+same transaction, none of the ORM's per-object bookkeeping nor Core's per-execution work,
+which together were most of the cost of storing a message.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Executable, Table, bindparam, insert
+from sqlalchemy import Table, bindparam
 from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, SQLModel, col, select
 
 from mailticket.models import TicketView
-from mailticket.storage.db import upsert
+from mailticket.storage.prepared import inserter, run
 from mailticket.storage.tables import (
     Entry,
     Event,
@@ -36,7 +34,7 @@ _TICKETS_OF_MESSAGE_IDS = select(MessageRef.message_id, MessageRef.ticket_id).wh
 
 def view(session: Session, ticket: Ticket) -> TicketView:
     assert ticket.id is not None
-    emails = session.connection().execute(_PARTICIPANTS, {"ticket_id": ticket.id}).scalars()
+    emails = run(session.connection(), _PARTICIPANTS, {"ticket_id": ticket.id}).scalars()
     return TicketView(
         id=ticket.id,
         ref=ticket.ref,
@@ -98,10 +96,8 @@ def insert_new(session: Session, obj: SQLModel) -> None:
     """
     table: Table = type(obj).__table__  # type: ignore[attr-defined]
     values = {column.key: getattr(obj, column.key) for column in table.columns if column.key != "id"}
-    result = session.connection().execute(_insert(type(obj)), values)
-    key = result.inserted_primary_key
-    assert key is not None, "a single-row INSERT reports its key"
-    obj.id = key[0]
+    conn = session.connection()
+    obj.id = inserter(table, conn.dialect).insert(conn, values)
     make_transient_to_detached(obj)
     session.add(obj)
 
@@ -114,26 +110,14 @@ def add_row(session: Session, model: type[SQLModel], **values: Any) -> None:
 def add_row_once(session: Session, model: type[SQLModel], **values: Any) -> None:
     """INSERT one row unless it would break a unique constraint (then the existing row stays)."""
     conn = session.connection()
-    conn.execute(_insert_once(conn.dialect.name, model), values)
-
-
-@functools.cache
-def _insert_once(dialect: str, model: type[SQLModel]) -> Executable:
-    table: Table = model.__table__  # type: ignore[attr-defined]
-    return upsert(dialect, table).on_conflict_do_nothing()
+    inserter(model.__table__, conn.dialect).insert_once(conn, values)  # type: ignore[attr-defined]
 
 
 def add_rows(session: Session, model: type[SQLModel], rows: list[dict[str, Any]]) -> None:
     """INSERT rows of one table with the same columns as one executemany."""
     if rows:
-        session.connection().execute(_insert(model), rows)
-
-
-@functools.cache
-def _insert(model: type[SQLModel]) -> Executable:
-    """One INSERT object per table: reused, its cache key is computed once."""
-    table: Table = model.__table__  # type: ignore[attr-defined]
-    return insert(table)
+        conn = session.connection()
+        inserter(model.__table__, conn.dialect).insert_many(conn, rows)  # type: ignore[attr-defined]
 
 
 def entries(session: Session, ticket: Ticket) -> list[Entry]:

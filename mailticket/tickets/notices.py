@@ -34,6 +34,7 @@ from mailticket.context import AppContext
 from mailticket.outbound.outbox import enqueue
 from mailticket.pipeline.untrusted import FALLBACK_FILENAME, safe_filename
 from mailticket.storage import repository
+from mailticket.storage.prepared import run
 from mailticket.storage.tables import Attachment, Entry, Participant, Ticket
 
 # Built once: every new ticket and every reply runs them, and building a statement costs more
@@ -69,7 +70,7 @@ def files_context(session: Session, ctx: AppContext, entry: Entry | None) -> dic
     Content-ID so the HTML part can show them."""
     if entry is None or entry.id is None:
         return {"attachments": []}
-    rows = session.connection().execute(_FILES, {"entry_id": entry.id}).all()
+    rows = run(session.connection(), _FILES, {"entry_id": entry.id}).all()
     room = int(ctx.config.tickets.notice_attachments_mb * 1024 * 1024)
     files = []
     for row in rows:
@@ -122,8 +123,8 @@ def _alert_flood(
     """The alert's context: as is within the requester's hourly cap, a digest just past it, else None."""
     cap = ctx.config.tickets.alerts_per_sender_per_hour
     since = ctx.clock() - timedelta(hours=1)
-    opened = session.connection().execute(
-        _OPENED_SINCE, {"requester": ticket.requester, "since": since}
+    opened = run(
+        session.connection(), _OPENED_SINCE, {"requester": ticket.requester, "since": since}
     ).scalar_one()
     if opened <= cap:
         return context

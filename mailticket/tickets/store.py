@@ -32,6 +32,7 @@ from mailticket.pipeline.parse import parse
 from mailticket.pipeline.thread import thread
 from mailticket.refs import find_token
 from mailticket.storage import repository
+from mailticket.storage.prepared import run
 from mailticket.storage.tables import Attachment, Entry, IntakeRecord, Participant, Ticket
 from mailticket.tickets import actions
 
@@ -70,7 +71,7 @@ def known(session: Session, key: str, sha: str) -> bool:
     The same bytes parse the same, so they are a duplicate whatever `Store.dedup` would decide;
     a message that only shares a Message-ID is left to it (it may be a stranger's).
     """
-    return session.connection().execute(_SEEN_COPY, {"key": key, "sha": sha}).first() is not None
+    return run(session.connection(), _SEEN_COPY, {"key": key, "sha": sha}).first() is not None
 
 
 def dedup_key(parsed: ParsedMessage) -> str:
@@ -103,16 +104,16 @@ class Store:
 
     def seen(self, key: str) -> Outcome | None:
         """A duplicate's outcome (its count raised), or None for a key never stored before."""
-        row = self.session.connection().execute(_SEEN, {"key": key}).first()
+        row = run(self.session.connection(), _SEEN, {"key": key}).first()
         return None if row is None else self._duplicate(row)
 
     def seen_copy(self, key: str, sha: str) -> Outcome | None:
         """A byte-identical copy's outcome (its count raised), or None (see `known`)."""
-        row = self.session.connection().execute(_SEEN_COPY, {"key": key, "sha": sha}).first()
+        row = run(self.session.connection(), _SEEN_COPY, {"key": key, "sha": sha}).first()
         return None if row is None else self._duplicate(row)
 
-    def _duplicate(self, row: Row[Any, Any, Any, Any, Any]) -> Outcome:
-        self.session.connection().execute(_COUNT_DUPLICATE, {"row_id": row.id})
+    def _duplicate(self, row: Row[Any]) -> Outcome:
+        run(self.session.connection(), _COUNT_DUPLICATE, {"row_id": row.id})
         return Outcome("duplicate", ticket_ref=row.ref, entry_id=row.entry_id, reason=row.status)
 
     def dedup(self, parsed: ParsedMessage) -> tuple[str, Outcome | None]:
@@ -124,13 +125,13 @@ class Store:
         """
         key = dedup_key(parsed)
         conn = self.session.connection()
-        row = conn.execute(_SEEN, {"key": key}).first()
+        row = run(conn, _SEEN, {"key": key}).first()
         if row is None:
             return key, None
         if row.raw_sha256 == parsed.raw_sha256 or self._fingerprint_of(row.raw_sha256) == fingerprint(parsed):
             return key, self._duplicate(row)
         own_key = f"{key}#{fingerprint(parsed)}"
-        again = conn.execute(_SEEN, {"key": own_key}).first()
+        again = run(conn, _SEEN, {"key": own_key}).first()
         if again is not None:
             return own_key, self._duplicate(again)
         self.flags.append("message-id-reused")
@@ -158,7 +159,7 @@ class Store:
         if not new:
             return
         limit = config.tickets.max_cc_per_ticket
-        have = int(self.session.connection().execute(_CC_COUNT, {"ticket_id": ticket.id}).scalar_one())
+        have = int(run(self.session.connection(), _CC_COUNT, {"ticket_id": ticket.id}).scalar_one())
         room = max(0, limit - have)
         for email in new[:room]:
             repository.add_participant(self.session, ticket, email, "cc")
