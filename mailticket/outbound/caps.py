@@ -9,14 +9,16 @@ customer's autoresponder both send no automatic headers.
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 
 from sqlalchemy import Select, Table, bindparam
 from sqlalchemy import select as sa_select
-from sqlmodel import Session, func, or_
+from sqlmodel import Session, func, or_, true
 
 from mailticket.context import AppContext
 from mailticket.pipeline.classify import is_unanswerable_address
+from mailticket.storage.prepared import run
 from mailticket.storage.tables import OutboxMessage, Ticket
 
 _OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
@@ -25,12 +27,15 @@ _OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 PER_RECIPIENT_PER_HOUR = {"unverified_agent": 1}
 
 
-def _recent_counts_query() -> Select[int, int, int, int]:
+@functools.lru_cache(maxsize=8)
+def _recent_counts_query(agents: int) -> Select[int, int, int, int]:
+    """The caps' query for a desk of `agents` agents, one plain parameter each (agent0, ...):
+    built once per size, so it runs as a prepared statement."""
     o = _OUTBOX.c
     to_them = o.to_addr == bindparam("to")
     about_ticket = o.ticket_id == bindparam("ticket_id")
     last_hour = o.created_at >= bindparam("hour")
-    to_customers = o.to_addr.not_in(bindparam("agents", expanding=True))
+    to_customers = o.to_addr.not_in([bindparam(f"agent{n}") for n in range(agents)]) if agents else true()
     auto = o.automatic == True  # noqa: E712
     return sa_select(
         func.count().filter(auto, to_them, last_hour, o.kind == bindparam("kind")),
@@ -38,9 +43,6 @@ def _recent_counts_query() -> Select[int, int, int, int]:
         func.count().filter(auto, about_ticket, last_hour, to_customers),
         func.count().filter(about_ticket, last_hour, to_customers),
     ).where(o.created_at >= bindparam("day"), or_(to_them, about_ticket))
-
-
-_RECENT_COUNTS = _recent_counts_query()  # built once: every notice runs it
 
 
 def _recent_counts(
@@ -53,22 +55,15 @@ def _recent_counts(
     customers in the last hour). Agents' alerts never count against the ticket.
     """
     now = ctx.clock()
-    row = (
-        session.connection()
-        .execute(
-            _RECENT_COUNTS,
-            {
-                "to": to,
-                "kind": kind,
-                "ticket_id": ticket_id,
-                "hour": now - timedelta(hours=1),
-                "day": now - timedelta(days=1),
-                "agents": [a.email for a in ctx.config.agents],
-            },
-        )
-        .one()
+    agents = {f"agent{n}": agent.email for n, agent in enumerate(ctx.config.agents)}
+    values = {
+        "to": to, "kind": kind, "ticket_id": ticket_id, "hour": now - timedelta(hours=1),
+        "day": now - timedelta(days=1), **agents,
+    }
+    same_kind, daily, hourly, everything = map(
+        int, run(session.connection(), _recent_counts_query(len(agents)), values).one()
     )
-    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+    return same_kind, daily, hourly, everything
 
 
 def suppressed_reason(
