@@ -67,7 +67,8 @@ class Prepared:
         out = []
         for name, fixed, process in self.params:
             value = values[name] if fixed is _NO_VALUE else values.get(name, fixed)
-            out.append(process(value) if process is not None and value is not None else value)
+            # None too, as Core does: JSON stores None as JSON null, not SQL NULL.
+            out.append(process(value) if process is not None else value)
         if self.positional:
             return tuple(out)
         return {name: value for (name, _, _), value in zip(self.params, out, strict=True)}
