@@ -84,6 +84,9 @@ class ParsedMessage:
     bounced_message_ids: tuple[str, ...]  # Message-IDs named inside a DSN
     defects: tuple[str, ...]
     raw_sha256: str
+    # Blobs already kept (by sha256) before the message reaches the storing process: a parser
+    # worker writes the raw bytes into the blob folder itself (intake/workers.py). Not parse output.
+    stored_blobs: frozenset[str] = frozenset()
 
     def header(self, name: str) -> str | None:
         lname = name.lower()

@@ -61,7 +61,7 @@ from mailticket import logs
 from mailticket.context import AppContext
 from mailticket.errors import IntakeError, StoreUnavailable
 from mailticket.intake.pause import is_environment_fault, pause_for
-from mailticket.intake.workers import Parsed, ParseJob, WorkerLost, shared_pool
+from mailticket.intake.workers import Parsed, ParseJob, ParsePool, WorkerLost, shared_pool
 from mailticket.models import Outcome, RawMail
 from mailticket.pipeline.parse import header_thread_ids
 from mailticket.process import Batch, Pipeline
@@ -204,15 +204,19 @@ class Processor:
         self.pause = pause_for(PAUSE_SOURCE)
         self._ahead: tuple[list[Claimed], ParseJob | None] | None = None  # claimed, its parse begun
 
+    def _pool(self) -> ParsePool:
+        """This process's parser workers, which also keep each message's raw bytes in a blob folder."""
+        return shared_pool(self.ctx.config.service, self.ctx.blobs.local_root)
+
     def _parse(self, rows: Sequence[Claimed]) -> list[Parsed]:
         """The parse stage in this process's parser workers (intake/workers.py)."""
-        return shared_pool(self.ctx.config.service).parse_many([row.raw.data for row in rows])
+        return self._pool().parse_many([row.raw.data for row in rows])
 
     def run(self, stop: threading.Event) -> None:
         """The daemon's processor thread: until `stop`, claim and store; pause on a fault of the
         environment, look again after IDLE_SECONDS when nothing is claimable. The parser workers
         start at once, not with the first mail."""
-        shared_pool(self.ctx.config.service)
+        self._pool()
         while not stop.is_set():
             try:
                 done = self.step()
@@ -261,7 +265,7 @@ class Processor:
             return None
         if rows[0].attempts:
             return rows, None
-        return rows, shared_pool(self.ctx.config.service).submit([row.raw.data for row in rows])
+        return rows, self._pool().submit([row.raw.data for row in rows])
 
     # -- claiming ---------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ core) while the calling process keeps everything else: fetching, storing in orde
 and acknowledging. Any intake path can use it; results come back in the order given, so the
 caller stores them in that order (a reply after the message it answers).
 
-    pool = shared_pool(ctx.config.service)
+    pool = shared_pool(ctx.config.service, ctx.blobs.local_root)
     job = pool.submit([raw1, raw2])        # parsing starts now, in the workers
     ...                                    # e.g. store the previous group meanwhile
     for parsed in job.results():           # ParsedMessage | ParseError, in order
@@ -45,14 +45,16 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 from mailticket.config.schema import ServiceConfig
-from mailticket.errors import ParseError
+from mailticket.errors import DiskUnavailable, ParseError
 from mailticket.models import ParsedMessage
 from mailticket.pipeline.parse import parse
+from mailticket.storage.blobfiles import write_blob
 
 log = logging.getLogger("mailticket.intake.workers")
 
@@ -109,10 +111,13 @@ class ParsePool:
     that misbehaves on cue.
     """
 
-    def __init__(self, workers: int, limits: Limits, parser: Parser = parse) -> None:
+    def __init__(
+        self, workers: int, limits: Limits, parser: Parser = parse, blob_root: Path | None = None
+    ) -> None:
         self.workers = worker_count(workers)
         self.limits = limits
         self.parser = parser
+        self.blob_root = blob_root
         self._context = multiprocessing.get_context("spawn")
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._feeders = [
@@ -157,7 +162,7 @@ class ParsePool:
         worker: _Worker | None = None
         while (task := self._tasks.get()) is not None:
             if worker is None:
-                worker = _Worker(self._context, self.parser, self.limits)
+                worker = _Worker(self._context, self.parser, self.limits, self.blob_root)
             try:
                 worker.conn.send_bytes(task.raw)
                 result: Parsed = worker.conn.recv()
@@ -178,10 +183,10 @@ class _Worker:
     """A parser process and the parent's end of its pipe."""
 
     def __init__(self, context: multiprocessing.context.SpawnContext, parser: Parser,
-                 limits: Limits) -> None:
+                 limits: Limits, blob_root: Path | None) -> None:
         self.conn, child = context.Pipe()
         self.process: BaseProcess = context.Process(
-            target=_serve, args=(child, parser, limits), name="mailticket-parser", daemon=True
+            target=_serve, args=(child, parser, limits, blob_root), name="mailticket-parser", daemon=True
         )
         self.process.start()
         child.close()
@@ -214,18 +219,19 @@ def _forget_shared() -> None:
 os.register_at_fork(after_in_child=_forget_shared)
 
 
-def shared_pool(service: ServiceConfig) -> ParsePool:
+def shared_pool(service: ServiceConfig, blob_root: Path | None = None) -> ParsePool:
     """This process's pool, started on first use and kept: a daemon or a command pays the start
     once. A reload that changes the workers or their limits starts a new one (the old one ends
-    after the work already given to it)."""
+    after the work already given to it). `blob_root`: the blob folder the workers write each
+    message's raw bytes into (`Blobs.local_root`; None for the database store)."""
     global _shared
-    wanted = (worker_count(service.workers), limits_of(service))
+    wanted = (worker_count(service.workers), limits_of(service), blob_root)
     with _shared_lock:
-        if _shared is not None and (_shared.workers, _shared.limits) != wanted:
+        if _shared is not None and (_shared.workers, _shared.limits, _shared.blob_root) != wanted:
             _shared.close()
             _shared = None
         if _shared is None:
-            _shared = ParsePool(*wanted)
+            _shared = ParsePool(wanted[0], wanted[1], blob_root=blob_root)
             log.info("parser workers started", extra={"fields": {
                 "workers": _shared.workers, "memory_mb": service.worker_memory_mb,
                 "cpu_seconds": service.worker_cpu_seconds}})
@@ -235,9 +241,10 @@ def shared_pool(service: ServiceConfig) -> ParsePool:
 # -- in the worker ------------------------------------------------------------------------------
 
 
-def _serve(conn: Connection, parser: Parser, limits: Limits) -> None:
+def _serve(conn: Connection, parser: Parser, limits: Limits, blob_root: Path | None = None) -> None:
     """A worker: limits first, then one message in, one result out, until the parent hangs up."""
     _limit(limits)
+    folders: set[str] = set()
     while True:
         try:
             raw = conn.recv_bytes()
@@ -246,6 +253,8 @@ def _serve(conn: Connection, parser: Parser, limits: Limits) -> None:
         except MemoryError:  # the rest of the message is still in the pipe: this worker is done
             os._exit(OUT_OF_MEMORY)
         result = _parse_limited(parser, raw, limits)
+        if blob_root is not None and isinstance(result, ParsedMessage):
+            result = _keep_raw(blob_root, raw, result, folders)
         try:
             conn.send(result)
         except MemoryError:
@@ -261,6 +270,18 @@ def _limit(limits: Limits) -> None:
         held = int(statm.read().split()[0]) * resource.getpagesize()
     ceiling = held + limits.memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
+
+
+def _keep_raw(root: Path, raw: bytes, parsed: ParsedMessage, folders: set[str]) -> ParsedMessage:
+    """Write the raw bytes into the blob folder here, on the worker's core: creating a file costs
+    about a millisecond of system CPU, which the storing process (one core, the bottleneck of
+    intake) then does not pay. A write that fails is left to the storing process, which meets
+    the fault itself (disk full pauses intake there)."""
+    try:
+        write_blob(root, parsed.raw_sha256, raw, folders)
+    except DiskUnavailable:
+        return parsed
+    return replace(parsed, stored_blobs=parsed.stored_blobs | {parsed.raw_sha256})
 
 
 def _parse_limited(parser: Parser, raw: bytes, limits: Limits) -> Parsed:

@@ -6,9 +6,9 @@ and no sender-supplied filename ever becomes a path component. Both stores have 
 (`put`, `put_async`, `get`, `head`, `where`); a blob that is not there raises FileNotFoundError
 from either.
 
-Layout: `<root>/ab/<sha256>`, 256 folders made once each (a folder made per blob cost more
-than writing the blob). Blobs written by earlier builds sit one level deeper,
-`<root>/ab/cd/<sha256>`, and are still found there.
+Layout (storage/blobfiles.py): `<root>/ab/<sha256>`, 256 folders made once each (a folder made
+per blob cost more than writing the blob); blobs of earlier builds, `<root>/ab/cd/<sha256>`,
+are still found.
 
 A write that the file system refuses (disk full, read-only, no permission) raises
 `DiskUnavailable`, one the database refuses `DatabaseUnavailable`: the environment's fault,
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import os
-import tempfile
 import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Select, Table, func, select
 
-from mailticket.errors import DiskUnavailable
+from mailticket.storage.blobfiles import blob_path, legacy_path, write_blob
 from mailticket.storage.tables import Blob
 
 BLOBS: Table = Blob.__table__  # type: ignore[attr-defined]
@@ -50,6 +48,11 @@ class Blobs(ABC):
     @abstractmethod
     def where(self) -> str:
         """Where the blobs are, for messages to an admin."""
+
+    @property
+    def local_root(self) -> Path | None:
+        """The folder of a folder store, which parser workers write raw mail into; else None."""
+        return None
 
     def put(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
@@ -95,46 +98,19 @@ class BlobStore(Blobs):
     def where(self) -> str:
         return str(self.root)
 
+    @property
+    def local_root(self) -> Path:
+        return self.root
+
     def path(self, sha256: str) -> Path:
         """Where the blob is (or, for a blob not stored yet, where it goes)."""
-        path = self.root / sha256[:2] / sha256
-        legacy = self._legacy(sha256)
+        path = blob_path(self.root, sha256)
+        legacy = legacy_path(self.root, sha256)
         return legacy if not path.exists() and legacy.exists() else path
 
-    def _legacy(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / sha256[2:4] / sha256
-
     def _write(self, digest: str, data: bytes) -> str:
-        target = self.root / digest[:2] / digest
-        try:
-            self._write_file(target, data)
-        except OSError as exc:
-            raise DiskUnavailable(
-                f"cannot write blob: {exc.strerror or exc}", path=str(exc.filename or target), errno=exc.errno
-            ) from exc
+        write_blob(self.root, digest, data, self._folders)
         return digest
-
-    def _write_file(self, target: Path, data: bytes) -> None:
-        digest = target.name
-        if target.exists() or self._legacy(digest).exists():
-            return
-        if digest[:2] not in self._folders:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._folders.add(digest[:2])
-        # Write beside the target and rename, so a crash never leaves a torn blob
-        # under a valid name.
-        try:
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        except FileNotFoundError:  # the folder was removed behind our back: make it again
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()

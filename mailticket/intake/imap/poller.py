@@ -194,7 +194,7 @@ class Poller:
     @property
     def pool(self) -> ParsePool:
         """The parser workers given, else this process's (started on first use: never with a spool)."""
-        return self._pool or shared_pool(self.ctx.config.service)
+        return self._pool or shared_pool(self.ctx.config.service, self.ctx.blobs.local_root)
 
     def run(self, client: IMAPClient) -> int:
         """One pass: select, search above the cursor, then batch by batch process -> ack -> cursor.
