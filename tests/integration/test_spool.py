@@ -138,7 +138,7 @@ def test_a_message_whose_parser_worker_dies_is_parsed_again_then_quarantined_wit
 ) -> None:
     ctx = make_ctx(tmp_path, db_url, service={"spool": True})
     with ParsePool(1, limits_of(ctx.config.service), parser=misbehaving_parse) as pool:
-        monkeypatch.setattr(spool, "shared_pool", lambda _service: pool)
+        monkeypatch.setattr(spool, "shared_pool", lambda *_: pool)
         spooled(ctx, mail(subject="Kills its parser", body=DIE.decode()), mail(subject="Fine"))
         done = {header_thread_ids(raw.data)[2]: outcome for raw, outcome in spool.Processor(ctx).drain()}
     assert done["Fine"].status == "stored"

@@ -4,8 +4,10 @@ message that breaks a limit or kills its worker costs only itself; the pool repl
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,7 @@ from mailticket.errors import ParseError
 from mailticket.intake.workers import Limits, ParsePool, WorkerLost, shared_pool, worker_count
 from mailticket.models import ParsedMessage
 from mailticket.pipeline.parse import parse
+from mailticket.storage.blobfiles import blob_path
 from tests.factories import CORPUS, DIE, SPIN, mail, misbehaving_parse
 
 LIMITS = Limits(memory_mb=256, cpu_seconds=1, max_bytes=30 * 1024 * 1024)
@@ -86,3 +89,34 @@ def test_the_shared_pool_is_kept_until_its_settings_change() -> None:
     second = shared_pool(ServiceConfig(workers=1, worker_cpu_seconds=7))
     assert second is not first and second.limits.cpu_seconds == 7
     assert second.parse_many([mail(subject="x")])[0].subject == "x"  # type: ignore[union-attr]
+
+
+def test_workers_given_a_blob_folder_keep_each_raw_message_there(tmp_path: Path) -> None:
+    """The storing process then skips the write (and its millisecond of system CPU)."""
+    raws = [mail(subject="kept"), mail(subject="kept too")]
+    with ParsePool(1, LIMITS, blob_root=tmp_path) as writing:
+        parsed = writing.parse_many([*raws, b""])
+    for raw, result in zip(raws, parsed, strict=False):
+        assert isinstance(result, ParsedMessage)
+        digest = hashlib.sha256(raw).hexdigest()
+        assert result.stored_blobs == {digest} and result.raw_sha256 == digest
+        assert blob_path(tmp_path, digest).read_bytes() == raw
+    assert not isinstance(parsed[2], ParsedMessage)  # refused: nothing kept by the worker
+
+
+def test_a_worker_that_cannot_write_the_blob_leaves_it_to_the_storing_process(tmp_path: Path) -> None:
+    """A file where the folder should be (root ignores mode bits): the parse still comes back,
+    with nothing marked kept, so the storing process writes the blob and meets the fault."""
+    blocked = tmp_path / "blobs"
+    blocked.write_bytes(b"")
+    with ParsePool(1, LIMITS, blob_root=blocked) as writing:
+        (result,) = writing.parse_many([mail(subject="disk full")])
+    assert isinstance(result, ParsedMessage) and result.subject == "disk full"
+    assert result.stored_blobs == frozenset()
+
+
+def test_the_shared_pool_follows_the_blob_folder(tmp_path: Path) -> None:
+    service = ServiceConfig(workers=1)
+    folder = shared_pool(service, tmp_path)
+    assert shared_pool(service, tmp_path) is folder and folder.blob_root == tmp_path
+    assert shared_pool(service).blob_root is None  # the database store: the workers write nothing
