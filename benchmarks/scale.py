@@ -13,9 +13,11 @@ pipeline recognised (the intake rows' `duplicates` count, from a message spooled
 after a crash; 0 in a clean run). With `--direct` one daemon without the spool runs too
 (the lease holder does all the work, as before #17). The CPU the daemons and their parser
 workers used (PostgreSQL's backends not counted) shows how much of the 2 cores one daemon
-already takes. Target: 2 daemons at least 1.5x one daemon's rate. Run it nice'd from the repository root:
+already takes. Target: 2 daemons at least 1.5x one daemon's rate. `--rounds R` repeats the
+plan R times, backwards in even rounds, and reports the median of the per-round ratios (the
+machine's speed drifts by more than the effect measured). Run it from the repository root:
 
-    nice python3 benchmarks/scale.py [--n 5000] [--daemons 1 2 3] [--direct] [--seed 1]
+    nice python3 benchmarks/scale.py [--n 5000] [--daemons 1 2 3] [--direct] [--seed 1] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -119,29 +122,48 @@ def main() -> None:
     parser.add_argument("--daemons", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--direct", action="store_true", help="also one daemon without the spool")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs of the whole plan, for per-round ratios (default 1)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mailticket-scale-") as tmp, Dovecot() as dovecot:
         made = time.perf_counter()
         dovecot.load_maildir(list(generate(args.n, args.seed)), folder=STAGING)
         print(f"generated {args.n} messages in {time.perf_counter() - made:.1f} s")
         plan = [(d, True) for d in args.daemons] + ([(1, False)] if args.direct else [])
-        results = []
-        for daemons, spool in plan:
-            result = run(daemons, spool, args.n, dovecot, Path(tmp))
-            results.append(result)
-            print(
-                f"{daemons} daemon(s){'' if spool else ' without the spool'}: {result['seconds']:6.1f} s, "
-                f"{result['rate']:6.1f} msg/s; stored by each: {result['shares']}; "
-                f"{result['tickets']} tickets, {result['lost']} lost, {result['duplicates']} duplicates; "
-                f"daemons' CPU {result['cpu_seconds']:.0f} s = "
-                f"{result['cpu_seconds'] / result['seconds']:.2f} cores",
-                flush=True,
-            )
-        base = next((r for r in results if r["daemons"] == 1 and r["spool"]), None)
-        if base is not None:
+        ratios: dict[int, list[float]] = {}
+        for round_ in range(1, args.rounds + 1):
+            results = _round(plan, args.n, dovecot, Path(tmp) / f"round-{round_}", round_)
+            base = next((r for r in results if r["daemons"] == 1 and r["spool"]), None)
             for r in results:
-                if r["spool"] and r is not base:
-                    print(f"{r['daemons']} daemons = {r['rate'] / base['rate']:.2f}x one daemon's rate")
+                if base is not None and r["spool"] and r is not base:
+                    ratios.setdefault(r["daemons"], []).append(r["rate"] / base["rate"])
+                    print(f"round {round_}: {r['daemons']} daemons = {ratios[r['daemons']][-1]:.2f}x "
+                          "one daemon's rate", flush=True)
+        for daemons, each in ratios.items():
+            print(f"{daemons} daemons = {statistics.median(each):.2f}x one daemon's rate "
+                  f"(median of {len(each)} round(s): {', '.join(f'{x:.2f}' for x in each)})")
+
+
+def _round(
+    plan: list[tuple[int, bool]], n: int, dovecot: Dovecot, work: Path, round_: int
+) -> list[dict[str, Any]]:
+    """Each run of the plan once: in order in odd rounds, backwards in even ones, so that the
+    machine's drifting speed favours neither end of the plan over the rounds."""
+    work.mkdir(parents=True)
+    results = []
+    for daemons, spool in plan if round_ % 2 else plan[::-1]:
+        result = run(daemons, spool, n, dovecot, work)
+        results.append(result)
+        print(
+            f"round {round_}, {daemons} daemon(s){'' if spool else ' without the spool'}: "
+            f"{result['seconds']:6.1f} s, {result['rate']:6.1f} msg/s; stored by each: {result['shares']}; "
+            f"{result['tickets']} tickets, {result['lost']} lost, {result['duplicates']} duplicates; "
+            f"daemons' CPU {result['cpu_seconds']:.0f} s = "
+            f"{result['cpu_seconds'] / result['seconds']:.2f} cores",
+            flush=True,
+        )
+    return results
 
 
 if __name__ == "__main__":
