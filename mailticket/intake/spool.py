@@ -86,6 +86,7 @@ _TICKETS: Table = Ticket.__table__  # type: ignore[attr-defined]
 _S = _SPOOL.c
 
 Observer = Callable[[RawMail, Outcome], None]  # told each outcome once it has committed
+PauseReport = Callable[[str | None, float], None]  # (the fault, or None at the end; seconds to the next try)
 
 
 # -- spooling (the lease holder) -------------------------------------------------------------------
@@ -196,11 +197,14 @@ class Processor:
     """Claims spool rows and stores them; one per process (its own stale claims are freed when it
     finds nothing to claim)."""
 
-    def __init__(self, ctx: AppContext, *, observe: Observer | None = None) -> None:
+    def __init__(
+        self, ctx: AppContext, *, observe: Observer | None = None, on_pause: PauseReport | None = None
+    ) -> None:
         self.ctx = ctx
         self.pipeline = Pipeline(ctx)
         self.owner = lease.owner_id()
         self.observe = observe
+        self.on_pause = on_pause
         self.pause = pause_for(PAUSE_SOURCE)
         self._ahead: tuple[list[Claimed], ParseJob | None] | None = None  # claimed, its parse begun
 
@@ -217,20 +221,33 @@ class Processor:
         environment, look again after IDLE_SECONDS when nothing is claimable. The parser workers
         start at once, not with the first mail."""
         self._pool()
+        self._report(None, 0.0)  # a pause left behind by an earlier run is over
         while not stop.is_set():
             try:
                 done = self.step()
             except Exception as exc:
                 if not is_environment_fault(exc):
                     logs.failure(log, "spool processor failed", exc)
-                stop.wait(self.pause.failed(str(exc)))
+                wait = self.pause.failed(str(exc))
+                self._report(str(exc), wait)
+                stop.wait(wait)
                 continue
-            self.pause.ok()
+            if self.pause.reason is not None:
+                self.pause.ok()
+                self._report(None, 0.0)
             if done is None:
                 stop.wait(IDLE_SECONDS)
         if self._ahead is not None:  # claimed ahead, never stored: claimable again at once
             with suppress(StoreUnavailable):
                 self._release(self._ahead[0])
+
+    def _report(self, fault: str | None, wait: float) -> None:
+        """Tell `on_pause` of each failed try (they back off) and of the pause's end, never of a
+        group: the daemon shows it in `mailticket status` while the mailbox keeps spooling. A
+        database that is the fault itself cannot take the report; the log line stands alone."""
+        if self.on_pause is not None:
+            with suppress(StoreUnavailable):
+                self.on_pause(fault, wait)
 
     def drain(self) -> list[tuple[RawMail, Outcome]]:
         """Store everything claimable now (`mailticket fetch`); what other processes hold is theirs."""

@@ -26,6 +26,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -34,7 +35,7 @@ from mailticket.config import Config, MailboxConfig
 from mailticket.context import AppContext
 from mailticket.intake.imap import PollResult, idle_mailbox
 from mailticket.intake.smtp import IntakeServer, SocketServer
-from mailticket.intake.spool import Processor
+from mailticket.intake.spool import PAUSE_SOURCE, Processor
 from mailticket.models import Outcome, RawMail
 from mailticket.outbound.render import Renderer
 from mailticket.service import health, jobs
@@ -91,7 +92,7 @@ class Daemon:
             self.scheduler.add(job.name, job.run, job.seconds, leased=job.leased)
         self._sync_mailboxes(config)
         if config.service.spool:
-            processor = Processor(self.ctx, observe=self._spool_stored)
+            processor = Processor(self.ctx, observe=self._spool_stored, on_pause=self._spool_paused)
             self._spawn("spool", processor.run, self.stop_event)
         if config.intake.enabled:
             intake = IntakeServer(self.ctx, on_stored=self._stored,
@@ -149,6 +150,12 @@ class Daemon:
             self.metrics.spooled(raw, outcome)
         if outcome.status == "stored":
             self.scheduler.run_soon("outbox")
+
+    def _spool_paused(self, fault: str | None, wait: float) -> None:
+        """The spool processors' pause in `mailticket status`, as source "spool"."""
+        until = self.ctx.clock() + timedelta(seconds=wait) if fault else None
+        health.record_source(self.ctx, PAUSE_SOURCE, ok=fault is None, error=fault, paused_reason=fault,
+                             paused_until=until)
 
     def _polled_result(self, result: PollResult) -> None:
         if self.metrics is not None:

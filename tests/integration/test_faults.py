@@ -116,24 +116,29 @@ def outage_lines(log: str, start: int) -> list[str]:
 # -- a full or read-only blob folder ------------------------------------------------------------
 
 
-BLOB_FAULTS = [  # every fault and mode on SQLite; on PostgreSQL each fault once (the suite's time)
-    pytest.param(db, fault, idle, id=f"{db}-{fault}-{'idle' if idle else 'poll'}",
+BLOB_FAULTS = [  # every fault and mode on SQLite; on PostgreSQL each fault once (the suite's time),
+    # and with the spool (#17): its processors, not the lease holder, meet the fault
+    pytest.param(db, fault, idle, spool,
+                 id=f"{db}-{fault}-{'idle' if idle else 'poll'}{'-spool' if spool else ''}",
                  marks=[pytest.mark.postgres] if db == "postgresql" else [])
-    for db, fault, idle in [("sqlite", "full", False), ("sqlite", "full", True),
-                            ("sqlite", "readonly", False), ("sqlite", "readonly", True),
-                            ("postgresql", "full", True), ("postgresql", "readonly", False)]
+    for db, fault, idle, spool in [
+        ("sqlite", "full", False, False), ("sqlite", "full", True, False),
+        ("sqlite", "readonly", False, False), ("sqlite", "readonly", True, False),
+        ("postgresql", "full", True, False), ("postgresql", "readonly", False, False),
+        ("postgresql", "full", True, True), ("sqlite", "readonly", False, True),
+    ]
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("db_url", "fault", "idle"), BLOB_FAULTS, indirect=["db_url"])
+@pytest.mark.parametrize(("db_url", "fault", "idle", "spool"), BLOB_FAULTS, indirect=["db_url"])
 def test_a_full_or_read_only_blob_folder_pauses_intake_and_costs_no_message(
-    tmp_path: Path, db_url: str, dovecot: Dovecot, fault: str, idle: bool
+    tmp_path: Path, db_url: str, dovecot: Dovecot, fault: str, idle: bool, spool: bool
 ) -> None:
     blobs = tmp_path / "data" / "blobs"
     with tmpfs(blobs, "512k" if fault == "full" else "100m"):
         config = write_config(tmp_path / "mt.toml", db_url=db_url, dovecot=dovecot, idle=idle,
-                              poll_seconds=1)
+                              poll_seconds=1, service={"spool": spool})
         engine = make_engine(db_url)
         dovecot.append_many("INBOX", [customer_mail(i, "before") for i in range(5)])
         with DaemonProcess(config) as daemon:
@@ -146,8 +151,9 @@ def test_a_full_or_read_only_blob_folder_pauses_intake_and_costs_no_message(
             dovecot.append_many("INBOX", [customer_mail(i, "during") for i in range(40)])
             time.sleep(OUTAGE_SECONDS)
             assert tally(engine)["stored"] == 5 and tally(engine)["quarantined"] == 0
-            (source,) = status(config)["sources"]
-            assert "cannot write blob" in source["paused_reason"]  # what `mailticket status` shows
+            paused = [s for s in status(config)["sources"] if s["paused_reason"]]  # `mailticket status`
+            (source,) = paused  # the mailbox, or the spool's processors (the mailbox spools on)
+            assert "cannot write blob" in source["paused_reason"]
             if fault == "full":
                 mount("-o", "remount,size=100m", str(blobs))
             else:
@@ -166,7 +172,8 @@ def test_a_full_or_read_only_blob_folder_pauses_intake_and_costs_no_message(
     assert sum("intake paused" in ln for ln in lines) == 1
     assert sum("intake resumed" in ln for ln in lines) == 1
     assert not any("Traceback" in ln or "quarantine" in ln for ln in lines)
-    print(f"\n{fault}/{'idle' if idle else 'poll'}: {len(lines)} log lines for a {OUTAGE_SECONDS:g}s outage, "
+    mode = f"{'idle' if idle else 'poll'}{'/spool' if spool else ''}"
+    print(f"\n{fault}/{mode}: {len(lines)} log lines for a {OUTAGE_SECONDS:g}s outage, "
           f"all stored {resumed:.1f}s after it ended")
 
 
