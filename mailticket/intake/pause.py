@@ -6,8 +6,6 @@ a message, quarantines one or acknowledges one. The source (an IMAP mailbox) sto
 waits with capped back-off (FIRST_WAIT doubling up to MAX_WAIT) and tries again by itself, so
 intake resumes within MAX_WAIT of the fault ending. Each try during the fault logs nothing: the
 first failure logs "intake paused" with the reason, the first good pass "intake resumed".
-
-`paused()` lists the sources of this process that are paused now, with their reasons.
 """
 
 from __future__ import annotations
@@ -67,9 +65,3 @@ def pause_for(source: str) -> Pause:
     """The one `Pause` of `source` in this process."""
     with _LOCK:
         return _PAUSES.setdefault(source, Pause(source))
-
-
-def paused() -> dict[str, str]:
-    """source -> reason, for the sources of this process paused now."""
-    with _LOCK:
-        return {name: p.reason for name, p in _PAUSES.items() if p.reason is not None}
