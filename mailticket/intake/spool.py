@@ -209,12 +209,12 @@ class Processor:
         self._ahead: tuple[list[Claimed], ParseJob | None] | None = None  # claimed, its parse begun
 
     def _pool(self) -> ParsePool:
-        """This process's parser workers, which also keep each message's raw bytes in a blob folder."""
-        return shared_pool(self.ctx.config.service, self.ctx.blobs.local_root)
+        """This process's parser workers (intake/workers.py)."""
+        return shared_pool(self.ctx.config.service)
 
     def _parse(self, rows: Sequence[Claimed]) -> list[Parsed]:
         """The parse stage in this process's parser workers (intake/workers.py)."""
-        return self._pool().parse_many([row.raw.data for row in rows])
+        return self._pool().parse_many([row.raw.data for row in rows], self.ctx.blobs.local_root)
 
     def run(self, stop: threading.Event) -> None:
         """The daemon's processor thread: until `stop`, claim and store; pause on a fault of the
@@ -282,7 +282,7 @@ class Processor:
             return None
         if rows[0].attempts:
             return rows, None
-        return rows, self._pool().submit([row.raw.data for row in rows])
+        return rows, self._pool().submit([row.raw.data for row in rows], self.ctx.blobs.local_root)
 
     # -- claiming ---------------------------------------------------------------------------------
 

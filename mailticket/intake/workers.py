@@ -6,8 +6,8 @@ core) while the calling process keeps everything else: fetching, storing in orde
 and acknowledging. Any intake path can use it; results come back in the order given, so the
 caller stores them in that order (a reply after the message it answers).
 
-    pool = shared_pool(ctx.config.service, ctx.blobs.local_root)
-    job = pool.submit([raw1, raw2])        # parsing starts now, in the workers
+    pool = shared_pool(ctx.config.service)
+    job = pool.submit([raw1, raw2], ctx.blobs.local_root)  # parsing (and raw blobs) start now
     ...                                    # e.g. store the previous group meanwhile
     for parsed in job.results():           # ParsedMessage | ParseError, in order
         ...
@@ -100,6 +100,7 @@ class ParseJob:
 class _Task:
     raw: bytes
     future: Future[Parsed]
+    blob_root: str | None = None
 
 
 class ParsePool:
@@ -112,12 +113,11 @@ class ParsePool:
     """
 
     def __init__(
-        self, workers: int, limits: Limits, parser: Parser = parse, blob_root: Path | None = None
+        self, workers: int, limits: Limits, parser: Parser = parse
     ) -> None:
         self.workers = worker_count(workers)
         self.limits = limits
         self.parser = parser
-        self.blob_root = blob_root
         self._context = multiprocessing.get_context("spawn")
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._feeders = [
@@ -131,18 +131,21 @@ class ParsePool:
     def from_config(cls, service: ServiceConfig) -> ParsePool:
         return cls(service.workers, limits_of(service))
 
-    def submit(self, raws: Sequence[bytes]) -> ParseJob:
-        """Start parsing `raws` (one task each, spread over the workers); returns at once."""
+    def submit(self, raws: Sequence[bytes], blob_root: Path | None = None) -> ParseJob:
+        """Start parsing `raws` (one task each, spread over the workers); returns at once.
+
+        `blob_root`: the blob folder (`Blobs.local_root`) the worker writes each message's raw
+        bytes into, marking them in `ParsedMessage.stored_blobs`; None: it writes nothing."""
         futures: list[Future[Parsed]] = []
         for raw in raws:
             future: Future[Parsed] = Future()
-            self._tasks.put(_Task(raw, future))
+            self._tasks.put(_Task(raw, future, None if blob_root is None else str(blob_root)))
             futures.append(future)
         return ParseJob(futures)
 
-    def parse_many(self, raws: Sequence[bytes]) -> list[Parsed]:
+    def parse_many(self, raws: Sequence[bytes], blob_root: Path | None = None) -> list[Parsed]:
         """Parse `raws` in the workers and wait: one result per message, in order."""
-        return self.submit(raws).results()
+        return self.submit(raws, blob_root).results()
 
     def close(self) -> None:
         """Stop the workers, after the tasks already submitted."""
@@ -162,8 +165,9 @@ class ParsePool:
         worker: _Worker | None = None
         while (task := self._tasks.get()) is not None:
             if worker is None:
-                worker = _Worker(self._context, self.parser, self.limits, self.blob_root)
+                worker = _Worker(self._context, self.parser, self.limits)
             try:
+                worker.conn.send(task.blob_root)
                 worker.conn.send_bytes(task.raw)
                 result: Parsed = worker.conn.recv()
             except (EOFError, OSError):
@@ -183,10 +187,10 @@ class _Worker:
     """A parser process and the parent's end of its pipe."""
 
     def __init__(self, context: multiprocessing.context.SpawnContext, parser: Parser,
-                 limits: Limits, blob_root: Path | None) -> None:
+                 limits: Limits) -> None:
         self.conn, child = context.Pipe()
         self.process: BaseProcess = context.Process(
-            target=_serve, args=(child, parser, limits, blob_root), name="mailticket-parser", daemon=True
+            target=_serve, args=(child, parser, limits), name="mailticket-parser", daemon=True
         )
         self.process.start()
         child.close()
@@ -219,19 +223,18 @@ def _forget_shared() -> None:
 os.register_at_fork(after_in_child=_forget_shared)
 
 
-def shared_pool(service: ServiceConfig, blob_root: Path | None = None) -> ParsePool:
+def shared_pool(service: ServiceConfig) -> ParsePool:
     """This process's pool, started on first use and kept: a daemon or a command pays the start
     once. A reload that changes the workers or their limits starts a new one (the old one ends
-    after the work already given to it). `blob_root`: the blob folder the workers write each
-    message's raw bytes into (`Blobs.local_root`; None for the database store)."""
+    after the work already given to it)."""
     global _shared
-    wanted = (worker_count(service.workers), limits_of(service), blob_root)
+    wanted = (worker_count(service.workers), limits_of(service))
     with _shared_lock:
-        if _shared is not None and (_shared.workers, _shared.limits, _shared.blob_root) != wanted:
+        if _shared is not None and (_shared.workers, _shared.limits) != wanted:
             _shared.close()
             _shared = None
         if _shared is None:
-            _shared = ParsePool(wanted[0], wanted[1], blob_root=blob_root)
+            _shared = ParsePool(*wanted)
             log.info("parser workers started", extra={"fields": {
                 "workers": _shared.workers, "memory_mb": service.worker_memory_mb,
                 "cpu_seconds": service.worker_cpu_seconds}})
@@ -241,12 +244,14 @@ def shared_pool(service: ServiceConfig, blob_root: Path | None = None) -> ParseP
 # -- in the worker ------------------------------------------------------------------------------
 
 
-def _serve(conn: Connection, parser: Parser, limits: Limits, blob_root: Path | None = None) -> None:
-    """A worker: limits first, then one message in, one result out, until the parent hangs up."""
+def _serve(conn: Connection, parser: Parser, limits: Limits) -> None:
+    """A worker: limits first, then one message in (after the blob folder to keep it in, or
+    None), one result out, until the parent hangs up."""
     _limit(limits)
-    folders: set[str] = set()
+    folders: dict[str, set[str]] = {}  # the blob folders' subfolders made, by blob folder
     while True:
         try:
+            blob_root: str | None = conn.recv()
             raw = conn.recv_bytes()
         except (EOFError, ConnectionResetError):  # the parent hung up, or died
             return
@@ -254,7 +259,7 @@ def _serve(conn: Connection, parser: Parser, limits: Limits, blob_root: Path | N
             os._exit(OUT_OF_MEMORY)
         result = _parse_limited(parser, raw, limits)
         if blob_root is not None and isinstance(result, ParsedMessage):
-            result = _keep_raw(blob_root, raw, result, folders)
+            result = _keep_raw(Path(blob_root), raw, result, folders.setdefault(blob_root, set()))
         try:
             conn.send(result)
         except MemoryError:

@@ -94,8 +94,8 @@ def test_the_shared_pool_is_kept_until_its_settings_change() -> None:
 def test_workers_given_a_blob_folder_keep_each_raw_message_there(tmp_path: Path) -> None:
     """The storing process then skips the write (and its millisecond of system CPU)."""
     raws = [mail(subject="kept"), mail(subject="kept too")]
-    with ParsePool(1, LIMITS, blob_root=tmp_path) as writing:
-        parsed = writing.parse_many([*raws, b""])
+    with ParsePool(1, LIMITS) as writing:
+        parsed = writing.parse_many([*raws, b""], tmp_path)
     for raw, result in zip(raws, parsed, strict=False):
         assert isinstance(result, ParsedMessage)
         digest = hashlib.sha256(raw).hexdigest()
@@ -109,14 +109,21 @@ def test_a_worker_that_cannot_write_the_blob_leaves_it_to_the_storing_process(tm
     with nothing marked kept, so the storing process writes the blob and meets the fault."""
     blocked = tmp_path / "blobs"
     blocked.write_bytes(b"")
-    with ParsePool(1, LIMITS, blob_root=blocked) as writing:
-        (result,) = writing.parse_many([mail(subject="disk full")])
+    with ParsePool(1, LIMITS) as writing:
+        (result,) = writing.parse_many([mail(subject="disk full")], blocked)
     assert isinstance(result, ParsedMessage) and result.subject == "disk full"
     assert result.stored_blobs == frozenset()
 
 
-def test_the_shared_pool_follows_the_blob_folder(tmp_path: Path) -> None:
-    service = ServiceConfig(workers=1)
-    folder = shared_pool(service, tmp_path)
-    assert shared_pool(service, tmp_path) is folder and folder.blob_root == tmp_path
-    assert shared_pool(service).blob_root is None  # the database store: the workers write nothing
+def test_one_pool_serves_several_blob_folders(pool: ParsePool, tmp_path: Path) -> None:
+    """The folder travels with each message, so a pool is not restarted for another desk (each
+    test's, or a reload's) and messages without one are only parsed."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    raws = [mail(subject="to a"), mail(subject="to b"), mail(subject="nowhere")]
+    results = [*pool.parse_many(raws[:1], first), *pool.parse_many(raws[1:2], second),
+               *pool.parse_many(raws[2:])]
+    digests = [hashlib.sha256(raw).hexdigest() for raw in raws]
+    assert [r.stored_blobs for r in results] == [{digests[0]}, {digests[1]}, frozenset()]  # type: ignore[union-attr]
+    assert blob_path(first, digests[0]).read_bytes() == raws[0]
+    assert blob_path(second, digests[1]).read_bytes() == raws[1]
+    assert not blob_path(first, digests[2]).exists() and not blob_path(second, digests[2]).exists()

@@ -194,7 +194,7 @@ class Poller:
     @property
     def pool(self) -> ParsePool:
         """The parser workers given, else this process's (started on first use: never with a spool)."""
-        return self._pool or shared_pool(self.ctx.config.service, self.ctx.blobs.local_root)
+        return self._pool or shared_pool(self.ctx.config.service)
 
     def run(self, client: IMAPClient) -> int:
         """One pass: select, search above the cursor, then batch by batch process -> ack -> cursor.
@@ -261,7 +261,8 @@ class Poller:
         ]
         if self.ctx.config.service.spool:  # parsed by whichever daemon claims them
             return _Parsing(group, mails, None)
-        return _Parsing(group, mails, self.pool.submit([mail.data for mail in mails]))
+        job = self.pool.submit([mail.data for mail in mails], self.ctx.blobs.local_root)
+        return _Parsing(group, mails, job)
 
     def _batch(
         self, client: IMAPClient, uidvalidity: int, batch: _Batch, following: list[int] | None
@@ -322,7 +323,7 @@ class Poller:
                 if attempts >= MAX_ATTEMPTS:
                     result = ParseError(f"{result} on each of {attempts} attempts; kept unparsed")
                 else:
-                    result = self.pool.parse_many([mail.data])[0]
+                    result = self.pool.parse_many([mail.data], self.ctx.blobs.local_root)[0]
             parsed[mail.uid] = result
         return parsed
 
