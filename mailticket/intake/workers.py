@@ -12,6 +12,11 @@ caller stores them in that order (a reply after the message it answers).
     for parsed in job.results():           # ParsedMessage | ParseError, in order
         ...
 
+Given a blob folder with the messages (`Blobs.local_root`), a worker also writes each message's
+raw bytes there (storage/blobfiles.py) and names them in `ParsedMessage.stored_blobs`: creating
+a file costs about a millisecond of system CPU, which the storing process, intake's pace-setter,
+then does not pay. A write the worker cannot make is left to the storing process.
+
 Each child runs under limits of its own, so one hostile message cannot exhaust the host:
 
   worker_memory_mb      RLIMIT_AS: the address space a worker may add to what it holds after
