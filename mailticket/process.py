@@ -111,13 +111,12 @@ class Pipeline:
         # The raw bytes (and attachments) are written while this message and the rest of its
         # transaction are parsed and stored (`Batch.wait_for_blobs`), unless the parser worker
         # kept them already.
-        if parsed is None:
-            raw_sha = store.put(raw.data)
-            parsed = self.parse(raw)
-        elif isinstance(parsed, ParsedMessage) and parsed.raw_sha256 in parsed.stored_blobs:
+        if isinstance(parsed, ParsedMessage) and parsed.raw_sha256 in parsed.stored_blobs:
             raw_sha = parsed.raw_sha256
         else:
             raw_sha = store.put(raw.data)
+        if parsed is None:
+            parsed = self.parse(raw)
         if isinstance(parsed, ParseError):
             return store.quarantine(raw, str(parsed), raw_sha), None
         key, seen = store.dedup(parsed)

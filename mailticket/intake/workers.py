@@ -105,7 +105,7 @@ class ParseJob:
 class _Task:
     raw: bytes
     future: Future[Parsed]
-    blob_root: str | None = None
+    blob_root: Path | None = None
 
 
 class ParsePool:
@@ -117,9 +117,7 @@ class ParsePool:
     that misbehaves on cue.
     """
 
-    def __init__(
-        self, workers: int, limits: Limits, parser: Parser = parse
-    ) -> None:
+    def __init__(self, workers: int, limits: Limits, parser: Parser = parse) -> None:
         self.workers = worker_count(workers)
         self.limits = limits
         self.parser = parser
@@ -144,7 +142,7 @@ class ParsePool:
         futures: list[Future[Parsed]] = []
         for raw in raws:
             future: Future[Parsed] = Future()
-            self._tasks.put(_Task(raw, future, None if blob_root is None else str(blob_root)))
+            self._tasks.put(_Task(raw, future, blob_root))
             futures.append(future)
         return ParseJob(futures)
 
@@ -253,10 +251,10 @@ def _serve(conn: Connection, parser: Parser, limits: Limits) -> None:
     """A worker: limits first, then one message in (after the blob folder to keep it in, or
     None), one result out, until the parent hangs up."""
     _limit(limits)
-    folders: dict[str, set[str]] = {}  # the blob folders' subfolders made, by blob folder
+    folders: dict[Path, set[str]] = {}  # the blob folders' subfolders made, by blob folder
     while True:
         try:
-            blob_root: str | None = conn.recv()
+            blob_root: Path | None = conn.recv()
             raw = conn.recv_bytes()
         except (EOFError, ConnectionResetError):  # the parent hung up, or died
             return
@@ -264,7 +262,7 @@ def _serve(conn: Connection, parser: Parser, limits: Limits) -> None:
             os._exit(OUT_OF_MEMORY)
         result = _parse_limited(parser, raw, limits)
         if blob_root is not None and isinstance(result, ParsedMessage):
-            result = _keep_raw(Path(blob_root), raw, result, folders.setdefault(blob_root, set()))
+            result = _keep_raw(blob_root, raw, result, folders.setdefault(blob_root, set()))
         try:
             conn.send(result)
         except MemoryError:

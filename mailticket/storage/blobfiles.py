@@ -25,7 +25,7 @@ def legacy_path(root: Path, digest: str) -> Path:
     return root / digest[:2] / digest[2:4] / digest
 
 
-def write_blob(root: Path, digest: str, data: bytes, folders: set[str] | None = None) -> None:
+def write_blob(root: Path, digest: str, data: bytes, folders: set[str]) -> None:
     """Store `data` as `digest` unless it is there; `folders` remembers the folders made.
 
     Written beside the target and renamed, so a crash never leaves a torn blob under a valid
@@ -35,10 +35,9 @@ def write_blob(root: Path, digest: str, data: bytes, folders: set[str] | None = 
     try:
         if target.exists() or legacy_path(root, digest).exists():
             return
-        if folders is None or digest[:2] not in folders:
+        if digest[:2] not in folders:
             target.parent.mkdir(parents=True, exist_ok=True)
-            if folders is not None:
-                folders.add(digest[:2])
+            folders.add(digest[:2])
         try:
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         except FileNotFoundError:  # the folder was removed behind our back: make it again

@@ -36,20 +36,18 @@ def _lz4(bind: sa.Connection) -> bool:
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    if bind.dialect.name != "postgresql":
-        return
-    op.execute("ALTER TABLE spool ALTER COLUMN raw SET STORAGE EXTERNAL")
-    if _lz4(bind):
-        for table, column in _KEPT:
-            op.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION lz4")
+    _store("EXTERNAL", "lz4")
 
 
 def downgrade() -> None:
+    _store("EXTENDED", "DEFAULT")
+
+
+def _store(spool_storage: str, kept_compression: str) -> None:
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
         return
-    op.execute("ALTER TABLE spool ALTER COLUMN raw SET STORAGE EXTENDED")
+    op.execute(f"ALTER TABLE spool ALTER COLUMN raw SET STORAGE {spool_storage}")
     if _lz4(bind):
         for table, column in _KEPT:
-            op.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION DEFAULT")
+            op.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION {kept_compression}")
