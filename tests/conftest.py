@@ -32,9 +32,13 @@ SERVER_FIXTURES = {
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark tests by the servers they start (`-m dovecot`, `-m "not postfix"` work), then make
-    sure those servers' packages are installed: as root they are installed now, otherwise
-    the run stops with one message naming them (a server's tests never skip)."""
+    """Put the slow tests first, mark tests by the servers they start (`-m dovecot`, `-m "not
+    postfix"` work), then make sure those servers' packages are installed: as root they are
+    installed now, otherwise the run stops with one message naming them (a server's tests
+    never skip)."""
+    # Longest first: pytest-xdist hands the first quarter of the run out one test at a time in
+    # turn, so they spread over the workers instead of queuing behind each other at the end.
+    items.sort(key=_expected_seconds, reverse=True)
     needed: set[str] = set()
     initdb_needed = False
     for item in items:
@@ -50,6 +54,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         ensure_server_packages(sorted(needed))
     except ServerStartError as exc:
         raise pytest.UsageError(str(exc)) from exc
+
+
+def _expected_seconds(item: pytest.Item) -> float:
+    """`@pytest.mark.slow(seconds=N)` says how long a test takes here; plain `slow` is 10 s."""
+    mark = item.get_closest_marker("slow")
+    return 0.0 if mark is None else float(mark.kwargs.get("seconds", 10))
 
 
 @pytest.fixture

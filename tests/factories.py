@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import itertools
 import os
 import signal
@@ -152,7 +154,9 @@ def misbehaving_parse(raw: bytes, *, max_bytes: int) -> ParsedMessage:
     if body.endswith(DIE):
         os.kill(os.getpid(), signal.SIGKILL)
     if DIE_ONCE in body:
-        marker = Path(body.rsplit(DIE_ONCE, 1)[1].decode())
+        # The path as the message's text says it: a long one is quoted-printable, split by "=" breaks.
+        text = email.message_from_bytes(raw, policy=email.policy.default).get_content()
+        marker = Path(text.rstrip().rsplit(DIE_ONCE.decode(), 1)[1])
         if not marker.exists():
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)

@@ -50,6 +50,7 @@ def records(config: Path) -> list[tuple[str, str, str, str]]:
         ctx.engine.dispose()
 
 
+@pytest.mark.slow
 def test_every_outcome_through_the_daemon_is_the_in_process_one(tmp_path: Path) -> None:
     """Stored, dropped, quarantined (bytes and a bounce for no ticket), a message with LF line
     ends and one with no final line end, each then again (a duplicate): the same line, exit 0,
@@ -149,6 +150,7 @@ def test_a_second_daemon_leaves_the_socket_to_the_first_and_the_key_turns_it_off
     assert [r[:2] for r in records(config)] == [("pipe ingest.sock", "stored"), ("pipe <stdin>", "stored")]
 
 
+@pytest.mark.slow
 def test_a_daemon_killed_mid_handoff_loses_nothing_and_stores_each_message_once(tmp_path: Path) -> None:
     """The test holds SQLite's write lock, so the daemon cannot commit, and kills it -9 at a few
     points of the handoff. Whatever was sent: exit 0 means stored (the client stored it itself

@@ -44,6 +44,7 @@ def all_stored(engine: Engine, total: int) -> bool:
     return intake_rows(engine) == total and spool_left(engine) == 0
 
 
+@pytest.mark.slow
 def test_two_daemons_share_one_mailbox_and_store_each_message_once_as_a_serial_run_would(
     tmp_path: Path, dovecot: Dovecot
 ) -> None:
@@ -65,6 +66,7 @@ def test_two_daemons_share_one_mailbox_and_store_each_message_once_as_a_serial_r
     assert all(shares) and sum(shares) == 400, shares
 
 
+@pytest.mark.slow(seconds=120)
 def test_a_kill_storm_on_two_daemons_stores_every_message_once_as_a_serial_run_would(
     tmp_path: Path, dovecot: Dovecot
 ) -> None:
@@ -106,6 +108,7 @@ def test_a_kill_storm_on_two_daemons_stores_every_message_once_as_a_serial_run_w
     print(f"\nkill storm on two daemons: {kills} kills across {total} messages, {elapsed:.0f}s in all")
 
 
+@pytest.mark.slow
 def test_a_database_outage_pauses_both_daemons_and_they_store_everything_once_after_it(
     tmp_path: Path, dovecot: Dovecot
 ) -> None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.factories import CORPUS, ingest, make_ctx
 from tests.fuzzing import corpus_messages, run
 
 MESSAGES = corpus_messages(CORPUS)
 
 
+@pytest.mark.slow
 def test_parse_stage_fuzz() -> None:
     report = run(seed=20261130, messages=MESSAGES, count=3000, seconds=30)
     assert report.inputs >= 500, report.inputs
@@ -23,6 +26,7 @@ def test_parse_stage_fuzz() -> None:
     assert report.max_cpu_s < 2.0, (report.max_cpu_s, report.slowest)
 
 
+@pytest.mark.slow
 def test_whole_pipeline_fuzz(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path)
     statuses: dict[str, int] = {}

@@ -278,8 +278,10 @@ def test_long_quote_finishes_fast() -> None:
     ids=["many-On", "On-gap-wrote", "alternating-headers", "long-sent-from", "bare-CR"],
 )
 def test_pathological_bodies_finish_fast(body: str) -> None:
+    """0.3 s of CPU at most on a quiet machine; a loaded virtual machine has shown 1.6 s, and the
+    shapes guarded against take minutes."""
     _, seconds = _timed(visible_reply, body)
-    assert seconds < 1
+    assert seconds < 2
 
 
 def test_backslash_in_quote_header_does_not_raise() -> None:
