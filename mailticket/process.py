@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import replace
 from typing import TypeVar
 
@@ -91,7 +90,7 @@ class Pipeline:
                         session.connection().exec_driver_sql("BEGIN IMMEDIATE")
                     batch = Batch(self, session)
                     result = work(batch)
-                    batch.wait_for_blobs()
+                    batch.settle_blobs()
                 break
             except IntegrityError:
                 if attempt:
@@ -109,7 +108,7 @@ class Pipeline:
         `parsed` is the parse done before the transaction, if there was one.
         """
         # The raw bytes (and attachments) are written while this message and the rest of its
-        # transaction are parsed and stored (`Batch.wait_for_blobs`), unless the parser worker
+        # transaction are parsed and stored (`Batch.settle_blobs`), unless the parser worker
         # kept them already.
         if isinstance(parsed, ParsedMessage) and parsed.raw_sha256 in parsed.stored_blobs:
             raw_sha = parsed.raw_sha256
@@ -180,7 +179,7 @@ class Batch:
         self.pipeline = pipeline
         self.session = session
         self.done: list[tuple[RawMail, str | None, Outcome]] = []  # logged once committed
-        self.writes: list[Future[str]] = []  # raw bytes and attachments on their way to disk
+        self.blobs = pipeline.ctx.blobs.pending()  # raw bytes and attachments, stored before the commit
 
     def process(
         self, raw: RawMail, reuse: int | None = None, parsed: ParsedMessage | ParseError | None = None
@@ -219,17 +218,16 @@ class Batch:
             raw, f"processing did not finish in {attempts - 1} attempts (worker crash?); kept unparsed"
         )
 
-    def wait_for_blobs(self) -> None:
+    def settle_blobs(self) -> None:
         """Before the commit: a failed blob write (disk full...) fails the transaction, so no
-        committed row names a blob that is not on disk."""
-        for written in self.writes:
-            written.result()
+        committed row names a blob that is not stored."""
+        self.blobs.settle(self.session.connection())
 
     def _store(self, reuse: int | None = None) -> Store:
         """A message's store: everything it does (ticket, entry, notices, due times) carries one
         instant of the context's clock, as the rows of one SQL transaction would."""
         now = self.pipeline.ctx.clock()
-        return Store(replace(self.pipeline.ctx, clock=lambda: now), self.session, self.writes, reuse)
+        return Store(replace(self.pipeline.ctx, clock=lambda: now), self.session, self.blobs, reuse)
 
     def _next(self) -> None:
         """Each message starts from an empty identity map, as in a transaction of its own: no

@@ -134,14 +134,15 @@ class Inserter:
         assert isinstance(key, int), "a single-row INSERT reports its key"
         return key
 
-    def insert_many(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
-        """INSERT rows (one executemany per column set)."""
+    def insert_many(self, conn: Connection, rows: Iterable[Mapping[str, Any]], *, once: bool = False) -> None:
+        """INSERT rows (one executemany per column set); `once`: each unless it would break a
+        unique constraint (see `insert_once`)."""
         by_keys: dict[frozenset[str], list[dict[str, Any]]] = {}
         for row in rows:
             values = self._complete(row)
             by_keys.setdefault(frozenset(values), []).append(values)
         for keys, values_list in by_keys.items():
-            self._statement(keys, "plain").execute_many(conn, values_list)
+            self._statement(keys, "once" if once else "plain").execute_many(conn, values_list)
 
     def insert_once(self, conn: Connection, row: Mapping[str, Any]) -> None:
         """INSERT one row unless it would break a unique constraint (the existing row stays)."""

@@ -1,8 +1,8 @@
 """The store stage's building blocks: one message's rows inside the caller's transaction.
 
 `Store` is made per message by `process.Batch`; everything it writes carries the message's one
-instant (the context's clock, frozen), and its blob writes (the raw bytes, the attachments) run on
-a helper thread while the message is stored, joined by the batch before the commit.
+instant (the context's clock, frozen), and its blobs (the raw bytes, the attachments) are stored
+by the batch before the commit (storage/blobs.py: `PendingBlobs`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from concurrent.futures import Future
 from typing import Any
 
 from sqlalchemy import Row, Table, bindparam, func, update
@@ -32,6 +31,7 @@ from mailticket.pipeline.parse import parse
 from mailticket.pipeline.thread import thread
 from mailticket.refs import find_token
 from mailticket.storage import repository
+from mailticket.storage.blobs import PendingBlobs
 from mailticket.storage.prepared import run
 from mailticket.storage.tables import Attachment, Entry, IntakeRecord, Participant, Ticket
 from mailticket.tickets import actions
@@ -88,19 +88,17 @@ class Store:
     """One message's writes: intake record, entries with attachments, blobs; no commit of its own."""
 
     def __init__(
-        self, ctx: AppContext, session: Session, writes: list[Future[str]], reuse: int | None = None
+        self, ctx: AppContext, session: Session, blobs: PendingBlobs, reuse: int | None = None
     ) -> None:
         self.ctx = ctx
         self.session = session
-        self._writes = writes  # the transaction's pending blob writes
+        self._blobs = blobs  # the transaction's blobs, stored before it commits
         self.flags: list[str] = []  # on every entry of this message (see `dedup`)
         self.reuse = reuse  # an intake row to rewrite instead of adding one (a quarantine release)
 
     def put(self, data: bytes) -> str:
-        """Start writing a blob; its sha256 at once (the transaction waits for the write)."""
-        digest, written = self.ctx.blobs.put_async(data)
-        self._writes.append(written)
-        return digest
+        """A blob's sha256 at once; it is stored before the transaction commits."""
+        return self._blobs.put(data)
 
     def seen(self, key: str) -> Outcome | None:
         """A duplicate's outcome (its count raised), or None for a key never stored before."""

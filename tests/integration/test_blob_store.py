@@ -5,7 +5,9 @@ and release, the report) with nothing written under data_dir/blobs."""
 from __future__ import annotations
 
 import email
+import hashlib
 import json
+import threading
 from collections.abc import Iterator
 from email.message import EmailMessage
 from email.policy import default
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from mailticket.app import build
 from mailticket.cli import main
@@ -57,6 +59,63 @@ def test_the_database_store_names_by_sha256_stores_once_and_reads_heads(
     assert store.get(digest) == b"hello world" and store.head(digest, 5) == b"hello"
     with pytest.raises(FileNotFoundError):
         store.get("0" * 64)
+
+
+def test_a_transactions_blobs_commit_and_roll_back_with_it(desk: tuple[Path, AppContext]) -> None:
+    store = DatabaseBlobStore(desk[1].engine)
+    kept, dropped = store.pending(), store.pending()
+    with desk[1].engine.connect() as conn, conn.begin():
+        named = kept.put(b"raw message"), kept.put(b"attachment"), kept.put(b"raw message")
+        kept.settle(conn)
+    with desk[1].engine.connect() as conn:
+        trans = conn.begin()
+        lost = dropped.put(b"never committed")
+        dropped.settle(conn)
+        trans.rollback()
+    assert named[0] == named[2] and store.get(named[0]) == b"raw message"
+    assert store.get(named[1]) == b"attachment"
+    with pytest.raises(FileNotFoundError):
+        store.get(lost)
+
+
+def test_transactions_naming_the_same_blobs_insert_them_in_one_order_and_wait_not_fail(
+    desk: tuple[Path, AppContext],
+) -> None:
+    """Each transaction inserts its blobs sorted by name in one executemany, whatever order it
+    named them in: two naming the same attachments (a logo in many signatures) lock them in the
+    same order, so one waits for the other's commit and then finds them, and neither deadlocks."""
+    engine = desk[1].engine
+    first, second = DatabaseBlobStore(engine).pending(), DatabaseBlobStore(engine).pending()
+    logos = [b"logo %d" % i * 100 for i in range(5)]
+    for blob in logos:
+        first.put(blob)
+    for blob in reversed(logos):
+        second.put(blob)
+    inserted: list[list[str]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if statement.startswith("INSERT INTO blobs"):
+            inserted.append([row[0] if isinstance(row, tuple) else row["sha256"] for row in parameters])
+
+    event.listen(engine, "before_cursor_execute", record)
+    with engine.connect() as one, engine.connect() as two:
+        one.begin()
+        two.begin()
+        two.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
+        first.settle(one)
+        waiting = threading.Thread(target=second.settle, args=(two,))
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive()  # the second waits on the first's uncommitted rows
+        one.commit()
+        waiting.join(10)
+        assert not waiting.is_alive()
+        two.commit()
+    event.remove(engine, "before_cursor_execute", record)
+    names = sorted(hashlib.sha256(blob).hexdigest() for blob in logos)
+    assert inserted == [names, names]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM blobs")).scalar_one() == len(logos)
 
 
 def test_every_reader_of_blobs_works_from_the_database(desk: tuple[Path, AppContext]) -> None:
