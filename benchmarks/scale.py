@@ -12,10 +12,11 @@ duplicates = entries stored twice (entries minus distinct Message-IDs) plus copi
 pipeline recognised (the intake rows' `duplicates` count, from a message spooled again
 after a crash; 0 in a clean run). With `--direct` one daemon without the spool runs too
 (the lease holder does all the work, as before #17). The CPU the daemons and their parser
-workers used (PostgreSQL's backends not counted) shows how much of the 2 cores one daemon
-already takes. Target: 2 daemons at least 1.5x one daemon's rate. `--rounds R` repeats the
-plan R times, backwards in even rounds, and reports the median of the per-round ratios (the
-machine's speed drifts by more than the effect measured). Run it from the repository root:
+workers used shows how much of the 2 cores one daemon already takes; PostgreSQL's own CPU
+per message is shown when the server is local and its files readable (run as root).
+Target: 2 daemons at least 1.5x one daemon's rate. `--rounds R` repeats the plan R times,
+backwards in even rounds, and reports the median of the per-round ratios (the machine's
+speed drifts by more than the effect measured). Run it from the repository root:
 
     nice python3 benchmarks/scale.py [--n 5000] [--daemons 1 2 3] [--direct] [--seed 1] [--rounds 1]
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import resource
 import statistics
 import sys
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import Engine, text  # noqa: E402
+from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from benchmarks.ingest import generate  # noqa: E402
 from mailticket.storage.db import make_engine, migrate  # noqa: E402
@@ -77,7 +80,7 @@ def run(daemons: int, spool: bool, n: int, dovecot: Dovecot, work: Path) -> dict
         service = {"spool": spool, "blob_store": "postgres", "workers": 1}
         config = write_config(folder / "mt.toml", db_url=url, dovecot=dovecot, service=service)
         procs = [DaemonProcess(config) for _ in range(daemons)]
-        cpu_before = _children_cpu()
+        cpu_before, pg_before = _children_cpu(), _postgres_cpu(engine)
         try:
             for proc in procs:
                 proc.start(timeout=60)
@@ -98,14 +101,38 @@ def run(daemons: int, spool: bool, n: int, dovecot: Dovecot, work: Path) -> dict
         cpu = _children_cpu() - cpu_before  # the daemons and their parser workers, reaped by now
         counts = tally(engine)
         engine.dispose()
+        pg_after = _postgres_cpu(engine)  # the daemons' backends have ended and been reaped
+    pg_cpu = None if pg_before is None or pg_after is None else pg_after - pg_before
     for stored_in in ("Processed", "INBOX"):  # the daemons' processed_folder, and anything left
         move_all(dovecot, stored_in, STAGING)
     return {
         "daemons": daemons, "spool": spool, "messages": moved, "seconds": seconds, "rate": moved / seconds,
         "lost": moved - counts["intake"],
         "duplicates": counts["entries"] - counts["distinct"] + counts["seen_again"],
-        "tickets": counts["tickets"], "shares": shares, "cpu_seconds": cpu,
+        "tickets": counts["tickets"], "shares": shares, "cpu_seconds": cpu, "pg_cpu_seconds": pg_cpu,
     }
+
+
+def _postgres_cpu(engine: Engine) -> float | None:
+    """CPU seconds of the local PostgreSQL server so far: its postmaster, its live processes and
+    the backends it has reaped (a daemon's backend ends with its connection). None when the
+    server's files cannot be read (not local, or not as a superuser)."""
+    try:
+        with engine.connect() as conn:
+            data = Path(conn.execute(text("SHOW data_directory")).scalar_one())
+        postmaster = int((data / "postmaster.pid").read_text().split()[0])
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                pid, fields = int(stat.parent.name), stat.read_text().rsplit(")", 1)[1].split()
+                if pid == postmaster:  # utime, stime, and the reaped children's cutime, cstime
+                    total += sum(int(f) for f in fields[11:15])
+                elif int(fields[1]) == postmaster:
+                    total += int(fields[11]) + int(fields[12])
+        return total / tick
+    except (OSError, ValueError, IndexError, SQLAlchemyError):
+        return None
 
 
 def _children_cpu() -> float:
@@ -160,7 +187,10 @@ def _round(
             f"{result['seconds']:6.1f} s, {result['rate']:6.1f} msg/s; stored by each: {result['shares']}; "
             f"{result['tickets']} tickets, {result['lost']} lost, {result['duplicates']} duplicates; "
             f"daemons' CPU {result['cpu_seconds']:.0f} s = "
-            f"{result['cpu_seconds'] / result['seconds']:.2f} cores",
+            f"{result['cpu_seconds'] / result['seconds']:.2f} cores"
+            + ("" if result["pg_cpu_seconds"] is None else
+               f"; PostgreSQL's {result['pg_cpu_seconds']:.0f} s = "
+               f"{result['pg_cpu_seconds'] * 1000 / result['messages']:.1f} ms a message"),
             flush=True,
         )
     return results

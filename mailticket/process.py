@@ -42,9 +42,14 @@ T = TypeVar("T")
 class Pipeline:
     """Built once per source; runs messages one transaction at a time (or a fetch group in one)."""
 
-    def __init__(self, ctx: AppContext) -> None:
+    def __init__(
+        self, ctx: AppContext, parser: Callable[[RawMail], ParsedMessage | ParseError] | None = None
+    ) -> None:
+        """`parser`: where `process` parses (the daemon's listeners hand it to the parser
+        workers, intake/workers.py); by default here, in this thread."""
         self.ctx = ctx
         self.max_bytes = int(ctx.config.service.max_message_mb * 1024 * 1024)
+        self._parser = parser or self.parse
 
     def process(self, raw: RawMail) -> Outcome:
         """Never raises for bad mail: every message ends stored, duplicate or quarantined.
@@ -63,7 +68,7 @@ class Pipeline:
             outcome = self.in_transaction(lambda batch: batch.duplicate(raw, key, message_id))
             if outcome is not None:
                 return outcome
-        parsed = self.parse(raw)
+        parsed = self._parser(raw)
         return self.in_transaction(lambda batch: batch.process(raw, parsed=parsed))
 
     def parse(self, raw: RawMail) -> ParsedMessage | ParseError:

@@ -1,6 +1,8 @@
 """SMTP and LMTP intake on aiosmtpd: an MTA hands mail over, mailticket answers after the commit.
 
-`handle_DATA` runs `process.Pipeline.process` in a worker thread and answers `250`
+`handle_DATA` runs `process.Pipeline.process` in a worker thread, which hands the parse to the
+parser worker processes (intake/workers.py: on another core, under their limits; a message
+whose worker dies is parsed again, and kept unparsed after three deaths), and answers `250`
 only once it returned, that is, once the message and its ticket changes are
 committed. Quarantined or dropped mail is kept (raw copy, intake record), so
 it is accepted with 250 too; a failure of the pipeline or the database is a
@@ -36,6 +38,7 @@ from mailticket import logs
 from mailticket.context import AppContext
 from mailticket.intake import handoff
 from mailticket.intake.pause import Pause, is_environment_fault
+from mailticket.intake.workers import Parsed, ParsePool, parse_settled, shared_pool
 from mailticket.models import Outcome, RawMail
 from mailticket.pipeline.untrusted import printable
 from mailticket.process import Pipeline
@@ -60,8 +63,10 @@ class IntakeHandler:
         on_stored: Callable[[Outcome], None] | None = None,
         observe: Observer | None = None,
         source: str | None = None,
+        pool: ParsePool | None = None,
     ) -> None:
         self.ctx = ctx
+        self._pool = pool  # the parser workers; None: this process's (started on the first message)
         self.protocol = protocol
         self.source = source or protocol  # the RawMail source, in health, pause and metrics
         self.on_stored = on_stored
@@ -131,8 +136,14 @@ class IntakeHandler:
     def refusal(self, exc: Exception) -> str:
         return TEMPFAIL
 
+    def _parse(self, raw: RawMail) -> Parsed:
+        """In the parser workers: this thread waits while a worker parses on a core of its own,
+        so messages of several SMTP sessions are parsed at once, each under the workers' limits."""
+        pool = self._pool or shared_pool(self.ctx.config.service)
+        return parse_settled(pool, raw.data, self.ctx.blobs.local_root)
+
     def _process(self, raw: RawMail) -> Outcome:
-        outcome = Pipeline(self.ctx).process(raw)
+        outcome = Pipeline(self.ctx, parser=self._parse).process(raw)
         self.health.ok()
         if self.on_stored is not None and outcome.status == "stored":
             try:
@@ -181,12 +192,13 @@ class IntakeServer:
         protocol: str | None = None,
         on_stored: Callable[[Outcome], None] | None = None,
         observe: Observer | None = None,
+        pool: ParsePool | None = None,
     ) -> None:
         cfg = ctx.config.intake
         self.host = host or cfg.host
         self.port = port if port is not None else cfg.port
         self.protocol = protocol or cfg.protocol
-        self.handler = IntakeHandler(ctx, self.protocol, on_stored, observe)
+        self.handler = IntakeHandler(ctx, self.protocol, on_stored, observe, pool=pool)
         self.controller = _Controller(
             self.handler,
             _SERVERS[self.protocol],

@@ -244,6 +244,21 @@ def shared_pool(service: ServiceConfig) -> ParsePool:
         return _shared
 
 
+def parse_settled(pool: ParsePool, raw: bytes, blob_root: Path | None, tries: int = 3) -> Parsed:
+    """One message for intake that has nowhere to charge a worker's death (an SMTP or LMTP
+    session, the ingest socket): parsed again when its worker dies, up to `tries` times in all,
+    then a ParseError naming the cause, which the store quarantines. A worker killed from
+    outside costs a good message one more parse; a message that kills every worker it is given
+    is kept unparsed, as IMAP intake does after three (intake/imap/poller.py)."""
+    for attempt in range(1, tries + 1):
+        result = pool.parse_many([raw], blob_root)[0]
+        if not isinstance(result, WorkerLost):
+            return result
+        log.warning("parser worker lost on a message", extra={"fields": {
+            "attempt": attempt, "reason": result.reason}})
+    return ParseError(f"{result} on each of {tries} attempts; kept unparsed")
+
+
 # -- in the worker ------------------------------------------------------------------------------
 
 

@@ -17,12 +17,13 @@ from sqlmodel import Session, select
 
 from mailticket.context import AppContext
 from mailticket.intake.smtp import IntakeServer
+from mailticket.intake.workers import Limits, ParsePool
 from mailticket.service import health
 from mailticket.storage.blobs import BlobStore
 from mailticket.storage.db import make_engine
 from mailticket.storage.tables import IntakeRecord, Ticket
 from tests.daemonproc import DaemonProcess, counts, wait_until, write_config
-from tests.factories import mail, make_ctx
+from tests.factories import DIE_ONCE, SPIN, mail, make_ctx, misbehaving_parse
 from tests.servers import free_port
 
 
@@ -93,6 +94,35 @@ def test_unparseable_mail_is_kept_and_accepted(intake: tuple[AppContext, IntakeS
     with Session(ctx.engine) as session:
         record = session.exec(select(IntakeRecord)).one()
     assert record.status == "quarantined" and ctx.blobs.path(record.raw_sha256).exists()
+
+
+def test_smtp_mail_is_parsed_in_the_parser_workers_and_a_worker_killer_is_kept_unparsed(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The parse runs in the pool's worker (the misbehaving parser exists only there): a message
+    whose worker dies once is parsed again and stored; one over worker_cpu_seconds ends its
+    worker on each of three tries, then is kept unparsed with the cause, and both get a 250."""
+    ctx = make_ctx(tmp_path, db_url)
+    once = mail(subject="Unlucky", message_id="unlucky@customer.example",
+                body=f"{DIE_ONCE.decode()}{tmp_path / 'killed-once'}")
+    hostile = mail(subject="Hostile", message_id="hostile@attacker.example", body=SPIN.decode())
+    with ParsePool(1, Limits(memory_mb=256, cpu_seconds=1, max_bytes=1 << 20),
+                   parser=misbehaving_parse) as pool:
+        server = IntakeServer(ctx, host="127.0.0.1", port=free_port(), pool=pool)
+        server.start()
+        try:
+            first, second = send(server, once), send(server, hostile)
+        finally:
+            server.stop()
+    assert first[0] == 250 and "stored" in first[1]
+    assert second == (250, "2.0.0 quarantined")
+    assert (tmp_path / "killed-once").exists()
+    with Session(ctx.engine) as session:
+        kept = session.exec(select(IntakeRecord).where(IntakeRecord.status == "quarantined")).one()
+    assert kept.reason == ("parser worker exceeded worker_cpu_seconds (1 s) on each of 3 attempts; "
+                           "kept unparsed")
+    assert ctx.blobs.get(kept.raw_sha256) == crlf(hostile)
+    ctx.engine.dispose()
 
 
 def test_database_failure_is_451_and_the_retry_stores_once(intake: tuple[AppContext, IntakeServer]) -> None:
