@@ -136,11 +136,14 @@ class IntakeHandler:
     def refusal(self, exc: Exception) -> str:
         return TEMPFAIL
 
+    def pool(self) -> ParsePool:
+        """The parser workers given, else this process's (started on first use and kept)."""
+        return self._pool or shared_pool(self.ctx.config.service)
+
     def _parse(self, raw: RawMail) -> Parsed:
         """In the parser workers: this thread waits while a worker parses on a core of its own,
         so messages of several SMTP sessions are parsed at once, each under the workers' limits."""
-        pool = self._pool or shared_pool(self.ctx.config.service)
-        return parse_settled(pool, raw.data, self.ctx.blobs.local_root)
+        return parse_settled(self.pool(), raw.data, self.ctx.blobs.local_root)
 
     def _process(self, raw: RawMail) -> Outcome:
         outcome = Pipeline(self.ctx, parser=self._parse).process(raw)
@@ -212,6 +215,7 @@ class IntakeServer:
     def start(self) -> None:
         # aiosmtpd logs every SMTP command at INFO; the pipeline logs one line per message instead.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
+        self.handler.pool()  # the parser workers start with the listener, not on the first message
         self.controller.start()
         log.info(
             "intake listening",
@@ -309,6 +313,7 @@ class SocketServer:
             log.warning("another process serves the ingest socket; this daemon does not",
                         extra={"fields": {"path": str(self.path)}})
             return False
+        self.handler.pool()  # the parser workers start with the socket, not on the first message
         sock = _bind(self.path)
         self.inode = self.path.stat().st_ino
         logging.getLogger("mail.log").setLevel(logging.WARNING)
