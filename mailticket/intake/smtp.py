@@ -66,7 +66,7 @@ class IntakeHandler:
         pool: ParsePool | None = None,
     ) -> None:
         self.ctx = ctx
-        self._pool = pool  # the parser workers; None: this process's (started on the first message)
+        self._pool = pool  # the parser workers; None: this process's (see `pool`)
         self.protocol = protocol
         self.source = source or protocol  # the RawMail source, in health, pause and metrics
         self.on_stored = on_stored
