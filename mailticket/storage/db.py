@@ -7,12 +7,14 @@ on PostgreSQL an advisory lock makes concurrent starts take turns.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Table, create_engine, event, inspect, text
 from sqlalchemy.engine import ExceptionContext, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from mailticket.errors import DatabaseUnavailable
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000  # how long a SQLite writer waits for the lock before "database is locked"
+PING_IDLE_SECONDS = 1.0  # a pooled PostgreSQL connection idle longer is pinged before use
 _MIGRATION_LOCK = 0x6D61696C  # "mail": any constant shared by all mailticket processes
 
 
@@ -63,7 +66,28 @@ def _engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_use_lifo=True)
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        # A connection back from the pool within PING_IDLE_SECONDS was working a moment ago; one
+        # idle longer (the server may have restarted, a firewall dropped it) is pinged first, and
+        # a dead one replaced by a new connection before anyone uses it. Busy threads take the
+        # hot end of the pool (LIFO), so under load no checkout costs a round trip.
+        if time.monotonic() - record.info.get("idle_since", time.monotonic()) < PING_IDLE_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError(f"ping failed: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("ping failed")
+
+    return engine
 
 
 def upsert(dialect: str, table: Table) -> sqlite.Insert | postgresql.Insert:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -344,3 +345,44 @@ def test_every_entry_keeps_its_raw_bytes(tmp_path: Path, db_url: str) -> None:
     for sha in stored:
         assert ctx.blobs.get(sha or "") == by_sha[sha or ""]
     ctx.engine.dispose()
+
+
+# -- the PostgreSQL connection pool --------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_pooled_connection_is_pinged_only_after_idling_and_a_dead_one_is_replaced_unseen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under load no checkout costs a ping; after a pause the pool checks the connection first,
+    so a backend that died meanwhile (a server restart) is never handed to a caller."""
+    from mailticket.storage import db
+    from tests.servers import _admin_connect, postgres_database
+
+    monkeypatch.setattr(db, "PING_IDLE_SECONDS", 0.3)
+    with postgres_database() as url:
+        engine = make_engine(url)
+        pings: list[object] = []
+        ping = engine.dialect.do_ping
+        monkeypatch.setattr(engine.dialect, "do_ping", lambda conn: pings.append(conn) or ping(conn))
+        backend = "SELECT pg_backend_pid()"
+        try:
+            with engine.connect() as conn:
+                first = conn.execute(text(backend)).scalar_one()
+            for _ in range(3):
+                with engine.connect() as conn:
+                    assert conn.execute(text(backend)).scalar_one() == first
+            assert pings == []  # hot: back in the pool a moment ago
+
+            admin = _admin_connect()[0]
+            try:
+                admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+            finally:
+                admin.close()
+            time.sleep(0.5)
+            with engine.connect() as conn:  # pinged, found dead, replaced: no error reaches us
+                second = conn.execute(text(backend)).scalar_one()
+            assert second != first
+            assert len(pings) == 1
+        finally:
+            engine.dispose()
