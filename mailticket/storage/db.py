@@ -78,14 +78,13 @@ def _engine(url: str) -> Engine:
         # idle longer (the server may have restarted, a firewall dropped it) is pinged first, and
         # a dead one replaced by a new connection before anyone uses it. Busy threads take the
         # hot end of the pool (LIFO), so under load no checkout costs a round trip.
-        if time.monotonic() - record.info.get("idle_since", time.monotonic()) < PING_IDLE_SECONDS:
+        idle_since = record.info.get("idle_since")  # None: a new connection
+        if idle_since is None or time.monotonic() - idle_since < PING_IDLE_SECONDS:
             return
         try:
-            alive = engine.dialect.do_ping(dbapi_conn)
-        except Exception as exc:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:  # the pool reconnects on this
             raise DisconnectionError(f"ping failed: {exc}") from exc
-        if not alive:
-            raise DisconnectionError("ping failed")
 
     return engine
 

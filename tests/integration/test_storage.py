@@ -21,11 +21,13 @@ from sqlmodel import Session, SQLModel, col, select
 from mailticket.cli import main
 from mailticket.context import AppContext
 from mailticket.pipeline.untrusted import safe_filename
+from mailticket.storage import db
 from mailticket.storage.blobs import BlobStore
 from mailticket.storage.db import alembic_config, make_engine, migrate
 from mailticket.storage.tables import Attachment, Entry, IntakeRecord, Ticket
 from tests import factories
 from tests.factories import CORPUS, ingest, mail, make_ctx
+from tests.servers import _admin_connect, postgres_database
 
 CAROL = "Carol Customer <carol@customer.example>"
 REF = re.compile(r"^[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}$")
@@ -356,9 +358,6 @@ def test_a_pooled_connection_is_pinged_only_after_idling_and_a_dead_one_is_repla
 ) -> None:
     """Under load no checkout costs a ping; after a pause the pool checks the connection first,
     so a backend that died meanwhile (a server restart) is never handed to a caller."""
-    from mailticket.storage import db
-    from tests.servers import _admin_connect, postgres_database
-
     monkeypatch.setattr(db, "PING_IDLE_SECONDS", 0.3)
     with postgres_database() as url:
         engine = make_engine(url)
