@@ -32,7 +32,9 @@ def new_ticket(session: Session, ctx: AppContext, *, sla: str | None, **fields: 
     """
     now = ctx.clock()
     first_due, resolution_due = due_times(ctx.config.sla_plan(sla), now)
-    ticket = Ticket(
+    return repository.insert_new(
+        session,
+        Ticket,
         ref=new_ref(),
         sla=sla,
         created_at=now,
@@ -41,8 +43,6 @@ def new_ticket(session: Session, ctx: AppContext, *, sla: str | None, **fields: 
         resolution_due=resolution_due,
         **fields,
     )
-    repository.insert_new(session, ticket)
-    return ticket
 
 
 def touch(ctx: AppContext, ticket: Ticket) -> None:
@@ -83,7 +83,9 @@ def add_entry(
     **fields: Any,
 ) -> Entry:
     assert ticket.id is not None, "the ticket is flushed before entries are added"
-    entry = Entry(
+    entry = repository.insert_new(
+        session,
+        Entry,
         ticket_id=ticket.id,
         kind=kind,
         author=author,
@@ -92,7 +94,6 @@ def add_entry(
         created_at=ctx.clock(),
         **fields,
     )
-    repository.insert_new(session, entry)
     touch(ctx, ticket)
     return entry
 

@@ -1,8 +1,10 @@
 """The HTML limits in front of nh3 and html2text: what passes, what is read linearly, at what cost.
 
 Each hostile shape below cost nh3 (html5ever) or html2text from seconds to minutes before the
-limits; each now costs the whole parse stage well under the 2 s budget, measured in CPU time
-(time.process_time) and traced memory (tracemalloc) in this process.
+limits; each now costs the whole parse stage no more than ordinary HTML of the same size, measured
+in CPU time (time.process_time) and traced memory (tracemalloc) in this process: a bound that holds
+on a slow machine as on a fast one (a fixed 2 s failed on a machine 2.5 times slower than the one
+it was set on).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import nh3
 import pytest
 
 from mailticket.pipeline.markup import MAX_DEPTH, MAX_TAG_CHARS, linear_text, too_complex
+from mailticket.models import ParsedMessage
 from mailticket.pipeline.parse import parse
 
 N = 100_000
@@ -70,16 +73,31 @@ def test_linear_text_reads_blocks_entities_and_drops_scripts() -> None:
     assert linear_text("<div>" * N + "deep" + "</div>" * N) == "deep"
 
 
-@pytest.mark.parametrize("shape", list(HIDDEN_DEPTH)[:5])
-def test_parse_of_deep_html_is_bounded_and_keeps_the_text(shape: str) -> None:
-    raw = HEAD + HIDDEN_DEPTH[shape].replace("x", "visible").encode()
+def traced_parse(raw: bytes) -> tuple[ParsedMessage, float, int]:
+    """The parse of `raw`, its CPU seconds and its peak traced memory."""
     tracemalloc.start()
     start = time.process_time()
     parsed = parse(raw)
     cpu = time.process_time() - start
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert cpu < 2.0, (shape, cpu)
+    return parsed, cpu, peak
+
+
+@pytest.fixture(scope="module")
+def ordinary_cpu_per_byte() -> float:
+    """What parsing ordinary HTML costs here, per byte (it grows linearly with the size)."""
+    html = "<div><p>Hello <b>there</b>, the <a href='https://example.com/'>invoice</a> is late.</p></div>"
+    _, cpu, _ = traced_parse(HEAD + (html * 2000).encode())
+    return cpu / (len(html) * 2000)
+
+
+@pytest.mark.parametrize("shape", list(HIDDEN_DEPTH)[:5])
+def test_parse_of_deep_html_is_bounded_and_keeps_the_text(shape: str, ordinary_cpu_per_byte: float) -> None:
+    html = HIDDEN_DEPTH[shape].replace("x", "visible")
+    parsed, cpu, peak = traced_parse(HEAD + html.encode())
+    ordinary = ordinary_cpu_per_byte * len(html)
+    assert cpu < ordinary, (shape, cpu, ordinary)
     assert peak < 256 * 1024 * 1024, (shape, peak)
     assert parsed.html is None
     assert any(d.startswith("HtmlTooComplexDefect") for d in parsed.defects)
