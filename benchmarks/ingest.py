@@ -5,6 +5,10 @@ Figures from one run, against the same mailbox and the same bytes:
 * bare loop: imapclient `FETCH BODY.PEEK[]` in batches of 100, `email.message_from_bytes`
   with `policy.default` plus the body text (`get_body().get_content()`), and one SQLite
   INSERT per message (committed per batch) -- the least a mail-to-database loop does;
+* the same bare loop with imaplib's debug messages off (`--quiet-bare`): IMAPClient sets
+  imaplib's debug level to 5, which makes imaplib build the repr of every fetched message for
+  a log call that drops it; mailticket turns that off (intake/imap/connection.py), so this is
+  the loop to compare with when only the rest of the work should count;
 * mailticket: one `poll_mailbox()` pass: the full pipeline per message (parse, classify,
   thread, route, store with attachments and raw bytes, acknowledgement and agent alert queued
   in the outbox), the attempt counter, \\Seen flags and the UID cursor; parsing runs in
@@ -24,6 +28,7 @@ mailticket with the default workers at least 1.0x the bare loop at N = 5,000, an
 prefilled rate within 20% of the empty one. Run from the repository root:
 
     python3 benchmarks/ingest.py [--n 5000] [--rounds 3] [--prefill 100000] [--seed 1] [--workers 0]
+                                 [--quiet-bare]
 """
 
 from __future__ import annotations
@@ -133,7 +138,7 @@ def peak_mb() -> float:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
-def run_bare(host: str, port: int, user: str, password: str, db: str) -> dict[str, Any]:
+def run_bare(host: str, port: int, user: str, password: str, db: str, quiet: str = "") -> dict[str, Any]:
     from email import message_from_bytes, policy
 
     from imapclient import IMAPClient  # type: ignore[import-untyped]
@@ -142,6 +147,8 @@ def run_bare(host: str, port: int, user: str, password: str, db: str) -> dict[st
     conn.execute("CREATE TABLE mail (message_id TEXT, sender TEXT, subject TEXT, body TEXT)")
     started = time.perf_counter()
     client = IMAPClient(host, port=port, ssl=False)
+    if quiet:
+        client._imap.debug = 0
     client.login(user, password)
     client.select_folder("INBOX", readonly=True)
     uids = client.search("ALL")
@@ -338,6 +345,9 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=0, help="mailticket's parser processes (default 0: one per core)"
     )
+    parser.add_argument(
+        "--quiet-bare", action="store_true", help="also run the bare loop with imaplib's debug messages off"
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -370,6 +380,7 @@ def main() -> None:
         # Rounds alternate the contenders, so a busy moment of the machine hits all of them; the
         # figures are the medians of the per-round ratios.
         ratios: list[float] = []
+        quiet_ratios: list[float] = []
         fulls: list[float] = []
         for round_ in range(1, args.rounds + 1):
             bare = child("bare", [*server, str(work / f"bare-{round_}.db")])
@@ -381,6 +392,11 @@ def main() -> None:
                 f"({ours['seconds']:.1f} s, {ours['workers']} workers, peak RSS of all processes "
                 f"{ours['peak_mb']:.0f} MB, {ours['new_tickets']} new tickets) = {ratios[-1]:.0%}"
             )
+            if args.quiet_bare:
+                quiet = child("bare", [*server, str(work / f"quiet-{round_}.db"), "quiet"])
+                quiet_ratios.append(ours["rate"] / quiet["rate"])
+                print(f"         bare loop, imaplib quiet {quiet['rate']:6.1f} msg/s "
+                      f"({quiet['seconds']:.1f} s); mailticket = {quiet_ratios[-1]:.0%} of it")
             if args.prefill:
                 shutil.copytree(work / "template", work / f"full-{round_}")
                 full = child("mailticket", [*server, str(work / f"full-{round_}"), str(args.workers)])
@@ -392,6 +408,9 @@ def main() -> None:
                 )
         median = statistics.median(ratios)
         print(f"mailticket = {median:.0%} of the bare loop (median of {args.rounds} rounds)")
+        if quiet_ratios:
+            print(f"mailticket = {statistics.median(quiet_ratios):.0%} of the bare loop with imaplib quiet "
+                  f"(median of {args.rounds} rounds)")
         if fulls:
             print(f"with {args.prefill} tickets = {statistics.median(fulls):.0%} of the empty-database rate "
                   f"(median of {args.rounds} rounds)")

@@ -15,8 +15,8 @@ import tracemalloc
 import nh3
 import pytest
 
-from mailticket.pipeline.markup import MAX_DEPTH, MAX_TAG_CHARS, linear_text, too_complex
 from mailticket.models import ParsedMessage
+from mailticket.pipeline.markup import MAX_DEPTH, MAX_TAG_CHARS, linear_text, too_complex
 from mailticket.pipeline.parse import parse
 
 N = 100_000
