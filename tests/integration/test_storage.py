@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from sqlmodel import Session, SQLModel, col, select
 from mailticket.cli import main
 from mailticket.context import AppContext
 from mailticket.pipeline.untrusted import safe_filename
-from mailticket.storage import db
+from mailticket.storage import db, repository
 from mailticket.storage.blobs import BlobStore
 from mailticket.storage.db import alembic_config, make_engine, migrate
 from mailticket.storage.tables import Attachment, Entry, IntakeRecord, Ticket
@@ -385,3 +385,26 @@ def test_a_pooled_connection_is_pinged_only_after_idling_and_a_dead_one_is_repla
             assert len(pings) == 1
         finally:
             engine.dispose()
+
+
+def test_insert_new_gives_the_object_a_load_would_and_names_a_bad_field(engine: Any) -> None:
+    """`repository.insert_new` skips SQLModel's constructor: the object it returns must still be
+    the one the ORM would load (defaults filled, its own mutable defaults, changes flushed)."""
+    now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    fields = {"ref": "ABCD-EFGH", "subject": "s", "department": "general", "requester": "a@b.example"}
+    with Session(engine) as session, session.begin():
+        ticket = repository.insert_new(session, Ticket, created_at=now, updated_at=now, **fields)
+        other = repository.insert_new(session, Ticket, **{**fields, "ref": "ABCD-EFGJ"})
+        assert ticket.id is not None and session.get(Ticket, ticket.id) is ticket
+        assert (ticket.status, ticket.priority, ticket.assignee, ticket.tags) == ("open", "normal", None, [])
+        assert ticket.tags is not other.tags  # a fresh list each, as the constructor gave
+        made = ticket.model_dump()
+        ticket.status = "pending"  # tracked like any loaded object's change: flushed at commit
+        with pytest.raises(ValueError, match="Ticket has no field colour"):
+            repository.insert_new(session, Ticket, colour="red", **fields)
+        with pytest.raises(ValueError, match="a new Ticket needs a value for requester"):
+            repository.insert_new(session, Ticket, ref="ABCD-EFGK", subject="s", department="general")
+    with Session(engine) as session:
+        loaded = session.get(Ticket, made["id"])
+        assert loaded is not None
+        assert loaded.model_dump() == {**made, "status": "pending"}
