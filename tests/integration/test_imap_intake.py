@@ -1045,3 +1045,4 @@ def test_imaplib_traces_the_protocol_only_when_its_logger_keeps_debug_messages(
         client.fetch(client.search("ALL"), ["BODY.PEEK[]"])
     traced = " ".join(r.getMessage() for r in caplog.records if r.name == "imapclient.imaplib")
     assert "Subject: traced" in traced
+    assert dovecot.password not in traced and "LOGIN **REDACTED**" in traced  # IMAPClient's redaction

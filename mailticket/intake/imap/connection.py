@@ -59,7 +59,7 @@ def connect(mailbox: MailboxConfig, tokens: TokenSource, timeout: float = SOCKET
         ssl_context=context,
         timeout=timeout,
     )
-    quiet_imaplib(client)
+    _quiet_imaplib(client)
     try:
         if mailbox.security == "starttls":
             client.starttls(context)
@@ -74,7 +74,7 @@ def connect(mailbox: MailboxConfig, tokens: TokenSource, timeout: float = SOCKET
     return client
 
 
-def quiet_imaplib(client: IMAPClient) -> None:
+def _quiet_imaplib(client: IMAPClient) -> None:
     """Turn off imaplib's own debug messages unless their logger ("imapclient.imaplib") would
     keep them. IMAPClient sets imaplib's debug level to 5 on every connection, and imaplib then
     builds the repr of each FETCH response (every message's bytes, twice) for a log call that
