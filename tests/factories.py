@@ -28,7 +28,9 @@ from mailticket.process import Pipeline
 CORPUS = Path(os.environ.get("MAILTICKET_CORPUS") or Path(__file__).resolve().parent / "corpus")
 
 BASE: dict[str, Any] = {
-    "service": {"support_address": "support@example.com", "support_name": "Example Support"},
+    # One parser worker, not one per core: every daemon and CLI process of the suite would spawn
+    # two, a second each on this kind of machine. Tests of several workers ask for them.
+    "service": {"support_address": "support@example.com", "support_name": "Example Support", "workers": 1},
     "smtp": {"transport": "file"},
     "security": {
         "trusted_authserv_ids": ["mx.example.com"],

@@ -13,8 +13,10 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlmodel import Session, and_, col, or_, select
+from sqlalchemy import Result, literal, union_all
+from sqlmodel import Session, col, select
 
 from mailticket.context import AppContext
 from mailticket.outbound import mime
@@ -31,38 +33,32 @@ def thread_refs(
 ) -> dict[int, list[tuple[str, str, bool]]]:
     """Per ticket, oldest first: (Message-ID, "in" | "out", whether the customer has seen it).
 
-    One query for a batch of notices. Customers saw their own messages and our notices to
+    Two queries for a batch of notices, each through its table's ticket_id index, so the cost
+    follows the batch, not the database. Customers saw their own messages and our notices to
     customers, nothing addressed to agents (whose Message-ID tokens name the agent); agents see
     everything. Only rendered notices have a Message-ID here.
     """
-    own_mail = (
-        select(Entry.id)
-        .where(Entry.ticket_id == MessageRef.ticket_id, Entry.kind == "customer")
-        .where(Entry.message_id == MessageRef.message_id)
-        .exists()
+    wanted = list(ticket_ids)
+    own_mail = select(Entry.ticket_id, Entry.message_id, literal("in")).where(
+        col(Entry.ticket_id).in_(wanted), Entry.kind == "customer", col(Entry.message_id).is_not(None)
     )
-    notice_to_customer = (
-        select(OutboxMessage.id)
-        .where(
-            OutboxMessage.ticket_id == MessageRef.ticket_id,
-            OutboxMessage.message_id == MessageRef.message_id,
-            col(OutboxMessage.to_addr).not_in([a.email for a in ctx.config.agents]),
-        )
-        .exists()
+    notices_to_customers = select(OutboxMessage.ticket_id, OutboxMessage.message_id, literal("out")).where(
+        col(OutboxMessage.ticket_id).in_(wanted),
+        col(OutboxMessage.message_id).is_not(None),
+        col(OutboxMessage.to_addr).not_in([a.email for a in ctx.config.agents]),
     )
-    customer_saw = or_(
-        and_(MessageRef.direction == "in", own_mail),
-        and_(MessageRef.direction != "in", notice_to_customer),
-    )
+    saw: Result[Any] = session.connection().execute(union_all(own_mail, notices_to_customers))
+    customer_saw = {tuple(row) for row in saw}
     rows = session.exec(
-        select(MessageRef.ticket_id, MessageRef.message_id, MessageRef.direction, customer_saw)
-        .where(col(MessageRef.ticket_id).in_(list(ticket_ids)))
+        select(MessageRef.ticket_id, MessageRef.message_id, MessageRef.direction)
+        .where(col(MessageRef.ticket_id).in_(wanted))
         .order_by(col(MessageRef.id))
     ).all()
     refs: dict[int, list[tuple[str, str, bool]]] = defaultdict(list)
-    for ticket_id, message_id, direction, seen in rows:
+    for ticket_id, message_id, direction in rows:
         if _MSGID_SAFE.fullmatch(message_id):
-            refs[ticket_id].append((message_id, direction, bool(seen)))
+            seen = (ticket_id, message_id, "in" if direction == "in" else "out") in customer_saw
+            refs[ticket_id].append((message_id, direction, seen))
     return refs
 
 

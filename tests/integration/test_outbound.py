@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -18,18 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlmodel import Session, col, select
 
 from mailticket.context import AppContext
 from mailticket.outbound import send
 from mailticket.outbound.send import flush, retry
+from mailticket.outbound.thread_headers import thread_refs
 from mailticket.outbound.transports import Claimed, SmtpTransport, Transport
 from mailticket.refs import verify_reply_token
 from mailticket.storage.serialize import outbox_dict
 from mailticket.storage.tables import Entry, Event, MessageRef, OutboxMessage, Ticket
 from mailticket.tickets import actions
 from tests.factories import Clock, ingest, mail, make_ctx
-from tests.servers import Received, SmtpSink, free_port
+from tests.servers import Received, SmtpSink, free_port, postgres_database
 
 SECRET = b"test-secret"
 CAROL = "carol@customer.example"
@@ -249,6 +252,61 @@ def test_threading_chain_over_three_rounds(smtp_sink: SmtpSink, db_url: str, tmp
     # Every notice to Carol carries her signed token.
     ref = str(ack["X-Mailticket-Ticket"])
     assert all(token(mid(m)) == (ref, "carol@customer.example") for m in to_carol)
+
+
+@pytest.mark.postgres
+def test_thread_lookup_reads_the_batch_tickets_through_their_index(tmp_path: Path) -> None:
+    """Rendering a batch reads the threads of its own tickets only: every table the look-up
+    touches is entered through an index condition on ticket_id, never scanned whole (a scan of
+    every customer entry and every notice per batch cost more with each ticket stored). Checked
+    on the plans PostgreSQL makes for the statements `thread_refs` sends, with 5,000 rows of
+    another ticket in each table, analysed, as a database in service would have."""
+    with postgres_database() as url:
+        ctx = make_ctx(tmp_path, url)
+        for n in range(4):
+            ingest(ctx, mail(message_id=f"carol-{n}@customer.example", subject=f"Case {n}"))
+        flush(ctx)
+        with ctx.engine.begin() as conn:
+            for statement in (
+                "INSERT INTO entries (ticket_id, kind, author_name, message_id, subject, body_text, flags,"
+                " created_at) SELECT 4, 'customer', 'C', 'e' || g || '@c.example', 's', 'b', '[]', now()"
+                " FROM generate_series(1, 5000) g",
+                "INSERT INTO message_refs (message_id, ticket_id, direction)"
+                " SELECT 'e' || g || '@c.example', 4, 'in' FROM generate_series(1, 5000) g",
+                "INSERT INTO outbox (ticket_id, kind, to_addr, recipients, message_id, automatic, status,"
+                " attempts, next_attempt_at, created_at) SELECT 4, 'ack', 'c@c.example', '[]',"
+                " 'o' || g || '@example.com', true, 'sent', 1, now(), now() FROM generate_series(1, 5000) g",
+                "ANALYZE entries, message_refs, outbox",
+            ):
+                conn.exec_driver_sql(statement)
+        statements: list[tuple[str, Any]] = []
+
+        def seen(conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any) -> None:
+            statements.append((statement, parameters))
+
+        with Session(ctx.engine) as session:
+            batch = [1, 2, 3]
+            event.listen(ctx.engine, "before_cursor_execute", seen)
+            try:
+                refs = thread_refs(session, ctx, batch)
+            finally:
+                event.remove(ctx.engine, "before_cursor_execute", seen)
+            assert sorted(refs) == batch and all(len(chain) == 3 for chain in refs.values())
+            conn = session.connection()
+            scans = []
+            for statement, parameters in statements:
+                plan = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters).scalar_one()
+                scans += [node for node in _plan_nodes(plan[0]["Plan"]) if "Relation Name" in node]
+        assert {node["Relation Name"] for node in scans} == {"entries", "outbox", "message_refs"}
+        for node in scans:  # an index scan's condition, or a bitmap scan's (its index's, rechecked)
+            assert "ticket_id" in node.get("Index Cond", node.get("Recheck Cond", "")), node
+        ctx.engine.dispose()
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
 
 
 # -- queued as inputs, rendered once by the sender ------------------------------------------
