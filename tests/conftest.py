@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Engine
 
 from mailticket.storage.db import make_engine, migrate
+from tests.factories import sqlite_at_head
 from tests.servers import (
     Dovecot,
     Postfix,
@@ -106,20 +107,44 @@ def smtp_sink() -> Iterator[SmtpSink]:
         yield sink
 
 
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
-)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """SQLAlchemy URL of an empty database: a SQLite file, or a fresh PostgreSQL database.
+DB_PARAMS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
-    A fresh PostgreSQL database per test costs ~75 ms (create + drop) and keeps tests fully
-    isolated; PostgreSQL being down makes these tests fail, never skip.
+
+@pytest.fixture(params=DB_PARAMS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLAlchemy URL of a new database with the schema at head: a SQLite file, or a fresh
+    PostgreSQL database, each a copy of one migrated once per test process (a migration costs
+    0.2-1 s here; tests of the migrations themselves take `empty_db_url`).
+
+    Each test has its own database and never sees another's rows; PostgreSQL being down makes
+    these tests fail, never skip.
     """
+    if request.param == "sqlite":
+        yield f"sqlite:///{sqlite_at_head(tmp_path / 'mailticket.db')}"
+    else:
+        with postgres_database(template=request.getfixturevalue("postgres_at_head")) as url:
+            yield url
+
+
+@pytest.fixture(params=DB_PARAMS)
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLAlchemy URL of an empty database (no schema), for the tests of the migrations."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'mailticket.db'}"
     else:
         with postgres_database() as url:
             yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_at_head() -> Iterator[str]:
+    """The name of a PostgreSQL database migrated to head that `db_url` copies (CREATE DATABASE
+    ... TEMPLATE); one per test process, dropped at its end."""
+    with postgres_database("mailticket_head") as url:
+        engine = make_engine(url)
+        migrate(engine)
+        engine.dispose()  # a template must have no connections while it is copied
+        yield url.rsplit("/", 1)[1]
 
 
 @pytest.fixture

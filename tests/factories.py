@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import email
 import email.policy
+import functools
 import itertools
 import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -17,11 +21,13 @@ from typing import Any
 import tomli_w
 
 from mailticket.app import build
-from mailticket.config import Config
+from mailticket.config import Config, load_config
 from mailticket.context import AppContext
 from mailticket.models import Outcome, ParsedMessage, RawMail
+from mailticket.outbound.render import Renderer
 from mailticket.pipeline.parse import parse
 from mailticket.process import Pipeline
+from mailticket.storage.db import make_engine, migrate
 
 # The test corpus ships with the repository (tests/corpus, pinned by its SHA256SUMS);
 # MAILTICKET_CORPUS points the suite at another copy, e.g. a candidate update before it is copied in.
@@ -80,12 +86,60 @@ class Clock:
         self.now += timedelta(**delta)
 
 
+@functools.cache
+def _sqlite_at_head() -> Path:
+    """A SQLite database at the schema's head, migrated once per test process: a fresh
+    migration costs 0.2-1 s here, and most tests are not about migrations."""
+    folder = Path(tempfile.mkdtemp(prefix="mailticket-schema-"))
+    atexit.register(shutil.rmtree, folder, True)
+    path = folder / "head.db"
+    engine = make_engine(f"sqlite:///{path}")
+    migrate(engine)
+    engine.dispose()
+    return path
+
+
+def sqlite_at_head(path: Path) -> Path:
+    """A new SQLite database file at `path` with the schema at head (a copy of a migrated one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_sqlite_at_head(), path)
+    return path
+
+
 def make_ctx(tmp_path: Path, db_url: str | None = None, clock: Callable[[], datetime] | None = None,
              **sections: Any) -> AppContext:
-    ctx = build(make_config(tmp_path, db_url, **sections))
+    """The app on a config of BASE and `sections`; its own SQLite database, when `db_url` is
+    None, starts at the schema's head (what `build` would migrate it to)."""
+    config = make_config(tmp_path, db_url, **sections)
+    default = config.service.data_dir / "mailticket.db"
+    if config.service.database_url is None and not default.exists():
+        sqlite_at_head(default)
+    ctx = built(config)
     if clock is not None:
         ctx.clock = clock
     return ctx
+
+
+def load_ctx(path: Path | str) -> AppContext:
+    """`build(load_config(path))`, as `mailticket run` makes it, for tests of a config file."""
+    return built(load_config(path))
+
+
+def built(config: Config) -> AppContext:
+    """`build(config)`, with the packaged templates checked once per test process."""
+    ctx = build(config, sends=False)
+    if config.service.templates_dir is not None:
+        ctx.renderer.check()  # as build(config) does: an admin's templates can change
+    else:
+        _check_packaged_templates()
+    return ctx
+
+
+@functools.cache
+def _check_packaged_templates() -> None:
+    """`build`'s check of the packaged templates, once per test process: they cannot change
+    under it, and compiling and rendering every one of them cost most of a simple test here."""
+    Renderer().check()
 
 
 _ids = itertools.count(1)

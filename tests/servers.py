@@ -1377,18 +1377,22 @@ def _admin_connect() -> tuple[Any, str, str]:
 
 
 @contextlib.contextmanager
-def postgres_database(prefix: str = "mailticket_test") -> Iterator[str]:
+def postgres_database(prefix: str = "mailticket_test", template: str | None = None) -> Iterator[str]:
     """Create a fresh, randomly named database; yield its SQLAlchemy URL; drop it afterwards.
 
-    Runs never see each other's rows. Uses `postgres_endpoint()` (a private cluster where no
+    Runs never see each other's rows. `template`: a database to copy (one nobody is connected
+    to), e.g. one already migrated. Uses `postgres_endpoint()` (a private cluster where no
     PostgreSQL answers); raises PostgresUnavailable (never skips) if neither works.
     """
     from psycopg import sql
 
     conn, user, address = _admin_connect()
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        create = sql.SQL("{} TEMPLATE {}").format(create, sql.Identifier(template))
     try:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(create)
     except BaseException:
         conn.close()
         raise

@@ -14,14 +14,12 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlmodel import Session, select
 
-from mailticket.app import build
 from mailticket.cli import main, output
-from mailticket.config import load_config
 from mailticket.context import AppContext
 from mailticket.service import health
 from mailticket.storage.tables import Heartbeat, IntakeRecord, OutboxMessage
 from tests.daemonproc import write_config
-from tests.factories import ingest, mail
+from tests.factories import ingest, load_ctx, mail
 from tests.servers import SmtpSink
 
 LONG_SENDER = "Bartholomew Longname <bartholomew.longname-customerson@a-long-customer-domain.example>"
@@ -46,7 +44,7 @@ def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def desk(tmp_path: Path, db_url: str) -> Iterator[tuple[Path, AppContext]]:
     config = write_config(tmp_path / "mailticket.toml", db_url=db_url)
-    ctx = build(load_config(config))
+    ctx = load_ctx(config)
     yield config, ctx
     ctx.engine.dispose()
 
@@ -130,7 +128,7 @@ def test_outbox_list_shows_next_attempt_and_flush_fails_loudly(
     tmp_path: Path, db_url: str, smtp_sink: SmtpSink
 ) -> None:
     config = write_config(tmp_path / "mailticket.toml", db_url=db_url, sink=smtp_sink)
-    ctx = build(load_config(config))
+    ctx = load_ctx(config)
     ingest(ctx, mail())
     smtp_sink.reject_all("451 4.3.2 try later")
     flushed = run(config, "outbox", "flush", code=1)

@@ -18,13 +18,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import event, text
 
-from mailticket.app import build
 from mailticket.cli import main
 from mailticket.config import load_config
 from mailticket.context import AppContext
 from mailticket.errors import ConfigError
 from mailticket.storage.blobs import DatabaseBlobStore
-from tests.factories import ingest, mail, write_config
+from tests.factories import ingest, load_ctx, mail, write_config
 from tests.servers import postgres_database
 
 pytestmark = pytest.mark.postgres
@@ -37,7 +36,7 @@ def desk(tmp_path: Path) -> Iterator[tuple[Path, AppContext]]:
     with postgres_database() as url:
         config = write_config(tmp_path / "mt.toml", db_url=url, service={"blob_store": "postgres"},
                               smtp={"transport": "file"})
-        ctx = build(load_config(config))
+        ctx = load_ctx(config)
         yield config, ctx
         ctx.engine.dispose()
 

@@ -17,12 +17,10 @@ import pytest
 from click.testing import CliRunner
 from sqlmodel import Session
 
-from mailticket.app import build
 from mailticket.cli import main
-from mailticket.config import load_config
 from mailticket.storage import repository
 from tests.dkimkeys import DkimKey, OpenDkim
-from tests.factories import ingest, mail, write_config
+from tests.factories import ingest, load_ctx, mail, write_config
 from tests.servers import Postfix, SmtpSink
 
 # Postfix is built here, not by the `postfix` fixture: its milter must be configured before it
@@ -44,7 +42,7 @@ def agent_mail(ref: str, name: str, text: str) -> bytes:
 
 def test_border_mta_strips_forged_results_and_verifies_a_signed_agent(tmp_path: Path) -> None:
     config = write_config(tmp_path / "mailticket.toml")  # trusts mx.example.com
-    ctx = build(load_config(config))
+    ctx = load_ctx(config)
     ref = ingest(ctx, mail()).ticket_ref
     assert ref
     key = DkimKey.generate(tmp_path)

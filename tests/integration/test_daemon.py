@@ -17,12 +17,11 @@ import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
-from mailticket.config import load_config
 from mailticket.service.daemon import Daemon
 from mailticket.storage import repository
 from mailticket.storage.tables import Entry, IntakeRecord, OutboxMessage, Ticket
 from tests.daemonproc import DaemonProcess, counts, wait_until, write_config
-from tests.factories import mail
+from tests.factories import load_ctx, mail
 from tests.servers import Dovecot, SmtpSink
 
 CAROL = "carol@customer.example"
@@ -210,9 +209,8 @@ def test_idle_delivers_a_followup_in_under_two_seconds(
 
 def test_config_reload_applies_new_rules_and_keeps_the_last_good(tmp_path: Path, db_url: str) -> None:
     path = write_config(tmp_path / "mailticket.toml", db_url=db_url)
-    from mailticket.app import build
 
-    ctx = build(load_config(path))
+    ctx = load_ctx(path)
     daemon = Daemon(ctx)
     daemon.start()
     try:

@@ -21,16 +21,14 @@ import pytest
 from click.testing import CliRunner
 from sqlmodel import Session, col, select
 
-from mailticket.app import build
 from mailticket.cli import main
-from mailticket.config import load_config
 from mailticket.context import AppContext
 from mailticket.outbound.send import flush
 from mailticket.refs import outbound_message_id, token_recipient
 from mailticket.storage import repository
 from mailticket.storage.tables import OutboxMessage
 from mailticket.tickets import actions
-from tests.factories import ingest, mail, make_ctx, write_config
+from tests.factories import ingest, load_ctx, mail, make_ctx, write_config
 from tests.servers import Dovecot
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@customer.example"
@@ -120,7 +118,7 @@ ATTACKS: dict[str, Callable[[Tickets], bytes]] = {
 
 def open_tickets(config: Path) -> Tickets:
     """Tickets A (open) and B (pending: waiting for Carol), and their alerts sent."""
-    ctx = build(load_config(config))
+    ctx = load_ctx(config)
     refs = []
     for n in ("a", "b"):
         outcome = ingest(ctx, mail(sender=f"Carol <{CAROL}>", message_id=f"carol-{n}@customer.example"))

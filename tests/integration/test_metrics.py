@@ -12,13 +12,12 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailticket.app import build
 from mailticket.cli import main
 from mailticket.config import load_config
 from mailticket.errors import ConfigError
 from mailticket.service import health
 from tests.daemonproc import DaemonProcess, write_config
-from tests.factories import mail
+from tests.factories import load_ctx, mail
 from tests.servers import SmtpSink, free_port
 
 
@@ -92,7 +91,7 @@ def test_healthz_names_the_problem(tmp_path: Path, db_url: str) -> None:
     config = write_config(tmp_path / "mailticket.toml", db_url=db_url, metrics=f"127.0.0.1:{port}")
     with DaemonProcess(config) as daemon:
         daemon.wait_until(lambda: healthz(port)[0] == 200, what="healthy")
-        ctx = build(load_config(config))
+        ctx = load_ctx(config)
         health.record_source(ctx, "pipe", ok=False, error="DatabaseUnavailable: locked")
         code, body = healthz(port)
         assert code == 503 and body.startswith("pipe: failing (last error ")

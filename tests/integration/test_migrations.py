@@ -14,8 +14,9 @@ from tests.servers import postgres_database
 
 
 def test_interrupted_first_migration_leaves_nothing_behind(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    db_url = empty_db_url
     engine = make_engine(db_url)
     real_create = Operations.create_table
     created: list[str] = []

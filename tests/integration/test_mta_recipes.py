@@ -25,11 +25,9 @@ import pytest
 import tomli_w
 from sqlmodel import Session, select
 
-from mailticket.app import build
-from mailticket.config import load_config
 from mailticket.storage.tables import IntakeRecord, Ticket
 from tests.daemonproc import DaemonProcess
-from tests.factories import config_dict, mail
+from tests.factories import config_dict, load_ctx, mail
 from tests.servers import Postfix, free_port
 
 pytestmark = pytest.mark.postfix
@@ -120,7 +118,7 @@ def _desk(user: pwd.struct_passwd) -> Iterator[Path]:
 
 
 def _stored(config: Path) -> list[tuple[str, str | None]]:
-    ctx = build(load_config(config))
+    ctx = load_ctx(config)
     try:
         with Session(ctx.engine) as session:
             rows = session.exec(select(IntakeRecord).order_by(IntakeRecord.id)).all()

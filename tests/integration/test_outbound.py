@@ -31,7 +31,7 @@ from mailticket.refs import verify_reply_token
 from mailticket.storage.serialize import outbox_dict
 from mailticket.storage.tables import Entry, Event, MessageRef, OutboxMessage, Ticket
 from mailticket.tickets import actions
-from tests.factories import Clock, ingest, mail, make_ctx
+from tests.factories import Clock, ingest, load_ctx, mail, make_ctx
 from tests.servers import Received, SmtpSink, free_port, postgres_database
 
 SECRET = b"test-secret"
@@ -430,9 +430,10 @@ def test_template_failing_at_render_fails_the_row_once_with_an_event(
 
 
 def test_rows_rendered_before_the_upgrade_are_sent_unchanged(
-    smtp_sink: SmtpSink, db_url: str, tmp_path: Path
+    smtp_sink: SmtpSink, empty_db_url: str, tmp_path: Path
 ) -> None:
     """A queue written by a version that rendered at intake survives migration 0004 as it is."""
+    db_url = empty_db_url
     from alembic import command
     from sqlalchemy import insert
 
@@ -757,13 +758,11 @@ def test_outbox_cli_list_flush_and_retry(smtp_sink: SmtpSink, db_url: str, tmp_p
 
     from click.testing import CliRunner
 
-    from mailticket.app import build
     from mailticket.cli import main
-    from mailticket.config import load_config
     from tests.daemonproc import write_config
 
     config = write_config(tmp_path / "mailticket.toml", db_url=db_url, sink=smtp_sink)
-    ctx = build(load_config(config))
+    ctx = load_ctx(config)
     ingest(ctx, mail())
 
     def cli(*args: str, code: int = 0) -> str:

@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from mailticket.app import build
-from mailticket.config import load_config
 from mailticket.storage.tables import IntakeRecord
-from tests.factories import mail, write_config
+from tests.factories import load_ctx, mail, write_config
 from tests.pipes import MTA_CWD, argv, ingest, pipe_desk, unwritable_blobs
 
 
@@ -26,7 +24,7 @@ def config(tmp_path: Path) -> Path:
 
 
 def statuses(config: Path) -> list[str]:
-    ctx = build(load_config(config))
+    ctx = load_ctx(config)
     try:
         with Session(ctx.engine) as session:
             return [r.status for r in session.exec(select(IntakeRecord).order_by(IntakeRecord.id)).all()]

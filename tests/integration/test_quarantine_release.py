@@ -11,13 +11,11 @@ import pytest
 from click.testing import CliRunner
 from sqlmodel import Session, col, func, select
 
-from mailticket.app import build
 from mailticket.cli import main
-from mailticket.config import load_config
 from mailticket.context import AppContext
 from mailticket.storage.tables import Entry, IntakeRecord, Ticket
 from tests.daemonproc import write_config
-from tests.factories import ingest, mail
+from tests.factories import ingest, load_ctx, mail
 
 LIMIT_MB = 0.002  # about 2 KB: the "bug" that quarantines the big messages below
 
@@ -25,7 +23,7 @@ LIMIT_MB = 0.002  # about 2 KB: the "bug" that quarantines the big messages belo
 @pytest.fixture
 def setup(tmp_path: Path, db_url: str) -> Iterator[tuple[Path, AppContext]]:
     config = write_config(tmp_path / "mailticket.toml", db_url=db_url)
-    ctx = build(load_config(config))
+    ctx = load_ctx(config)
     yield config, ctx
     ctx.engine.dispose()
 

@@ -15,9 +15,7 @@ from sqlalchemy import text, update
 from sqlmodel import Session, select
 
 from benchmarks.ingest import generate
-from mailticket.app import build
 from mailticket.cli import main
-from mailticket.config import load_config
 from mailticket.context import AppContext
 from mailticket.intake import spool
 from mailticket.intake.workers import ParsePool, limits_of
@@ -29,7 +27,7 @@ from mailticket.storage import lease
 from mailticket.storage.tables import IntakeRecord, SpoolRow
 from tests import factories
 from tests.daemonproc import serial_threads, threads
-from tests.factories import DIE, ingest, mail, make_ctx, misbehaving_parse
+from tests.factories import DIE, ingest, load_ctx, mail, make_ctx, misbehaving_parse
 from tests.servers import Dovecot
 
 SOURCE = "imap:support/INBOX"
@@ -124,7 +122,7 @@ def test_fetch_through_the_spool_stores_each_message_once_with_the_tickets_of_a_
     result = CliRunner().invoke(main, ["--config", str(config), "fetch", "--json"])
     assert result.exit_code == 0, result.output
     (box,) = json.loads(result.stdout)["mailboxes"]
-    ctx = build(load_config(config))
+    ctx = load_ctx(config)
     status = json.loads(CliRunner().invoke(main, ["--config", str(config), "status", "--json"]).stdout)
     assert (box["stored"], box["duplicates"], box["error"]) == (150, 0, None)
     assert status["spool"] == {"waiting": 0, "claimed": 0, "oldest_age_seconds": None}

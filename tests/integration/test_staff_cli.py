@@ -11,20 +11,18 @@ import pytest
 from click.testing import CliRunner
 from sqlmodel import Session, col, select
 
-from mailticket.app import build
 from mailticket.cli import main
-from mailticket.config import load_config
 from mailticket.context import AppContext
 from mailticket.storage import repository
 from mailticket.storage.tables import OutboxMessage
 from tests.daemonproc import write_config
-from tests.factories import ingest, mail
+from tests.factories import ingest, load_ctx, mail
 
 AUTH = "mx.example.com; dkim=pass header.d=example.com"
 @pytest.fixture
 def setup(tmp_path: Path, db_url: str) -> Iterator[tuple[Path, AppContext]]:
     config = write_config(tmp_path / "mailticket.toml", db_url=db_url)
-    ctx = build(load_config(config))
+    ctx = load_ctx(config)
     yield config, ctx
     ctx.engine.dispose()
 
@@ -147,7 +145,7 @@ def test_a_refused_action_is_one_line_and_exit_1(
 def test_a_locked_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     """A database that stays locked is an expected failure: one line naming it, exit 1."""
     config = write_config(tmp_path / "mailticket.toml", db_url=f"sqlite:///{tmp_path / 'desk.db'}")
-    ctx = build(load_config(config))
+    ctx = load_ctx(config)
     ref = ingest(ctx, mail(subject="Cannot log in")).ticket_ref
     ctx.engine.dispose()
     holder = sqlite3.connect(tmp_path / "desk.db")

@@ -36,7 +36,8 @@ REF = re.compile(r"^[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}$")
 # -- schema ----------------------------------------------------------------------------------------
 
 
-def test_migrations_create_the_schema_and_are_idempotent(db_url: str) -> None:
+def test_migrations_create_the_schema_and_are_idempotent(empty_db_url: str) -> None:
+    db_url = empty_db_url
     engine = make_engine(db_url)
     try:
         migrate(engine)

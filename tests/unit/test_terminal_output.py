@@ -15,11 +15,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from mailticket.app import build
 from mailticket.cli import main
-from mailticket.config import load_config
 from mailticket.logs import KeyValueFormatter
-from tests.factories import ingest, write_config
+from tests.factories import ingest, load_ctx, write_config
 
 EVIL = (
     "\x1b[2J\x1b]0;owned\x07\x1b]8;;http://evil.example\x1b\\click\x1b]8;;\x1b\\\r\x9b31m\u202eexe.pdf\u2066"
@@ -49,7 +47,7 @@ def _hostile_mail() -> bytes:
 
 def test_no_control_character_from_mail_reaches_the_terminal(tmp_path: Path) -> None:
     config = write_config(tmp_path / "mailticket.toml")
-    ctx = build(load_config(config))
+    ctx = load_ctx(config)
     outcome = ingest(ctx, _hostile_mail())
     ctx.engine.dispose()
     assert outcome.status == "stored" and outcome.ticket_ref
