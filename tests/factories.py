@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+from sqlalchemy.engine import make_url
 
 from mailticket.app import build
 from mailticket.config import Config, load_config
@@ -108,12 +109,12 @@ def sqlite_at_head(path: Path) -> Path:
 
 def make_ctx(tmp_path: Path, db_url: str | None = None, clock: Callable[[], datetime] | None = None,
              **sections: Any) -> AppContext:
-    """The app on a config of BASE and `sections`; its own SQLite database, when `db_url` is
-    None, starts at the schema's head (what `build` would migrate it to)."""
+    """The app on a config of BASE and `sections`; a SQLite database that does not exist yet
+    starts at the schema's head (what `build` would migrate it to)."""
     config = make_config(tmp_path, db_url, **sections)
-    default = config.service.data_dir / "mailticket.db"
-    if config.service.database_url is None and not default.exists():
-        sqlite_at_head(default)
+    url = make_url(config.service.db_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        sqlite_at_head(Path(url.database))
     ctx = built(config)
     if clock is not None:
         ctx.clock = clock
