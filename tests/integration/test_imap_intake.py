@@ -688,6 +688,27 @@ def test_server_restart_mid_fetch_reconnects_without_loss(
     assert cursor(ctx)[1] == 8
 
 
+def test_a_server_that_never_greets_costs_the_connect_timeout_not_the_read_timeout(
+    make: Any, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarting server's listening socket may complete the TCP handshake with nobody left to
+    greet: the poll gives up after CONNECT_TIMEOUT, as connection trouble, and a logged-in
+    session then waits SOCKET_TIMEOUT for an answer."""
+    mute = socket.create_server(("127.0.0.1", 0))  # listens, never accepts: the kernel completes handshakes
+    monkeypatch.setattr(connection, "CONNECT_TIMEOUT", 0.3)
+    ctx = make(port=mute.getsockname()[1])
+    try:
+        started = time.monotonic()
+        with pytest.raises(OSError) as caught:
+            connection.connect(ctx.config.mailboxes[0], ctx.tokens)
+        assert time.monotonic() - started < 3
+        assert connection.is_connection_trouble(caught.value)
+    finally:
+        mute.close()
+    with connection.connected(make().config.mailboxes[0], ctx.tokens) as client:
+        assert client.socket().gettimeout() == connection.SOCKET_TIMEOUT
+
+
 def test_server_down_fails_the_poll_and_the_next_poll_recovers(
     make: Any, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -724,8 +745,11 @@ def test_server_down_fails_the_poll_and_the_next_poll_recovers(
 # -- IDLE -------------------------------------------------------------------------------------------
 
 
-def test_idle_delivers_a_new_message_to_a_ticket_in_under_two_seconds(make: Any, dovecot: Dovecot) -> None:
+def test_idle_delivers_a_new_message_to_a_ticket_in_under_two_seconds(
+    make: Any, dovecot: Dovecot, caplog: pytest.LogCaptureFixture
+) -> None:
     ctx = make(idle=True)
+    caplog.set_level(logging.INFO, "mailticket.intake")
     dovecot.append("INBOX", messages(["before-idle@customer.example"])[0])
     stop = threading.Event()
     passes: list[PollResult] = []
@@ -752,12 +776,13 @@ def test_idle_delivers_a_new_message_to_a_ticket_in_under_two_seconds(make: Any,
         with Session(ctx.engine) as s:
             entry = s.exec(sql_select(Entry).where(Entry.message_id == "idle-1@customer.example")).one()
             assert s.get(Ticket, entry.ticket_id) is not None
-        # A restart of the server: the loop reconnects by itself.
+        # A restart of the server: the loop reconnects by itself. A reconnect that reaches the old
+        # server while it stops may wait CONNECT_TIMEOUT for a greeting that never comes.
         dovecot.restart()
         dovecot.append("INBOX", mail(subject="After restart", message_id="idle-2@customer.example"))
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + connection.CONNECT_TIMEOUT + 10
         while count(ctx, Entry, Entry.message_id == "idle-2@customer.example") == 0:
-            assert time.monotonic() < deadline, "IDLE loop did not recover from a restart"
+            assert time.monotonic() < deadline, f"IDLE loop did not recover from a restart:\n{caplog.text}"
             time.sleep(0.02)
     finally:
         stop.set()

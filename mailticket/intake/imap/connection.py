@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
-from imapclient import IMAPClient
+from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientError
 from sqlalchemy.exc import SQLAlchemyError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_any
@@ -25,7 +25,8 @@ from mailticket.oauth.tokens import TokenSource
 
 log = logging.getLogger("mailticket.intake.imap")
 
-SOCKET_TIMEOUT = 60.0
+SOCKET_TIMEOUT = 60.0  # a command's answer (a FETCH of a large message may take a while)
+CONNECT_TIMEOUT = 10.0  # the TCP connection and the server's greeting
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,11 @@ def tls_context(mailbox: MailboxConfig) -> ssl.SSLContext:
         raise IntakeError(f"cannot load ca_file {mailbox.ca_file}: {exc}", mailbox=mailbox.name) from exc
 
 
-def connect(mailbox: MailboxConfig, tokens: TokenSource, timeout: float = SOCKET_TIMEOUT) -> IMAPClient:
+def connect(mailbox: MailboxConfig, tokens: TokenSource) -> IMAPClient:
     """A logged-in client. `starttls` refuses a server without STARTTLS: no silent plaintext.
+
+    A server that accepts the connection but never greets (one being restarted: its listening
+    socket still open, its processes gone) costs CONNECT_TIMEOUT, not a whole SOCKET_TIMEOUT.
 
     A mailbox with auth = "oauth2" authenticates with XOAUTH2 or OAUTHBEARER and a token
     from `tokens` (refreshed first when it is about to expire); the others with LOGIN.
@@ -57,7 +61,7 @@ def connect(mailbox: MailboxConfig, tokens: TokenSource, timeout: float = SOCKET
         port=mailbox.port,
         ssl=mailbox.security == "ssl",
         ssl_context=context,
-        timeout=timeout,
+        timeout=SocketTimeout(connect=CONNECT_TIMEOUT, read=SOCKET_TIMEOUT),
     )
     _quiet_imaplib(client)
     try:
