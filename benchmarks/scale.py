@@ -14,6 +14,9 @@ after a crash; 0 in a clean run). With `--direct` one daemon without the spool r
 (the lease holder does all the work, as before #17). The CPU the daemons and their parser
 workers used shows how much of the 2 cores one daemon already takes; PostgreSQL's own CPU
 per message is shown when the server is local and its files readable (run as root).
+The whole machine's busy cores (every process: the daemons, PostgreSQL, Dovecot) are shown
+for each run; from the one-daemon run follows a ceiling: at the same CPU per message, N cores
+allow at most N / busy times one daemon's rate, however many daemons share the work.
 Target: 2 daemons at least 1.5x one daemon's rate. `--rounds R` repeats the plan R times,
 backwards in even rounds, and reports the median of the per-round ratios (the machine's
 speed drifts by more than the effect measured). Run it from the repository root:
@@ -84,7 +87,7 @@ def run(daemons: int, spool: bool, n: int, dovecot: Dovecot, work: Path) -> dict
         try:
             for proc in procs:
                 proc.start(timeout=60)
-            started = time.perf_counter()
+            started, machine_before = time.perf_counter(), _machine_jiffies()
             moved = move_all(dovecot, STAGING, "INBOX")
 
             def done() -> bool:
@@ -98,6 +101,7 @@ def run(daemons: int, spool: bool, n: int, dovecot: Dovecot, work: Path) -> dict
 
             wait_until(done, timeout=3600, interval=0.2, what="every message stored")
             seconds = time.perf_counter() - started
+            busy = _busy_cores(machine_before, _machine_jiffies())
             shares = [proc.log().count("message stored") for proc in procs]
         finally:
             for proc in procs:
@@ -115,6 +119,7 @@ def run(daemons: int, spool: bool, n: int, dovecot: Dovecot, work: Path) -> dict
         "lost": moved - counts["intake"],
         "duplicates": counts["entries"] - counts["distinct"] + counts["seen_again"],
         "tickets": counts["tickets"], "shares": shares, "cpu_seconds": cpu, "pg_cpu_seconds": pg_cpu,
+        "busy_cores": busy,
     }
 
 
@@ -138,6 +143,19 @@ def _postgres_cpu(engine: Engine) -> float | None:
         return total / tick
     except (OSError, ValueError, IndexError, SQLAlchemyError):
         return None
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(all, idle) CPU time of the whole machine so far, in clock ticks (/proc/stat)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks), ticks[3] + ticks[4]  # idle and iowait
+
+
+def _busy_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Cores the whole machine kept busy between two readings: every process, PostgreSQL and
+    Dovecot included."""
+    total, idle = after[0] - before[0], after[1] - before[1]
+    return (total - idle) / total * (os.cpu_count() or 1) if total else 0.0
 
 
 def _children_cpu() -> float:
@@ -164,9 +182,15 @@ def main() -> None:
         print(f"generated {args.n} messages in {time.perf_counter() - made:.1f} s")
         plan = [(d, True) for d in args.daemons] + ([(1, False)] if args.direct else [])
         ratios: dict[int, list[float]] = {}
+        ceilings: list[float] = []  # what the machine's idle cores allow, from each one-daemon run
         for round_ in range(1, args.rounds + 1):
             results = _round(plan, args.n, dovecot, Path(tmp) / f"round-{round_}", round_)
             base = next((r for r in results if r["daemons"] == 1 and r["spool"]), None)
+            if base is not None and base["busy_cores"]:
+                ceilings.append((os.cpu_count() or 1) / base["busy_cores"])
+                print(f"round {round_}: one daemon kept {base['busy_cores']:.2f} of {os.cpu_count()} cores "
+                      f"busy: at its CPU a message, more daemons reach {ceilings[-1]:.2f}x at most",
+                      flush=True)
             for r in results:
                 if base is not None and r["spool"] and r is not base:
                     ratios.setdefault(r["daemons"], []).append(r["rate"] / base["rate"])
@@ -175,6 +199,9 @@ def main() -> None:
         for daemons, each in ratios.items():
             print(f"{daemons} daemons = {statistics.median(each):.2f}x one daemon's rate "
                   f"(median of {len(each)} round(s): {', '.join(f'{x:.2f}' for x in each)})")
+        if ceilings:
+            print(f"ceiling from the idle cores: {statistics.median(ceilings):.2f}x "
+                  f"(median of {len(ceilings)} round(s))")
 
 
 def _round(
@@ -193,6 +220,7 @@ def _round(
             f"{result['tickets']} tickets, {result['lost']} lost, {result['duplicates']} duplicates; "
             f"daemons' CPU {result['cpu_seconds']:.0f} s = "
             f"{result['cpu_seconds'] / result['seconds']:.2f} cores"
+            + f"; machine busy {result['busy_cores']:.2f} of {os.cpu_count()} cores"
             + ("" if result["pg_cpu_seconds"] is None else
                f"; PostgreSQL's {result['pg_cpu_seconds']:.0f} s = "
                f"{result['pg_cpu_seconds'] * 1000 / result['messages']:.1f} ms a message"),

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Table, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 
 from mailticket.config import SmtpConfig
 from mailticket.context import AppContext
@@ -317,33 +317,38 @@ Verdicts = Sequence[tuple[Claimed, Verdict, str | None]]
 
 
 def _record(ctx: AppContext, verdicts: Verdicts, result: FlushResult, claims: Claims) -> None:
-    """Commit the answers (one, or the rest of a batch the server went down in)."""
+    """Commit the answers (one, or the rest of a batch the server went down in): one statement
+    for each kind of answer, each row's values bound, whatever the number of rows."""
     cfg = ctx.config.smtp
     now = ctx.clock()
+    updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for item, verdict, note in verdicts:
+        values = _answer(cfg, result, item, verdict, note, now)
+        updates.setdefault(tuple(values), []).append({"row_id": item.id, **values})
+    by_id = update(_TABLE).where(_T.id == bindparam("row_id"))  # SET: the other keys given
     with ctx.engine.begin() as conn:
-        for item, verdict, note in verdicts:
-            if verdict == "sent":
-                result.sent += 1
-                _set(conn, item.id, status="sent", sent_at=now, claimed_until=None, last_error=note)
-            elif verdict == "failed":
-                result.failed += 1
-                _set(conn, item.id, status="failed", claimed_until=None, last_error=note)
-            elif verdict == "retry" and item.attempts >= cfg.max_attempts:
-                result.failed += 1
-                error = f"gave up after {item.attempts} attempts: {note}"
-                _set(conn, item.id, status="failed", claimed_until=None, last_error=error)
-            elif verdict == "retry":
-                result.retrying += 1
-                _set(conn, item.id, claimed_until=None, last_error=note,
-                     next_attempt_at=now + backoff(cfg, item.attempts))
-            else:  # down: the server's fault, not the row's; the server backs off, not the row
-                result.retrying += 1
-                _set(conn, item.id, claimed_until=None, last_error=note, attempts=item.attempts - 1)
+        for rows in updates.values():
+            conn.execute(by_id, rows)
     claims.drop(item.id for item, _verdict, _note in verdicts)
 
 
-def _set(conn: Connection, row_id: int, **values: Any) -> None:
-    conn.execute(update(_TABLE).where(_T.id == row_id).values(**values))
+def _answer(
+    cfg: SmtpConfig, result: FlushResult, item: Claimed, verdict: Verdict, note: str | None, now: datetime
+) -> dict[str, Any]:
+    """What an answer changes in its row (counted in `result`)."""
+    if verdict == "sent":
+        result.sent += 1
+        return {"status": "sent", "sent_at": now, "claimed_until": None, "last_error": note}
+    if verdict == "failed" or (verdict == "retry" and item.attempts >= cfg.max_attempts):
+        result.failed += 1
+        error = note if verdict == "failed" else f"gave up after {item.attempts} attempts: {note}"
+        return {"status": "failed", "claimed_until": None, "last_error": error}
+    result.retrying += 1
+    if verdict == "retry":
+        due = now + backoff(cfg, item.attempts)
+        return {"claimed_until": None, "last_error": note, "next_attempt_at": due}
+    # down: the server's fault, not the row's; the server backs off, not the row
+    return {"claimed_until": None, "last_error": note, "attempts": item.attempts - 1}
 
 
 def retry(ctx: AppContext, row_id: int) -> bool:
