@@ -109,6 +109,7 @@ _PLAIN_MAILBOX = re.compile(
 # RFC 5322 obs-optional: "Subject  : text" is a header; the stdlib takes it for body text.
 _OBS_HEADER_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]+:", re.M)
 _LEADING_BLANK_LINES = re.compile(rb"\A(?:[ \t]*(?:\r\n|\n|\r))+")
+_BLANK_LINE = re.compile(rb"\n\r?\n|\r\r")  # the end of a header block, in one pass
 # A delimiter line ("--boundary", "--boundary--") or a boundary parameter, in file order.
 _MIME_EVENT = re.compile(
     rb"^--(?P<delim>[^\r\n]{0,200})"
@@ -342,14 +343,16 @@ def _auth_domain(result: Any) -> str | None:
 
 def _header_end(data: bytes) -> int | None:
     """Offset of the blank line ending the header block, if it lies within MAX_HEADER_BYTES."""
-    found = [
-        at for sep in (b"\n\n", b"\n\r\n", b"\r\r") if (at := data.find(sep, 0, MAX_HEADER_BYTES + 4)) >= 0
-    ]
-    return min(found) if found else None
+    found = _BLANK_LINE.search(data, 0, MAX_HEADER_BYTES + 4)
+    return found.start() if found else None
 
 
-def _prepare(raw: bytes, defects: list[str]) -> bytes:
-    """Bytes the stdlib parser can read safely: BOM, blank lead-in and obsolete header syntax fixed."""
+def _prepare(raw: bytes, defects: list[str], *, head_only: bool = False) -> bytes:
+    """Bytes the stdlib parser can read safely: BOM, blank lead-in and obsolete header syntax fixed.
+
+    `head_only`: the header block alone, without the blank line that ends it (what threading and
+    de-duplication read before the parse): the body's bytes are not scanned at all.
+    """
     data = raw
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -362,6 +365,8 @@ def _prepare(raw: bytes, defects: list[str]) -> bytes:
     if end is None and len(data) > MAX_HEADER_BYTES:
         raise ParseError(f"header block larger than {MAX_HEADER_BYTES} bytes")
     head = data if end is None else data[:end]
+    if head_only:
+        data, end = head, None
     if _OBS_HEADER_NAME.search(head):
         defects.append("ObsoleteHeaderNameDefect")
         data = _OBS_HEADER_NAME.sub(rb"\1:", head) + (b"" if end is None else data[end:])
@@ -465,10 +470,10 @@ def _recover_multipart(part: Message) -> Message | None:
 def _header_block(raw: bytes) -> Message | None:
     """The header block alone (cheap: no MIME tree); None when `parse` would refuse it."""
     try:
-        head = _prepare(raw[: MAX_HEADER_BYTES + 8], [])
+        head = _prepare(raw[: MAX_HEADER_BYTES + 8], [], head_only=True)
     except ParseError:
         return None
-    return BytesHeaderParser(policy=policy.compat32).parsebytes(head[: _header_end(head)])
+    return BytesHeaderParser(policy=policy.compat32).parsebytes(head)
 
 
 def header_message_id(raw: bytes) -> str | None:

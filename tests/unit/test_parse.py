@@ -29,7 +29,16 @@ import pytest
 import mailticket.pipeline.parse as parse_module
 from mailticket.errors import ParseError
 from mailticket.models import ParsedMessage
-from mailticket.pipeline.parse import MAX_DEPTH, MAX_HEADER_BYTES, MAX_PARTS, parse, read_auth_results
+from mailticket.pipeline.parse import (
+    MAX_DEPTH,
+    MAX_HEADER_BYTES,
+    MAX_PARTS,
+    header_message_id,
+    header_thread_ids,
+    parse,
+    read_auth_results,
+)
+from mailticket.refs import find_token
 from tests.factories import CORPUS, mail
 
 CATEGORIES: dict[str, list[str]] = json.loads((CORPUS / "categories.json").read_text())
@@ -78,6 +87,33 @@ def test_every_full_message_parses(name: str) -> None:
         if address is not None:
             assert address.email == address.email.lower() and "@" in address.email
     assert all(len(i) <= 900 for i in (parsed.message_id or "", *parsed.references))
+
+
+_HEAD_SHAPES = {
+    "bom and blank lead-in": b"\xef\xbb\xbf\r\n\r\nSubject: lead\r\nMessage-ID: <lead@x>\r\n\r\nbody",
+    "obsolete header names": b"Subject : obs\nMessage-ID : <obs@x>\nReferences : <r@x>\n\nbody",
+    "cr line ends": b"Subject: cr\rMessage-ID: <cr@x>\rIn-Reply-To: <p@x>\r\rbody",
+    "body of parameters and delimiters": b"Subject: big\nMessage-ID: <big@x>\nReferences: <a@x> <b@x>\n\n"
+    + b"a=b; " * 5000 + b"\n--x\n" * 2000,
+}
+
+
+@pytest.mark.parametrize("name", [*FULL, *_HEAD_SHAPES])
+def test_the_header_block_alone_gives_the_threading_fields_of_the_parse(name: str) -> None:
+    """What intake orders and de-duplicates by before the parse (the spool's thread keys) reads
+    the header block alone; it must be what the whole parse finds."""
+    raw = _HEAD_SHAPES[name] if name in _HEAD_SHAPES else corpus(name)
+    try:
+        parsed = parse(raw)
+    except ParseError:
+        return
+    own, answered, subject = header_thread_ids(raw)
+    assert own == parsed.message_id == header_message_id(raw) or parsed.message_id is None
+    assert set(answered) == {*parsed.in_reply_to, *parsed.references}
+    # 8-bit subjects are decoded as cp1252 here, by the body's charset in the parse; the ticket
+    # token, all threading takes from the subject, is ASCII.
+    assert find_token(subject) == find_token(parsed.subject)
+    assert subject == parsed.subject or not subject.isascii() or not parsed.subject.isascii()
 
 
 def test_all_full_messages_become_entries() -> None:
