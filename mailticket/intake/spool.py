@@ -48,7 +48,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 from itertools import takewhile
@@ -62,11 +62,12 @@ from mailticket.context import AppContext
 from mailticket.errors import IntakeError, StoreUnavailable
 from mailticket.intake.pause import is_environment_fault, pause_for
 from mailticket.intake.workers import Parsed, ParseJob, ParsePool, WorkerLost, shared_pool
-from mailticket.models import Outcome, RawMail
+from mailticket.models import Outcome, ParsedMessage, RawMail
 from mailticket.pipeline.parse import header_thread_ids
 from mailticket.process import Batch, Pipeline
 from mailticket.refs import find_token, message_id_ref
 from mailticket.storage import lease
+from mailticket.storage.blobs import BLOBS
 from mailticket.storage.db import upsert
 from mailticket.storage.tables import MessageRef, SpoolKey, SpoolRow, Ticket
 
@@ -113,16 +114,23 @@ def add(ctx: AppContext, mailbox: str, source: str, mails: Sequence[tuple[str, b
     """Commit fetched messages, (position, raw bytes) each, into the spool; how many were new.
 
     A position already spooled (fetched again after a crash before its acknowledgement) is not
-    added twice. A handful of statements per call, whatever the number of messages.
+    added twice. A handful of statements per call, whatever the number of messages. With
+    `blob_store = "postgres"` the raw bytes are committed once, as the blob the stored message
+    will name, and the row names that blob instead of carrying a second copy.
     """
     keyed = [(position, data, *thread_keys(data)) for position, data in mails]
     answered = {mid for *_, unknown in keyed for mid in unknown}
+    blobs = ctx.blobs.pending() if ctx.config.service.blob_store == "postgres" else None
     with ctx.engine.begin() as conn:
         stored = _tickets_of(conn, answered)
         spooled = _spooled_keys(conn, [f"mid:{mid}" for mid in answered if mid not in stored])
         now = ctx.clock()
-        new = [{"mailbox": mailbox, "source": source, "position": position, "raw": data, "created_at": now,
-                "tried": False, "attempts": 0} for position, data, _, _ in keyed]
+        new = [{"mailbox": mailbox, "source": source, "position": position, "created_at": now,
+                "tried": False, "attempts": 0, "raw": data if blobs is None else None,
+                "raw_sha256": None if blobs is None else blobs.put(data)}
+               for position, data, _, _ in keyed]
+        if blobs is not None:  # in this transaction: a row never names a blob that is not there
+            blobs.settle(conn)
         inserted = conn.execute(
             upsert(ctx.engine.dialect.name, _SPOOL).values(new).on_conflict_do_nothing()
             .returning(_S.position, _S.id)
@@ -184,6 +192,13 @@ def depth(conn: Connection, now: datetime) -> dict[str, Any]:
 # -- processing (any daemon) -----------------------------------------------------------------------
 
 
+def _blob_kept(row: Claimed, parsed: Parsed) -> Parsed:
+    """The parse, told that its raw bytes are stored already when the row named their blob."""
+    if isinstance(parsed, ParsedMessage) and row.blob == parsed.raw_sha256:
+        return replace(parsed, stored_blobs=parsed.stored_blobs | {row.blob})
+    return parsed
+
+
 @dataclass(frozen=True)
 class Claimed:
     """A row this process claimed; `attempts` is 0 in a fresh group, else its charged count."""
@@ -191,6 +206,7 @@ class Claimed:
     id: int
     raw: RawMail
     attempts: int
+    blob: str | None = None  # the blob the raw bytes came from (stored already), if the row named one
 
 
 class Processor:
@@ -316,13 +332,19 @@ class Processor:
                         claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
             )
             rows = conn.execute(
-                select(_S.id, _S.mailbox, _S.source, _S.position, _S.raw, _S.attempts)
+                select(_S.id, _S.mailbox, _S.source, _S.position, _S.raw_sha256, _S.attempts,
+                       func.coalesce(_S.raw, BLOBS.c.data).label("raw"))
+                .select_from(_SPOOL.outerjoin(BLOBS, BLOBS.c.sha256 == _S.raw_sha256))
                 .where(_S.id.in_(ids))
                 .order_by(_S.id)
             ).all()
+        missing = [row.raw_sha256 for row in rows if row.raw is None]
+        if missing:  # mailticket never deletes a blob: someone removed these by hand
+            raise IntakeError(f"spooled messages name blobs that are not in the database: {missing}",
+                              mailbox=rows[0].mailbox)
         return [
             Claimed(row.id, RawMail(data=bytes(row.raw), source=row.source, position=row.position,
-                                    mailbox=row.mailbox), row.attempts if alone else 0)
+                                    mailbox=row.mailbox), row.attempts if alone else 0, row.raw_sha256)
             for row in rows
         ]
 
@@ -411,7 +433,8 @@ class Processor:
         return self._done([row], outcomes)
 
     def _store(self, rows: list[Claimed], parsed: list[Parsed], batch: Batch) -> list[Outcome]:
-        outcomes = [batch.process(row.raw, parsed=one) for row, one in zip(rows, parsed, strict=True)]
+        pairs = zip(rows, parsed, strict=True)
+        outcomes = [batch.process(row.raw, parsed=_blob_kept(row, one)) for row, one in pairs]
         self._delete(batch, rows)
         return outcomes
 

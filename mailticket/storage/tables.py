@@ -236,7 +236,8 @@ class SpoolRow(SQLModel, table=True):
     mailbox: str = Field(max_length=200)
     source: str = Field(max_length=700)
     position: str = Field(max_length=200)  # e.g. "uidvalidity=1 uid=7": a refetch is not spooled twice
-    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    raw_sha256: str | None = Field(default=None, max_length=64)  # or the blob that holds the bytes
     created_at: datetime = Field(default_factory=utcnow)
     tried: bool = False  # claimed in a group once: a processor that died held it (charged to no one)
     attempts: int = 0  # claims on its own, each committed before it is touched

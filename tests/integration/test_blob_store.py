@@ -21,7 +21,8 @@ from sqlalchemy import event, text
 from mailticket.cli import main
 from mailticket.config import load_config
 from mailticket.context import AppContext
-from mailticket.errors import ConfigError
+from mailticket.errors import ConfigError, IntakeError
+from mailticket.intake import spool
 from mailticket.storage.blobs import DatabaseBlobStore
 from tests.factories import ingest, load_ctx, mail, write_config
 from tests.servers import postgres_database
@@ -145,6 +146,47 @@ def test_every_reader_of_blobs_works_from_the_database(desk: tuple[Path, AppCont
     assert not (ctx.data_dir / "blobs").exists()
     with ctx.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM blobs")).scalar_one() == 4  # 2 raw mails, 2 files
+
+
+def test_a_spooled_message_names_its_blob_and_its_bytes_are_written_once(
+    desk: tuple[Path, AppContext],
+) -> None:
+    """With the database store the lease holder commits the raw mail as its blob, the spool row
+    names it, and storing the message writes no second copy; a row spooled before (bytes in
+    the row) is still stored; a row whose blob was deleted by hand stops the processor."""
+    _, ctx = desk
+    raw = mail(subject="Printer", message_id="once@c.example", attachments=[("a.pdf", "text/plain", PDF)])
+    old = mail(subject="From before", message_id="before@c.example")
+    assert spool.add(ctx, "support", "imap:support/INBOX", [("uid=1", raw)]) == 1
+    sha = hashlib.sha256(raw).hexdigest()
+    with ctx.engine.begin() as conn:
+        assert conn.execute(text("SELECT raw, raw_sha256 FROM spool")).one() == (None, sha)
+        conn.execute(text("INSERT INTO spool (mailbox, source, position, raw, created_at, tried, attempts)"
+                          " VALUES ('support', 'imap:support/INBOX', 'uid=2', :raw, now(), false, 0)"),
+                     {"raw": old})
+    assert ctx.blobs.get(sha) == raw
+
+    bound: list[bytes] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        for one in params if many else [params]:
+            values = [getattr(v, "obj", v) for v in (one.values() if isinstance(one, dict) else one)]
+            bound.extend(bytes(v) for v in values if isinstance(v, bytes | memoryview))  # psycopg's Binary
+
+    event.listen(ctx.engine, "before_cursor_execute", capture)
+    done = spool.Processor(ctx).drain()
+    event.remove(ctx.engine, "before_cursor_execute", capture)
+
+    assert [(stored.data, outcome.status) for stored, outcome in done] == [(raw, "stored"), (old, "stored")]
+    assert raw not in bound and old in bound  # the old row's bytes become its blob now
+    assert ctx.blobs.get(hashlib.sha256(old).hexdigest()) == old
+
+    lost = mail(subject="Blob deleted", message_id="lost@c.example")
+    spool.add(ctx, "support", "imap:support/INBOX", [("uid=3", lost)])
+    with ctx.engine.begin() as conn:
+        conn.execute(text("DELETE FROM blobs WHERE sha256 = :s"), {"s": hashlib.sha256(lost).hexdigest()})
+    with pytest.raises(IntakeError, match="name blobs that are not in the database"):
+        spool.Processor(ctx).drain()
 
 
 def test_a_postgres_blob_store_needs_a_postgresql_database(tmp_path: Path) -> None:
