@@ -839,3 +839,31 @@ def test_a_flush_longer_than_a_claim_keeps_its_rows_and_a_dead_ones_lapse(
     assert flush(ctx, transport=Slow(ctx.config.smtp)).sent == 3
     assert stolen == [0, 0, 0] and len(smtp_sink.received) == 3
     other.engine.dispose()
+
+
+def test_the_recorder_gathers_answers_into_one_commit_and_never_holds_up_a_full_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Answers that come within GATHER_SECONDS of each other are committed together; UNCOMMITTED of
+    them are committed at once, so the sender, which waits only for a full set, never waits on
+    the gathering."""
+    committed: list[tuple[list[int], float]] = []
+
+    def record(ctx: Any, verdicts: send.Verdicts, result: Any, claims: Any) -> None:
+        committed.append(([item.id for item, _, _ in verdicts], time.monotonic()))
+
+    monkeypatch.setattr(send, "_record", record)
+    monkeypatch.setattr(send, "GATHER_SECONDS", 1.0)
+    answers = [(Claimed(i, "ack", "a@x", ["b@x"], b"", 1), "sent", None) for i in range(1, 8)]
+    with send.Recorder(Any, send.FlushResult(), Any) as recorder:  # type: ignore[arg-type]
+        recorder.add(answers[:1])
+        time.sleep(0.1)  # the recorder is awake: without gathering it would commit this one alone
+        recorder.add(answers[1:3])
+        started = time.monotonic()
+        recorder.add(answers[3:4])  # four: committed now, not after the gathering time
+        while not committed and time.monotonic() - started < 0.9:
+            time.sleep(0.001)
+        full_after = time.monotonic() - started
+        recorder.add(answers[4:])
+    assert [ids for ids, _ in committed] == [[1, 2, 3, 4], [5, 6, 7]]  # the last three when it closed
+    assert full_after < 0.5
