@@ -205,9 +205,10 @@ class Batch:
             self.done.append((raw, message_id, outcome))
         return outcome
 
-    def quarantine(self, raw: RawMail, reason: str) -> Outcome:
-        """Keep a message we will not process (too large, or a worker keeps crashing on it)."""
-        outcome = self._store().quarantine(raw, reason)
+    def quarantine(self, raw: RawMail, reason: str, raw_sha: str | None = None) -> Outcome:
+        """Keep a message we will not process (too large, or a worker keeps crashing on it);
+        `raw_sha`: its bytes are a blob already (or were)."""
+        outcome = self._store().quarantine(raw, reason, raw_sha)
         self._next()
         self.done.append((raw, None, outcome))
         return outcome

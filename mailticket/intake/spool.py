@@ -6,6 +6,8 @@ one PostgreSQL database share that work:
   1. the lease holder fetches a group of messages and commits them into the `spool` table,
      raw bytes and thread keys (`add`), then acknowledges them at the source (\\Seen or MOVE
      to processed_folder) and moves the cursor, as intake/imap/poller.py does without it;
+     with `blob_store = "postgres"` the raw bytes go in once, as the blob the stored message
+     will name, and the row names it;
   2. a `Processor` in any daemon claims rows (`SELECT ... FOR UPDATE SKIP LOCKED` on
      PostgreSQL, under BEGIN IMMEDIATE on SQLite), parses them in its parser workers
      (intake/workers.py) outside any transaction, the next group while it stores this one,
@@ -192,11 +194,23 @@ def depth(conn: Connection, now: datetime) -> dict[str, Any]:
 # -- processing (any daemon) -----------------------------------------------------------------------
 
 
-def _blob_kept(row: Claimed, parsed: Parsed) -> Parsed:
-    """The parse, told that its raw bytes are stored already when the row named their blob."""
+def _store_one(batch: Batch, row: Claimed, parsed: Parsed) -> Outcome:
+    """One claimed row through the pipeline; the parse is told that its raw bytes are stored
+    already when the row named their blob.
+
+    A row whose blob is gone (mailticket deletes none: someone did, by hand) cannot be stored: it
+    is quarantined under that blob's name, so that it holds up nothing behind it and shows in
+    `quarantine list`. Its source copy was acknowledged when it was spooled, and is still there.
+    """
+    if row.missing:
+        where = {"mailbox": row.raw.mailbox, "position": row.raw.position, "blob": row.blob}
+        log.error("spooled message lost its raw bytes; quarantined", extra={"fields": where})
+        reason = (f"its raw bytes (blob {row.blob}) were deleted from the database before it was "
+                  f"stored; the source copy is at {row.raw.source} {row.raw.position}")
+        return batch.quarantine(row.raw, reason, row.blob)
     if isinstance(parsed, ParsedMessage) and row.blob == parsed.raw_sha256:
-        return replace(parsed, stored_blobs=parsed.stored_blobs | {row.blob})
-    return parsed
+        parsed = replace(parsed, stored_blobs=parsed.stored_blobs | {row.blob})
+    return batch.process(row.raw, parsed=parsed)
 
 
 @dataclass(frozen=True)
@@ -207,6 +221,7 @@ class Claimed:
     raw: RawMail
     attempts: int
     blob: str | None = None  # the blob the raw bytes came from (stored already), if the row named one
+    missing: bool = False  # the row named a blob that is gone (deleted by hand): no bytes to store
 
 
 class Processor:
@@ -338,13 +353,10 @@ class Processor:
                 .where(_S.id.in_(ids))
                 .order_by(_S.id)
             ).all()
-        missing = [row.raw_sha256 for row in rows if row.raw is None]
-        if missing:  # mailticket never deletes a blob: someone removed these by hand
-            raise IntakeError(f"spooled messages name blobs that are not in the database: {missing}",
-                              mailbox=rows[0].mailbox)
         return [
-            Claimed(row.id, RawMail(data=bytes(row.raw), source=row.source, position=row.position,
-                                    mailbox=row.mailbox), row.attempts if alone else 0, row.raw_sha256)
+            Claimed(row.id, RawMail(data=b"" if row.raw is None else bytes(row.raw), source=row.source,
+                                    position=row.position, mailbox=row.mailbox),
+                    row.attempts if alone else 0, row.raw_sha256, row.raw is None)
             for row in rows
         ]
 
@@ -433,8 +445,7 @@ class Processor:
         return self._done([row], outcomes)
 
     def _store(self, rows: list[Claimed], parsed: list[Parsed], batch: Batch) -> list[Outcome]:
-        pairs = zip(rows, parsed, strict=True)
-        outcomes = [batch.process(row.raw, parsed=_blob_kept(row, one)) for row, one in pairs]
+        outcomes = [_store_one(batch, row, one) for row, one in zip(rows, parsed, strict=True)]
         self._delete(batch, rows)
         return outcomes
 

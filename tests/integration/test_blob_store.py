@@ -21,7 +21,7 @@ from sqlalchemy import event, text
 from mailticket.cli import main
 from mailticket.config import load_config
 from mailticket.context import AppContext
-from mailticket.errors import ConfigError, IntakeError
+from mailticket.errors import ConfigError
 from mailticket.intake import spool
 from mailticket.storage.blobs import DatabaseBlobStore
 from tests.factories import ingest, load_ctx, mail, write_config
@@ -153,7 +153,8 @@ def test_a_spooled_message_names_its_blob_and_its_bytes_are_written_once(
 ) -> None:
     """With the database store the lease holder commits the raw mail as its blob, the spool row
     names it, and storing the message writes no second copy; a row spooled before (bytes in
-    the row) is still stored; a row whose blob was deleted by hand stops the processor."""
+    the row) is still stored; a row whose blob was deleted by hand is quarantined, holding up
+    nothing."""
     _, ctx = desk
     raw = mail(subject="Printer", message_id="once@c.example", attachments=[("a.pdf", "text/plain", PDF)])
     old = mail(subject="From before", message_id="before@c.example")
@@ -182,11 +183,19 @@ def test_a_spooled_message_names_its_blob_and_its_bytes_are_written_once(
     assert ctx.blobs.get(hashlib.sha256(old).hexdigest()) == old
 
     lost = mail(subject="Blob deleted", message_id="lost@c.example")
-    spool.add(ctx, "support", "imap:support/INBOX", [("uid=3", lost)])
+    behind = mail(subject="Re: Blob deleted", message_id="behind@c.example", in_reply_to="<lost@c.example>")
+    spool.add(ctx, "support", "imap:support/INBOX", [("uid=3", lost), ("uid=4", behind)])
+    gone = hashlib.sha256(lost).hexdigest()
     with ctx.engine.begin() as conn:
-        conn.execute(text("DELETE FROM blobs WHERE sha256 = :s"), {"s": hashlib.sha256(lost).hexdigest()})
-    with pytest.raises(IntakeError, match="name blobs that are not in the database"):
-        spool.Processor(ctx).drain()
+        conn.execute(text("DELETE FROM blobs WHERE sha256 = :s"), {"s": gone})
+    (_, quarantined), (_, stored) = spool.Processor(ctx).drain()
+    assert quarantined.status == "quarantined" and f"blob {gone}" in quarantined.reason
+    assert "imap:support/INBOX uid=3" in quarantined.reason
+    assert stored.status == "stored"  # the reply behind it was not held up
+    with ctx.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM spool")).scalar_one() == 0
+        kept = conn.execute(text("SELECT status FROM intake WHERE raw_sha256 = :s"), {"s": gone})
+        assert kept.scalar_one() == "quarantined"
 
 
 def test_a_postgres_blob_store_needs_a_postgresql_database(tmp_path: Path) -> None:
