@@ -6,6 +6,7 @@ sees: the config file, the signals, the exit status and the log lines.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pwd
 import signal
@@ -144,6 +145,42 @@ class DaemonProcess:
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.terminate()
+
+
+class KillCadence:
+    """When a kill storm kills next, so that it makes `wanted` kills over `total` rows on a slow
+    machine and a fast one alike.
+
+    A kill comes `step` intake rows after the last (fewer once the storm falls behind `wanted`:
+    the rows left shared out over the kills still wanted, but never fewer than `floor`, or one
+    row held by the daemons in turn could be charged for every kill and quarantined as poison,
+    which is what three deaths while it is processed alone mean: intake/spool.py), then after
+    one of DELAYS (0-40 ms,
+    to land inside a transaction, a parse, or between a commit and its acknowledgement), cut to
+    the time three rows took the last time (on a fast machine 40 ms would be a whole batch)."""
+
+    DELAYS = (0.0, 0.004, 0.012, 0.025, 0.04, 0.002, 0.018)
+
+    def __init__(self, total: int, wanted: int, step: int = 15, floor: int = 8) -> None:
+        self.total, self.wanted, self.step, self.floor = total, wanted, step, floor
+        self.kills = 0
+        self._delays = itertools.cycle(self.DELAYS)
+        self._since: tuple[int, float] = (0, time.monotonic())
+
+    def target(self, rows: int) -> int:
+        """The intake rows to wait for before the next kill (`total` when the storm is over)."""
+        self._since = (rows, time.monotonic())
+        behind = max(self.wanted - self.kills, 1)
+        return min(rows + max(self.floor, min(self.step, (self.total - rows) // (behind + 1))), self.total)
+
+    def delay(self, rows: int) -> float:
+        """The pause before the kill, now that `rows` are stored."""
+        stored, since = self._since
+        per_row = (time.monotonic() - since) / max(rows - stored, 1)
+        return min(next(self._delays), 3 * per_row)
+
+    def killed(self) -> None:
+        self.kills += 1
 
 
 def wait_until(check: object, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> None:

@@ -13,7 +13,6 @@ fault ends) and the suite stays fast; `MAILTICKET_OUTAGE_SECONDS=30` runs the lo
 
 from __future__ import annotations
 
-import itertools
 import json
 import multiprocessing
 import os
@@ -40,7 +39,7 @@ from mailticket.intake.imap import poll_mailbox
 from mailticket.storage.db import make_engine, migrate
 from mailticket.storage.tables import Entry, IntakeRecord, OutboxMessage, Ticket, UidAttempt
 from tests import factories
-from tests.daemonproc import DaemonProcess, wait_until, write_config
+from tests.daemonproc import DaemonProcess, KillCadence, wait_until, write_config
 from tests.factories import load_ctx, mail
 from tests.servers import Dovecot, SmtpSink, _admin_connect, postgres_database
 
@@ -241,6 +240,13 @@ def storm_corpus(originals: int, replies: int) -> list[bytes]:
     return out
 
 
+def quarantine_reasons(engine: Engine) -> list[tuple[str, str]]:
+    """(source, reason) of every quarantined message: what a failing storm prints."""
+    with Session(engine) as s:
+        kept = select(IntakeRecord.source, IntakeRecord.reason).where(IntakeRecord.status == "quarantined")
+        return [(source, reason) for source, reason in s.exec(kept)]
+
+
 def intake_rows(engine: Engine) -> int:
     try:
         with engine.connect() as conn:
@@ -274,8 +280,9 @@ def test_a_kill_storm_stores_every_message_exactly_once_and_quarantines_none(
 ) -> None:
     """At least 30 kill -9s across 700 messages (490 new tickets, 210 replies to them), with
     two parser workers per poller. victim = poller: each poller is killed 0 to 40 ms after its
-    15th new intake row, so inside the next fetch group's transaction, inside a group redone one
-    by one, or between a commit and its acknowledgement (its parser workers end with it).
+    15th new intake row (sooner when the storm falls behind 40 kills: `KillCadence`), so inside
+    the next fetch group's transaction, inside a group redone one by one, or between a commit
+    and its acknowledgement (its parser workers end with it).
     victim = parser: one poller runs on while one of its parser workers is killed after every
     15 new rows (the pool replaces it; the message it had is charged and parsed again).
     Then one clean `mailticket fetch`.
@@ -292,28 +299,28 @@ def test_a_kill_storm_stores_every_message_exactly_once_and_quarantines_none(
     engine = make_engine(db_url)
     migrate(engine)
     fork = multiprocessing.get_context("fork")
-    delays = itertools.cycle([0.0, 0.004, 0.012, 0.025, 0.04, 0.002, 0.018])
+    cadence = KillCadence(total, wanted=40)
     started = time.monotonic()
-    kills = 0
-    while (before := intake_rows(engine)) < total:
+    while intake_rows(engine) < total:
         worker = fork.Process(target=poll_once, args=(str(config),))
         worker.start()
         while worker.is_alive():
-            while intake_rows(engine) < before + 15 and worker.is_alive():
+            target = cadence.target(intake_rows(engine))
+            while intake_rows(engine) < target and worker.is_alive():
                 time.sleep(0.002)
-            time.sleep(next(delays))
+            time.sleep(cadence.delay(intake_rows(engine)))
             if victim == "poller":
                 pids = [worker.pid] if worker.is_alive() else []
             else:
                 pids = [p.pid for p in parser_workers(worker.pid)][:1]  # type: ignore[arg-type]
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
-                kills += 1
-            before = intake_rows(engine)
+                cadence.killed()
             if victim == "poller":
                 break
         worker.join(10)
-        assert time.monotonic() - started < 240, f"storm too slow: {kills} kills, {intake_rows(engine)} rows"
+        slow = f"storm too slow: {cadence.kills} kills, {intake_rows(engine)} rows"
+        assert time.monotonic() - started < 240, slow
     command = [sys.executable, "-m", "mailticket", "--config", str(config), "--log-level", "WARNING", "fetch"]
     final = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - started
@@ -324,6 +331,8 @@ def test_a_kill_storm_stores_every_message_exactly_once_and_quarantines_none(
         replies = s.exec(select(func.count()).select_from(Entry)
                          .where(col(Entry.subject).contains("storm-reply"))).one()
     engine.dispose()
+    kills = cadence.kills
+    assert counts["quarantined"] == 0, quarantine_reasons(engine)
     assert kills >= 30
     assert counts == {"stored": total, "quarantined": 0, "entries": total, "distinct_entries": total,
                       "tickets": originals, "attempts": 0}

@@ -15,12 +15,13 @@ from sqlalchemy import Engine, text
 
 from benchmarks.ingest import generate
 from mailticket.storage.db import make_engine
-from tests.daemonproc import DaemonProcess, serial_threads, threads, wait_until, write_config
+from tests.daemonproc import DaemonProcess, KillCadence, serial_threads, threads, wait_until, write_config
 from tests.integration.test_faults import (
     OUTAGE_SECONDS,
     customer_mail,
     database_outage,
     intake_rows,
+    quarantine_reasons,
     storm_corpus,
     tally,
 )
@@ -70,37 +71,39 @@ def test_two_daemons_share_one_mailbox_and_store_each_message_once_as_a_serial_r
 def test_a_kill_storm_on_two_daemons_stores_every_message_once_as_a_serial_run_would(
     tmp_path: Path, dovecot: Dovecot
 ) -> None:
-    """Each daemon in turn is killed (-9) 0 to 40 ms after 15 more intake rows, so inside a claim,
+    """Each daemon in turn is killed (-9) 0 to 40 ms after 15 more intake rows (fewer when the
+    storm falls behind 25 kills: `KillCadence`), so inside a claim,
     a parse, a store, a spool commit or between a commit and its acknowledgement (or while it
     starts), and started again at once; the other goes on meanwhile. Then both stop cleanly
     once every message is stored."""
     total, originals = 600, 420
     corpus = storm_corpus(originals, total - originals)
-    delays = itertools.cycle([0.0, 0.004, 0.012, 0.025, 0.04, 0.002, 0.018])
+    cadence = KillCadence(total, wanted=25)
     with postgres_database() as url:
         config = write_config(tmp_path / "mt.toml", db_url=url, dovecot=dovecot, service=SHARED)
         engine = make_engine(url)
         daemons = [DaemonProcess(config).start(), DaemonProcess(config).start()]
-        kills = 0
         started = time.monotonic()
         try:
             dovecot.append_many("INBOX", corpus)
             for victim in itertools.cycle(daemons):
-                target = min(intake_rows(engine) + 15, total)
+                target = cadence.target(intake_rows(engine))
                 if target == total:
                     break
-                wait_until(partial(more_rows, engine, target), 60, 0.002, "15 more intake rows")
-                time.sleep(next(delays))
+                wait_until(partial(more_rows, engine, target), 60, 0.002, f"{target} intake rows")
+                time.sleep(cadence.delay(intake_rows(engine)))
                 victim.kill()
-                kills += 1
+                cadence.killed()
                 victim.launch()
             daemons[0].wait_until(lambda: all_stored(engine, total), timeout=60, what="every message stored")
             elapsed = time.monotonic() - started
         finally:
             for daemon in daemons:
                 daemon.terminate()
-        counts, found = tally(engine), threads(engine)
+        counts, found, reasons = tally(engine), threads(engine), quarantine_reasons(engine)
         engine.dispose()
+    kills = cadence.kills
+    assert counts["quarantined"] == 0, reasons
     assert kills >= 20
     assert counts == {"stored": total, "quarantined": 0, "entries": total, "distinct_entries": total,
                       "tickets": originals, "attempts": 0}
