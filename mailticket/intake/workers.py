@@ -41,6 +41,7 @@ per message to unpickle on the benchmark's mix (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
@@ -122,6 +123,7 @@ class ParsePool:
         self.limits = limits
         self.parser = parser
         self._context = multiprocessing.get_context("spawn")
+        self._closing = False  # the process is exiting: a lost worker is not replaced
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._feeders = [
             threading.Thread(target=self._feed, name=f"parser-feeder-{n}", daemon=True)
@@ -163,10 +165,19 @@ class ParsePool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def exiting(self) -> None:
+        """The process is exiting (atexit, before multiprocessing ends the workers): what is still
+        queued is not parsed and no worker is started again, so an exit in the middle of a parse
+        leaves no spawned child half-started and no lost-worker warning in the log."""
+        self._closing = True
+
     def _feed(self) -> None:
         """One worker's life in this process: start it, hand it messages, replace it when it dies."""
         worker: _Worker | None = None
         while (task := self._tasks.get()) is not None:
+            if self._closing:
+                task.future.set_result(WorkerLost("stopped: the process is exiting"))
+                continue
             if worker is None:
                 worker = _Worker(self._context, self.parser, self.limits)
             try:
@@ -175,8 +186,9 @@ class ParsePool:
                 result: Parsed = worker.conn.recv()
             except (EOFError, OSError):
                 lost = WorkerLost(worker.end(self.limits))
-                log.warning("parser worker lost; starting another",
-                            extra={"fields": {"pid": worker.process.pid, "reason": lost.reason}})
+                if not self._closing:
+                    log.warning("parser worker lost; starting another",
+                                extra={"fields": {"pid": worker.process.pid, "reason": lost.reason}})
                 task.future.set_result(lost)
                 worker = None
                 continue
@@ -224,6 +236,17 @@ def _forget_shared() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_shared)
+
+
+def _exiting() -> None:
+    """Registered after multiprocessing's own exit handler, so it runs first (atexit is LIFO):
+    the shared pool stops before multiprocessing terminates its daemonic workers."""
+    with _shared_lock:
+        if _shared is not None:
+            _shared.exiting()
+
+
+atexit.register(_exiting)
 
 
 def shared_pool(service: ServiceConfig) -> ParsePool:

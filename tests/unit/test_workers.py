@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,3 +129,21 @@ def test_one_pool_serves_several_blob_folders(pool: ParsePool, tmp_path: Path) -
     assert blob_path(first, digests[0]).read_bytes() == raws[0]
     assert blob_path(second, digests[1]).read_bytes() == raws[1]
     assert not blob_path(first, digests[2]).exists() and not blob_path(second, digests[2]).exists()
+
+
+def test_a_process_that_exits_in_the_middle_of_a_parse_starts_no_worker_and_warns_of_none() -> None:
+    """At exit multiprocessing terminates the workers; the pool, told first, replaces none of
+    them (a child spawned then dies with a traceback in the daemon's log: `systemctl stop`
+    during intake) and does not call the ending a lost worker."""
+    script = (
+        "import time\n"
+        "from mailticket.intake import workers\n"
+        "from tests.factories import SPIN, mail, misbehaving_parse\n"
+        "workers._shared = workers.ParsePool(1, workers.Limits(256, 30, 10**7), misbehaving_parse)\n"
+        "workers._shared.submit([mail(body='x ' + SPIN.decode()), mail(), mail()])\n"
+        "time.sleep(1.5)\n"  # the worker is spinning on the first message; two more wait
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "starting another" not in done.stderr, done.stderr
