@@ -203,14 +203,21 @@ def _store_one(batch: Batch, row: Claimed, parsed: Parsed) -> Outcome:
     `quarantine list`. Its source copy was acknowledged when it was spooled, and is still there.
     """
     if row.missing:
-        where = {"mailbox": row.raw.mailbox, "position": row.raw.position, "blob": row.blob}
-        log.error("spooled message lost its raw bytes; quarantined", extra={"fields": where})
-        reason = (f"its raw bytes (blob {row.blob}) were deleted from the database before it was "
-                  f"stored; the source copy is at {row.raw.source} {row.raw.position}")
-        return batch.quarantine(row.raw, reason, row.blob)
-    if isinstance(parsed, ParsedMessage) and row.blob == parsed.raw_sha256:
+        return _blob_gone(batch, row)
+    # Stored already in the database store; a daemon configured with the folder store (it should
+    # not share this spool) keeps its own copy, where its commands look for it.
+    database_store = batch.pipeline.ctx.config.service.blob_store == "postgres"
+    if database_store and isinstance(parsed, ParsedMessage) and row.blob == parsed.raw_sha256:
         parsed = replace(parsed, stored_blobs=parsed.stored_blobs | {row.blob})
     return batch.process(row.raw, parsed=parsed)
+
+
+def _blob_gone(batch: Batch, row: Claimed) -> Outcome:
+    where = {"mailbox": row.raw.mailbox, "position": row.raw.position, "blob": row.blob}
+    log.error("spooled message lost its raw bytes; quarantined", extra={"fields": where})
+    reason = (f"its raw bytes (blob {row.blob}) were deleted from the database before it was "
+              f"stored; the source copy is at {row.raw.source} {row.raw.position}")
+    return batch.quarantine(row.raw, reason, row.blob)
 
 
 @dataclass(frozen=True)
@@ -450,7 +457,7 @@ class Processor:
         return outcomes
 
     def _poison(self, row: Claimed, batch: Batch) -> list[Outcome]:
-        outcome = batch.poison(row.raw, row.attempts)
+        outcome = _blob_gone(batch, row) if row.missing else batch.poison(row.raw, row.attempts)
         self._delete(batch, [row])
         return [outcome]
 

@@ -166,18 +166,17 @@ class ParsePool:
         self.close()
 
     def exiting(self) -> None:
-        """The process is exiting (atexit, before multiprocessing ends the workers): what is still
-        queued is not parsed and no worker is started again, so an exit in the middle of a parse
-        leaves no spawned child half-started and no lost-worker warning in the log."""
+        """The process is exiting (atexit, before multiprocessing ends the workers): no worker is
+        started again and no result is given any more, so an exit in the middle of a parse leaves
+        no spawned child half-started and no lost-worker warning in the log. A parse cut short is
+        not a `WorkerLost`, which intake would charge to the message: its future stays pending,
+        and the (daemon) thread waiting on it ends with the process, its message unacknowledged."""
         self._closing = True
 
     def _feed(self) -> None:
         """One worker's life in this process: start it, hand it messages, replace it when it dies."""
         worker: _Worker | None = None
-        while (task := self._tasks.get()) is not None:
-            if self._closing:
-                task.future.set_result(WorkerLost("stopped: the process is exiting"))
-                continue
+        while (task := self._tasks.get()) is not None and not self._closing:
             if worker is None:
                 worker = _Worker(self._context, self.parser, self.limits)
             try:
@@ -185,15 +184,16 @@ class ParsePool:
                 worker.conn.send_bytes(task.raw)
                 result: Parsed = worker.conn.recv()
             except (EOFError, OSError):
-                lost = WorkerLost(worker.end(self.limits))
-                if not self._closing:
-                    log.warning("parser worker lost; starting another",
-                                extra={"fields": {"pid": worker.process.pid, "reason": lost.reason}})
-                task.future.set_result(lost)
+                reason = worker.end(self.limits)
+                if self._closing:
+                    return
+                log.warning("parser worker lost; starting another",
+                            extra={"fields": {"pid": worker.process.pid, "reason": reason}})
+                task.future.set_result(WorkerLost(reason))
                 worker = None
                 continue
             task.future.set_result(result)
-        if worker is not None:
+        if worker is not None and not self._closing:  # at exit multiprocessing ends the worker
             worker.conn.close()  # the worker reads EOF and exits
             worker.process.join()
 

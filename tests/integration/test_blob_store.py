@@ -198,6 +198,25 @@ def test_a_spooled_message_names_its_blob_and_its_bytes_are_written_once(
         assert kept.scalar_one() == "quarantined"
 
 
+def test_a_daemon_with_the_folder_store_keeps_its_own_copy_of_a_spooled_message(
+    desk: tuple[Path, AppContext], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row names a blob of the database store; a daemon configured with the folder store (a
+    mismatch, but one an admin can make) stores the bytes in its own folder, where its commands
+    read them, instead of trusting the database's copy."""
+    ctx = desk[1]
+    raw = mail(subject="Two stores", message_id="two-stores@c.example")
+    spool.add(ctx, "support", "imap:support/INBOX", [("uid=1", raw)])
+    url = ctx.engine.url.render_as_string(hide_password=False)
+    folder = load_ctx(write_config(tmp_path / "folder.toml", db_url=url, smtp={"transport": "file"}))
+    # Its parser workers could not write the raw blob (they do when they can): the store must.
+    monkeypatch.setattr(type(folder.blobs), "local_root", property(lambda self: None))
+    ((_, outcome),) = spool.Processor(folder).drain()
+    assert outcome.status == "stored"
+    assert folder.blobs.get(hashlib.sha256(raw).hexdigest()) == raw
+    folder.engine.dispose()
+
+
 def test_a_postgres_blob_store_needs_a_postgresql_database(tmp_path: Path) -> None:
     config = write_config(tmp_path / "mt.toml", service={"blob_store": "postgres"})
     with pytest.raises(ConfigError, match="blob_store = 'postgres'"):

@@ -6,11 +6,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mailticket.config.schema import ServiceConfig
@@ -147,3 +150,28 @@ def test_a_process_that_exits_in_the_middle_of_a_parse_starts_no_worker_and_warn
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "starting another" not in done.stderr, done.stderr
+
+
+def _parsers(besides: set[int]) -> set[int]:
+    """The live parser processes this process started, other than `besides`."""
+    return {c.pid for c in psutil.Process().children() if c.pid not in besides and c.is_running()
+            and c.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(c.cmdline())}
+
+
+def test_a_parse_cut_short_by_the_exit_is_no_lost_worker_to_charge_the_message_for() -> None:
+    """Intake charges a message for a `WorkerLost` and quarantines it after three: a parse that
+    the process's own exit ends must give no result at all (its message stays unacknowledged),
+    and no worker is started again."""
+    others = _parsers(set())  # other tests' pools in this process
+    pool = ParsePool(1, Limits(256, 30, 10**7), misbehaving_parse)
+    job = pool.submit([mail(body="x " + SPIN.decode()), mail()])
+    deadline = time.monotonic() + 20
+    while not (mine := _parsers(others)):
+        assert time.monotonic() < deadline, "no parser worker started"
+        time.sleep(0.01)
+    pool.exiting()
+    for pid in mine:
+        os.kill(pid, signal.SIGKILL)  # as multiprocessing's exit handler ends it
+    time.sleep(1.0)
+    assert not any(future.done() for future in job._futures)
+    assert _parsers(others | mine) == set()

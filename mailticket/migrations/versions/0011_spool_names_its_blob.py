@@ -3,6 +3,9 @@
 With `blob_store = "postgres"` the lease holder stores the raw mail once, as the blob the
 stored message will name, and the spool row names it (`raw_sha256`, `raw` empty): the bytes are
 written, sent and kept once, not twice (intake/spool.py). Rows spooled before still carry them.
+Daemons of an older version must not run on after it: their processors fail on a row without
+bytes (docs/operations.md). A downgrade gives each row its bytes back from its blob; a row whose
+blob was deleted by hand stops the downgrade (it rolls back whole) until that row is removed.
 
 Revision ID: 0011
 Revises: 0010
