@@ -155,9 +155,9 @@ class KillCadence:
     the rows left shared out over the kills still wanted, but never fewer than `floor`, or one
     row held by the daemons in turn could be charged for every kill and quarantined as poison,
     which is what three deaths while it is processed alone mean: intake/spool.py), then after
-    one of DELAYS (0-40 ms,
-    to land inside a transaction, a parse, or between a commit and its acknowledgement), cut to
-    the time three rows took the last time (on a fast machine 40 ms would be a whole batch)."""
+    one of DELAYS (0-40 ms, to land inside a transaction, a parse, or between a commit and its
+    acknowledgement), cut to the time three rows took the last time (on a fast machine 40 ms
+    would be a whole batch)."""
 
     DELAYS = (0.0, 0.004, 0.012, 0.025, 0.04, 0.002, 0.018)
 

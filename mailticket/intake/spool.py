@@ -122,7 +122,7 @@ def add(ctx: AppContext, mailbox: str, source: str, mails: Sequence[tuple[str, b
     """
     keyed = [(position, data, *thread_keys(data)) for position, data in mails]
     answered = {mid for *_, unknown in keyed for mid in unknown}
-    blobs = ctx.blobs.pending() if ctx.config.service.blob_store == "postgres" else None
+    blobs = ctx.blobs.pending() if _database_store(ctx) else None
     with ctx.engine.begin() as conn:
         stored = _tickets_of(conn, answered)
         spooled = _spooled_keys(conn, [f"mid:{mid}" for mid in answered if mid not in stored])
@@ -150,6 +150,11 @@ def add(ctx: AppContext, mailbox: str, source: str, mails: Sequence[tuple[str, b
         if rows:
             conn.execute(insert(_KEYS), rows)
     return len(ids)
+
+
+def _database_store(ctx: AppContext) -> bool:
+    """Blobs in the database every daemon shares: a spooled row can name its raw bytes there."""
+    return ctx.config.service.blob_store == "postgres"
 
 
 def _tickets_of(conn: Connection, message_ids: set[str]) -> dict[str, str]:
@@ -206,8 +211,8 @@ def _store_one(batch: Batch, row: Claimed, parsed: Parsed) -> Outcome:
         return _blob_gone(batch, row)
     # Stored already in the database store; a daemon configured with the folder store (it should
     # not share this spool) keeps its own copy, where its commands look for it.
-    database_store = batch.pipeline.ctx.config.service.blob_store == "postgres"
-    if database_store and isinstance(parsed, ParsedMessage) and row.blob == parsed.raw_sha256:
+    if (isinstance(parsed, ParsedMessage) and row.blob == parsed.raw_sha256
+            and _database_store(batch.pipeline.ctx)):
         parsed = replace(parsed, stored_blobs=parsed.stored_blobs | {row.blob})
     return batch.process(row.raw, parsed=parsed)
 

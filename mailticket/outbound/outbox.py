@@ -47,6 +47,8 @@ _MSGID_SAFE = re.compile(r"[!-;=?-~]{1,900}")  # printable ASCII without < and >
 _FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
 _OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 _REFS: Table = MessageRef.__table__  # type: ignore[attr-defined]
+# Executed with a list of rows, one statement for all: each row's id as row_id, its other keys SET.
+UPDATE_BY_ID = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))
 
 
 TEMPLATE_TICKET_FIELDS = frozenset(
@@ -161,9 +163,8 @@ def render_pending(ctx: AppContext, ids: Sequence[int]) -> dict[int, Built]:
                 continue
             built[row.id] = done
             known.append((done.message_id, "out", not for_agent))  # later notices of the batch name it
-        by_id = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))  # SET: the other keys given
         if built:
-            conn.execute(by_id, [{"row_id": row_id, **vars(done)} for row_id, done in built.items()])
+            conn.execute(UPDATE_BY_ID, [{"row_id": row_id, **vars(done)} for row_id, done in built.items()])
             conn.execute(
                 insert(_REFS),
                 [
@@ -173,7 +174,7 @@ def render_pending(ctx: AppContext, ids: Sequence[int]) -> dict[int, Built]:
                 ],
             )
         if failed:
-            conn.execute(by_id.values(status="failed", claimed_until=None), failed)
+            conn.execute(UPDATE_BY_ID.values(status="failed", claimed_until=None), failed)
     return built
 
 

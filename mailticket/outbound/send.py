@@ -35,12 +35,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import Table, or_, select, update
 
 from mailticket.config import SmtpConfig
 from mailticket.context import AppContext
 from mailticket.errors import ConnectionDown, PermanentDeliveryError, StoreUnavailable, TemporaryDeliveryError
-from mailticket.outbound.outbox import render_pending
+from mailticket.outbound.outbox import UPDATE_BY_ID, render_pending
 from mailticket.outbound.transports import Claimed, Transport, make_transport
 from mailticket.storage.tables import OutboxMessage
 
@@ -334,10 +334,9 @@ def _record(ctx: AppContext, verdicts: Verdicts, result: FlushResult, claims: Cl
     for item, verdict, note in verdicts:
         values = _answer(cfg, result, item, verdict, note, now)
         updates.setdefault(tuple(values), []).append({"row_id": item.id, **values})
-    by_id = update(_TABLE).where(_T.id == bindparam("row_id"))  # SET: the other keys given
     with ctx.engine.begin() as conn:
         for rows in updates.values():
-            conn.execute(by_id, rows)
+            conn.execute(UPDATE_BY_ID, rows)
     claims.drop(item.id for item, _verdict, _note in verdicts)
 
 
