@@ -10,6 +10,8 @@
         ├── IntakeError              a source could not be read (mailbox, folder, UID)
         │   └── ParseError           bytes that cannot become a ParsedMessage
         ├── StoreError               the database or the blob store refused a write
+        │   ├── SchemaConflict       the schema is another version's: a newer one migrated it,
+        │   │                        or this one must not migrate while older daemons run
         │   └── StoreUnavailable     the environment, not the message: pause the source, retry
         │       ├── DatabaseUnavailable  down, unreachable or locked too long
         │       └── DiskUnavailable      data_dir full, read-only or not writable (ENOSPC, EROFS...)
@@ -121,6 +123,11 @@ class RuleTimeoutError(OperationError):
 
 class StoreError(OperationError):
     """The database or the blob store refused a write."""
+
+
+class SchemaConflict(StoreError):
+    """The database's schema is not this version's, and this process must not change it now:
+    a newer version migrated it, or daemons of the older version still run on it."""
 
 
 class StoreUnavailable(StoreError):

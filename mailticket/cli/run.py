@@ -24,3 +24,6 @@ def run(state: State, config_path: str | None) -> None:
     except OSError as exc:  # e.g. the intake port is taken
         click.echo(f"cannot start: {exc}", err=True)
         sys.exit(1)
+    if daemon.failure is not None:  # it stopped by itself: a supervisor must see a failure
+        click.echo(daemon.failure, err=True)
+        sys.exit(1)

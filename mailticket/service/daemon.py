@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from mailticket.config import Config, MailboxConfig
 from mailticket.context import AppContext
+from mailticket.errors import DatabaseUnavailable
 from mailticket.intake.imap import PollResult, idle_mailbox
 from mailticket.intake.smtp import IntakeServer, SocketServer
 from mailticket.intake.spool import PAUSE_SOURCE, Processor
@@ -41,6 +42,7 @@ from mailticket.outbound.render import Renderer
 from mailticket.service import health, jobs
 from mailticket.service.reload import ConfigWatcher
 from mailticket.service.scheduler import Scheduler
+from mailticket.storage.db import current_revisions
 
 if TYPE_CHECKING:
     from mailticket.service.metrics import Metrics, MetricsServer
@@ -72,6 +74,8 @@ class Daemon:
         self._mailbox_lock = threading.Lock()
         self.metrics: Metrics | None = None
         self.metrics_server: MetricsServer | None = None
+        self.failure: str | None = None  # why the daemon stopped by itself, if it did
+        self._schema = current_revisions(ctx.engine)  # app.build() migrated it: this version's head
         if ctx.config.service.metrics:
             from mailticket.service.metrics import Metrics  # prometheus_client only when asked for
 
@@ -90,6 +94,7 @@ class Daemon:
         on_flush = metrics.flushed if metrics is not None else None
         for job in jobs.periodic(self.ctx, self.scheduler.owner, on_flush):
             self.scheduler.add(job.name, job.run, job.seconds, leased=job.leased)
+        self.scheduler.add("schema", self._check_schema, health.HEARTBEAT_SECONDS)
         self._sync_mailboxes(config)
         if config.service.spool:
             processor = Processor(self.ctx, observe=self._spool_stored, on_pause=self._spool_paused)
@@ -221,6 +226,26 @@ class Daemon:
             self.ctx.renderer = renderer
         self.ctx.config = new
         self._sync_mailboxes(new)
+
+    def _check_schema(self) -> None:
+        """Stop when the database was migrated under this daemon: its processors would read rows
+        of a schema this version does not know. `migrate()` refuses while a daemon beats; this
+        catches one whose beats had lapsed meanwhile (the database was unreachable, the host
+        was suspended)."""
+        try:
+            current = current_revisions(self.ctx.engine)
+        except DatabaseUnavailable:
+            return  # whoever needs the database says so; the check runs again
+        if current == self._schema:
+            return
+        self.failure = (
+            f"stopped: the database schema changed under this daemon (revision"
+            f" {', '.join(sorted(self._schema))} -> {', '.join(sorted(current)) or 'none'}):"
+            " another version migrated it; start the version that matches it"
+        )
+        log.error("schema changed", extra={"fields": {
+            "expected": sorted(self._schema), "found": sorted(current)}})
+        self.stop_event.set()
 
     # -- stop ----------------------------------------------------------------------------------
 

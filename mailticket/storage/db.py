@@ -6,17 +6,19 @@ on PostgreSQL an advisory lock makes concurrent starts take turns.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Table, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, select, text
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from mailticket.errors import DatabaseUnavailable
+from mailticket.errors import DatabaseUnavailable, SchemaConflict
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000  # how long a SQLite writer waits for the lock before "database is locked"
 PING_IDLE_SECONDS = 1.0  # a pooled PostgreSQL connection idle longer is pinged before use
+# A daemon beats every 5 s (service/health.py): one whose last beat is younger than this runs.
+RUNNING_WITHIN = timedelta(seconds=30)
 _MIGRATION_LOCK = 0x6D61696C  # "mail": any constant shared by all mailticket processes
 
 
@@ -108,13 +112,25 @@ _REVISION = re.compile(r"^(down_)?revision\s*(?::[^=]*)?=\s*(?:[\"'](\w+)[\"']|N
 def head_revisions() -> set[str]:
     """The newest migrations, read from the files' `revision`/`down_revision` lines: without
     importing Alembic (a quarter of a second), so a start on a current schema stays fast."""
+    revisions, parents = _revision_graph()
+    return set(revisions - parents)
+
+
+def known_revisions() -> set[str]:
+    """Every migration this version has: a database at any other revision was migrated by a newer one."""
+    return set(_revision_graph()[0])
+
+
+@functools.cache
+def _revision_graph() -> tuple[frozenset[str], frozenset[str]]:
+    """(every revision, every revision some migration follows), from the migration files."""
     revisions: set[str] = set()
     parents: set[str] = set()
     for path in (MIGRATIONS / "versions").glob("*.py"):
         for down, value in _REVISION.findall(path.read_text(encoding="utf-8")):
             if value:
                 (parents if down else revisions).add(value)
-    return revisions - parents
+    return frozenset(revisions), frozenset(parents)
 
 
 def current_revisions(engine: Engine) -> set[str]:
@@ -136,8 +152,15 @@ def alembic_config(engine: Engine) -> AlembicConfig:
 
 
 def migrate(engine: Engine) -> None:
-    """Upgrade to head. Idempotent; a schema that is current costs one query and no Alembic."""
-    if current_revisions(engine) == head_revisions():
+    """Upgrade to head. Idempotent; a schema that is current costs one query and no Alembic.
+
+    Raises `SchemaConflict`, and changes nothing, when the database is at a revision this
+    version does not know (a newer version migrated it) or needs a migration while daemons of
+    the older version still run on it (a fresh heartbeat): they would go on reading rows of a
+    schema they do not know. Stop them, then start this version again.
+    """
+    heads = head_revisions()
+    if current_revisions(engine) == heads:
         return
     from alembic import command
 
@@ -150,8 +173,9 @@ def migrate(engine: Engine) -> None:
             conn.commit()
             try:
                 with conn.begin():
-                    cfg.attributes["connection"] = conn
-                    command.upgrade(cfg, "head")
+                    if _may_upgrade(conn, heads):  # another process may have migrated meanwhile
+                        cfg.attributes["connection"] = conn
+                        command.upgrade(cfg, "head")
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
                 conn.commit()
@@ -160,5 +184,52 @@ def migrate(engine: Engine) -> None:
         # pysqlite runs DDL outside any transaction; an explicit BEGIN makes the whole
         # upgrade atomic, so a process killed mid-migration leaves the old schema intact.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        if _may_upgrade(conn, heads):
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+
+def _may_upgrade(conn: Connection, heads: set[str]) -> bool:
+    """Whether to run the migrations, under the migration lock: False when the schema is
+    current by now. Raises `SchemaConflict` for a newer schema or older daemons still running."""
+    where = conn.engine.url.render_as_string(hide_password=True)
+    inspector = inspect(conn)
+    current = (
+        {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
+        if inspector.has_table("alembic_version") else set()
+    )
+    if current == heads:
+        return False
+    if newer := current - known_revisions():
+        raise SchemaConflict(
+            f"database {where} is at revision {', '.join(sorted(newer))}, which this mailticket"
+            f" does not know (it knows up to {', '.join(sorted(heads))}): a newer version migrated"
+            " it; run that version here too"
+        )
+    if inspector.has_table("heartbeats") and (running := _running_daemons(conn)):
+        raise SchemaConflict(
+            f"database {where} needs migration {', '.join(sorted(current))} -> {', '.join(sorted(heads))},"
+            f" but {len(running)} daemon(s) still run on it ({'; '.join(running)}): stop every"
+            " `mailticket run` of the database, then start this version again"
+        )
+    return True
+
+
+def _running_daemons(conn: Connection) -> list[str]:
+    """The daemons with a fresh heartbeat, as "host pid N, last beat Ns ago"; one that provably
+    died on this host does not count."""
+    from mailticket.storage.lease import holder_is_dead
+    from mailticket.storage.tables import Heartbeat, utcnow
+
+    beats: Table = Heartbeat.__table__  # type: ignore[attr-defined]
+    now = utcnow()
+    rows = conn.execute(
+        select(beats.c.owner, beats.c.host, beats.c.pid, beats.c.beat_at)
+        .where(beats.c.stopped_at.is_(None), beats.c.beat_at >= now - RUNNING_WITHIN)
+        .order_by(beats.c.host, beats.c.pid)
+    ).all()
+    return [
+        f"{host} pid {pid}, last beat {max(0, round((now - beat).total_seconds()))}s ago"
+        for owner, host, pid, beat in rows
+        if not holder_is_dead(owner)
+    ]
