@@ -31,6 +31,8 @@ from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from mailticket.config import Config, MailboxConfig
 from mailticket.context import AppContext
 from mailticket.errors import DatabaseUnavailable
@@ -42,7 +44,7 @@ from mailticket.outbound.render import Renderer
 from mailticket.service import health, jobs
 from mailticket.service.reload import ConfigWatcher
 from mailticket.service.scheduler import Scheduler
-from mailticket.storage.db import current_revisions
+from mailticket.storage.db import current_revisions, enter_as_daemon, head_revisions
 
 if TYPE_CHECKING:
     from mailticket.service.metrics import Metrics, MetricsServer
@@ -75,7 +77,7 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.metrics_server: MetricsServer | None = None
         self.failure: str | None = None  # why the daemon stopped by itself, if it did
-        self._schema = current_revisions(ctx.engine)  # app.build() migrated it: this version's head
+        self._schema = head_revisions()  # what this code was written for
         if ctx.config.service.metrics:
             from mailticket.service.metrics import Metrics  # prometheus_client only when asked for
 
@@ -84,6 +86,8 @@ class Daemon:
     # -- start ---------------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Before anything takes work: a migration from now on sees this daemon and refuses.
+        enter_as_daemon(self.ctx.engine, health.heartbeat(self.ctx, self.scheduler.owner))
         config = self.ctx.config
         metrics = self.metrics
         if metrics is not None and config.service.metrics:
@@ -231,11 +235,12 @@ class Daemon:
         """Stop when the database was migrated under this daemon: its processors would read rows
         of a schema this version does not know. `migrate()` refuses while a daemon beats; this
         catches one whose beats had lapsed meanwhile (the database was unreachable, the host
-        was suspended)."""
+        was suspended, its clock far behind)."""
         try:
             current = current_revisions(self.ctx.engine)
-        except DatabaseUnavailable:
-            return  # whoever needs the database says so; the check runs again
+        except (DatabaseUnavailable, SQLAlchemyError) as exc:
+            log.debug("schema not checked: %s", exc)  # whoever needs the database says so
+            return
         if current == self._schema:
             return
         self.failure = (

@@ -76,19 +76,22 @@ def _write(ctx: AppContext, what: str, *statements: Executable) -> None:
 
 def record_heartbeat(ctx: AppContext, owner: str, *, stopped: bool = False) -> None:
     """This daemon is alive (or, with `stopped`, has stopped cleanly); old rows are pruned."""
-    now = ctx.clock()
     table = Heartbeat.__table__  # type: ignore[attr-defined]
     if stopped:
-        _write(ctx, "heartbeat", update(table).where(table.c.owner == owner).values(stopped_at=now))
+        _write(ctx, "heartbeat", update(table).where(table.c.owner == owner).values(stopped_at=ctx.clock()))
         return
+    _write(ctx, "heartbeat", heartbeat(ctx, owner),
+           delete(table).where(table.c.beat_at < ctx.clock() - KEEP_STOPPED))
+
+
+def heartbeat(ctx: AppContext, owner: str) -> Executable:
+    """The statement of one beat: the row of this daemon, made or renewed."""
+    now = ctx.clock()
+    table = Heartbeat.__table__  # type: ignore[attr-defined]
     stmt = upsert(ctx.engine.dialect.name, table).values(
         owner=owner, host=socket.gethostname(), pid=os.getpid(), started_at=now, beat_at=now
     )
-    _write(
-        ctx, "heartbeat",
-        stmt.on_conflict_do_update(index_elements=["owner"], set_={"beat_at": now, "stopped_at": None}),
-        delete(table).where(table.c.beat_at < now - KEEP_STOPPED),
-    )
+    return stmt.on_conflict_do_update(index_elements=["owner"], set_={"beat_at": now, "stopped_at": None})
 
 
 def record_source(

@@ -9,11 +9,13 @@ from __future__ import annotations
 import functools
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, select, text
+from sqlalchemy import Connection, Engine, Executable, Table, create_engine, event, inspect, select, text
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -27,8 +29,9 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000  # how long a SQLite writer waits for the lock before "database is locked"
 PING_IDLE_SECONDS = 1.0  # a pooled PostgreSQL connection idle longer is pinged before use
-# A daemon beats every 5 s (service/health.py): one whose last beat is younger than this runs.
-RUNNING_WITHIN = timedelta(seconds=30)
+# A daemon beats every 5 s (service/health.py): one whose last beat is younger than this runs
+# (the default `[health] heartbeat_max_age`; more than SQLite's busy timeout and a clean stop).
+RUNNING_WITHIN = timedelta(seconds=60)
 _MIGRATION_LOCK = 0x6D61696C  # "mail": any constant shared by all mailticket processes
 
 
@@ -136,9 +139,7 @@ def _revision_graph() -> tuple[frozenset[str], frozenset[str]]:
 def current_revisions(engine: Engine) -> set[str]:
     """What the database says it is at; empty for a new database."""
     with engine.connect() as conn:
-        if not inspect(conn).has_table("alembic_version"):
-            return set()
-        return {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
+        return _revisions(conn)
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:
@@ -165,6 +166,32 @@ def migrate(engine: Engine) -> None:
     from alembic import command
 
     cfg = alembic_config(engine)
+    with _migration_lock(engine) as conn:
+        if _may_upgrade(conn, heads):  # another process may have migrated meanwhile
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+
+def enter_as_daemon(engine: Engine, heartbeat: Executable) -> None:
+    """Write a starting daemon's first heartbeat and check the schema, in one step no migration
+    can interleave: either a migration that follows sees the heartbeat and refuses, or this
+    daemon sees the schema a migration left and refuses (`SchemaConflict`)."""
+    heads = head_revisions()
+    with _migration_lock(engine) as conn:
+        current = _revisions(conn)
+        if current != heads:
+            raise SchemaConflict(
+                f"database {_where(conn)} is at revision {', '.join(sorted(current)) or 'none'}, not"
+                f" this mailticket's {', '.join(sorted(heads))}: another version migrated it since"
+                " this process started; run the version that matches it"
+            )
+        conn.execute(heartbeat)
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction that holds the migration lock: a PostgreSQL advisory lock
+    (concurrent starts take turns), BEGIN IMMEDIATE on SQLite (the database's write lock)."""
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             # A session-level lock outlives the migration's own transaction, which
@@ -173,9 +200,7 @@ def migrate(engine: Engine) -> None:
             conn.commit()
             try:
                 with conn.begin():
-                    if _may_upgrade(conn, heads):  # another process may have migrated meanwhile
-                        cfg.attributes["connection"] = conn
-                        command.upgrade(cfg, "head")
+                    yield conn
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
                 conn.commit()
@@ -184,33 +209,37 @@ def migrate(engine: Engine) -> None:
         # pysqlite runs DDL outside any transaction; an explicit BEGIN makes the whole
         # upgrade atomic, so a process killed mid-migration leaves the old schema intact.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-        if _may_upgrade(conn, heads):
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        yield conn
+
+
+def _revisions(conn: Connection) -> set[str]:
+    if not inspect(conn).has_table("alembic_version"):
+        return set()
+    return {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
+
+
+def _where(conn: Connection) -> str:
+    return conn.engine.url.render_as_string(hide_password=True)
 
 
 def _may_upgrade(conn: Connection, heads: set[str]) -> bool:
     """Whether to run the migrations, under the migration lock: False when the schema is
     current by now. Raises `SchemaConflict` for a newer schema or older daemons still running."""
-    where = conn.engine.url.render_as_string(hide_password=True)
-    inspector = inspect(conn)
-    current = (
-        {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
-        if inspector.has_table("alembic_version") else set()
-    )
+    current = _revisions(conn)
     if current == heads:
         return False
     if newer := current - known_revisions():
         raise SchemaConflict(
-            f"database {where} is at revision {', '.join(sorted(newer))}, which this mailticket"
+            f"database {_where(conn)} is at revision {', '.join(sorted(newer))}, which this mailticket"
             f" does not know (it knows up to {', '.join(sorted(heads))}): a newer version migrated"
             " it; run that version here too"
         )
-    if inspector.has_table("heartbeats") and (running := _running_daemons(conn)):
+    if inspect(conn).has_table("heartbeats") and (running := _running_daemons(conn)):
         raise SchemaConflict(
-            f"database {where} needs migration {', '.join(sorted(current))} -> {', '.join(sorted(heads))},"
-            f" but {len(running)} daemon(s) still run on it ({'; '.join(running)}): stop every"
-            " `mailticket run` of the database, then start this version again"
+            f"database {_where(conn)} needs migration {', '.join(sorted(current))} ->"
+            f" {', '.join(sorted(heads))}, but {len(running)} daemon(s) still run on it"
+            f" ({'; '.join(running)}): stop every `mailticket run` of the database, then start"
+            " this version again"
         )
     return True
 

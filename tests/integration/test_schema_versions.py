@@ -21,10 +21,12 @@ from alembic import command
 from sqlalchemy import Engine, insert, text, update
 
 from mailticket.errors import SchemaConflict
+from mailticket.service.daemon import Daemon
 from mailticket.storage.db import alembic_config, current_revisions, head_revisions, make_engine, migrate
 from mailticket.storage.lease import make_owner_id
 from mailticket.storage.tables import Heartbeat, utcnow
 from tests.daemonproc import DaemonProcess, wait_until, write_config
+from tests.factories import load_ctx
 from tests.pipes import cli, ingest
 
 _BEATS = Heartbeat.__table__  # type: ignore[attr-defined]
@@ -77,7 +79,7 @@ def test_stale_stopped_and_dead_daemons_do_not_hold_a_migration_up(empty_db_url:
     engine = make_engine(empty_db_url)
     migrate(engine)
     one_step_back(engine)
-    beat(engine, "db1.example:11:00000001", "db1.example", 11, seconds_ago=45)  # silent for 45 s
+    beat(engine, "db1.example:11:00000001", "db1.example", 11, seconds_ago=90)  # silent for 90 s
     pid = dead_pid()  # killed on this host: its heartbeat is still fresh
     beat(engine, make_owner_id().replace(f":{os.getpid()}:", f":{pid}:"), "here", pid)
     beat(engine, "db2.example:12:00000002", "db2.example", 12)
@@ -99,6 +101,21 @@ def test_a_schema_a_newer_version_made_is_refused_and_left_alone(empty_db_url: s
         migrate(engine)
     assert current_revisions(engine) == {FUTURE}
     engine.dispose()
+
+
+def test_a_daemon_that_finds_another_versions_schema_at_its_start_refuses_to_start(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Another version migrated between this process's own check (in `build`) and the start of
+    its daemon: the daemon takes no work and leaves no heartbeat that would hold anyone up."""
+    ctx = load_ctx(write_config(tmp_path / "mailticket.toml", db_url=db_url))
+    with ctx.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": FUTURE})
+    daemon = Daemon(ctx)
+    with pytest.raises(SchemaConflict, match=f"is at revision {FUTURE}, not this mailticket's"):
+        daemon.run_forever()
+    with ctx.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM heartbeats")).scalar_one() == 0
 
 
 def test_run_refuses_to_start_and_ingest_asks_the_mta_to_retry(tmp_path: Path, db_url: str) -> None:
