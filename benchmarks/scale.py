@@ -11,7 +11,10 @@ Checked for each run against the mailbox: lost = messages without an intake reco
 duplicates = entries stored twice (entries minus distinct Message-IDs) plus copies the
 pipeline recognised (the intake rows' `duplicates` count, from a message spooled again
 after a crash; 0 in a clean run). With `--direct` one daemon without the spool runs too
-(the lease holder does all the work, as before #17). The CPU the daemons and their parser
+(the lease holder does all the work, as before #17). With `--apart` 2 daemons that share
+nothing run too: each its own database and its own folder, holding half the mail in whole
+conversations (the same tickets in all): what 2 cores give two daemons without any sharing,
+the bound for every design that shares one mailbox. The CPU the daemons and their parser
 workers used shows how much of the 2 cores one daemon already takes; PostgreSQL's own CPU
 per message is shown when the server is local and its files readable (run as root).
 The whole machine's busy cores (every process: the daemons, PostgreSQL, Dovecot) are shown
@@ -21,7 +24,7 @@ Target: 2 daemons at least 1.5x one daemon's rate. `--rounds R` repeats the plan
 backwards in even rounds, and reports the median of the per-round ratios (the machine's
 speed drifts by more than the effect measured). Run it from the repository root:
 
-    nice python3 benchmarks/scale.py [--n 5000] [--daemons 1 2 3] [--direct] [--seed 1] [--rounds 1]
+    nice python3 benchmarks/scale.py [--n 5000] [--daemons 1 2 3] [--direct] [--apart] [--seed 1] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,7 @@ from sqlalchemy import Engine, text  # noqa: E402
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from benchmarks.ingest import generate  # noqa: E402
+from mailticket.pipeline.parse import header_thread_ids  # noqa: E402
 from mailticket.storage.db import make_engine, migrate  # noqa: E402
 from tests.daemonproc import DaemonProcess, wait_until, write_config  # noqa: E402
 from tests.servers import Dovecot, postgres_database  # noqa: E402
@@ -73,54 +78,131 @@ def move_all(dovecot: Dovecot, source: str, target: str) -> int:
         return len(uids)
 
 
-def run(daemons: int, spool: bool, n: int, dovecot: Dovecot, work: Path) -> dict[str, Any]:
-    """One measured run on a fresh database; the mail is back in staging afterwards."""
-    folder = work / f"{daemons}-{'spool' if spool else 'direct'}"
-    folder.mkdir()
-    with postgres_database("mailticket_scale") as url:
-        engine = make_engine(url)
-        migrate(engine)  # before the daemons: none of them pays for it inside the measurement
-        service = {"spool": spool, "blob_store": "postgres", "workers": 1}
-        config = write_config(folder / "mt.toml", db_url=url, dovecot=dovecot, service=service)
-        procs = [DaemonProcess(config) for _ in range(daemons)]
-        cpu_before, pg_before = _children_cpu(), _postgres_cpu(engine)
-        try:
-            for proc in procs:
-                proc.start(timeout=60)
-            started, machine_before = time.perf_counter(), _machine_jiffies()
-            moved = move_all(dovecot, STAGING, "INBOX")
+SERVICE = {"blob_store": "postgres", "workers": 1}
+MODES = {"spool": "", "direct": " without the spool", "apart": " sharing nothing"}
 
-            def done() -> bool:
-                # Two counts, not the full tally (a count of distinct Message-IDs ten times a
-                # second is PostgreSQL work the saturated runs would pay for).
-                with engine.connect() as conn:
+
+@dataclass
+class Desk:
+    """One database and its daemons, reading one folder; `wanted` messages go there."""
+
+    engine: Engine
+    procs: list[DaemonProcess]
+    folder: str
+    wanted: list[int] = field(default_factory=list)  # the staged UIDs it gets
+
+
+def run(daemons: int, mode: str, dovecot: Dovecot, work: Path) -> dict[str, Any]:
+    """One measured run on fresh databases; the mail is back in staging afterwards.
+
+    `spool`/`direct`: `daemons` daemons on one database and INBOX, with or without the spool.
+    `apart`: `daemons` daemons that share nothing, each with its own database and its own
+    folder holding a share of the mail in whole conversations: what the cores give that many
+    daemons without any sharing, the bound for every design that shares one mailbox.
+    """
+    apart = mode == "apart"
+    with contextlib.ExitStack() as stack:
+        desks = []
+        for at in range(daemons if apart else 1):
+            url = stack.enter_context(postgres_database("mailticket_scale"))
+            engine = make_engine(url)
+            migrate(engine)  # before the daemons: none of them pays for it inside the measurement
+            folder = work / f"{daemons}-{mode}-{at}"
+            folder.mkdir()
+            mailbox = {"folder": f"Apart{at}", "processed_folder": f"Apart{at}Done"} if apart else {}
+            config = write_config(folder / "mt.toml", db_url=url, dovecot=dovecot, mailbox=mailbox,
+                                  service={**SERVICE, "spool": mode != "direct"})
+            desks.append(Desk(engine, [DaemonProcess(config) for _ in range(1 if apart else daemons)],
+                              mailbox.get("folder", "INBOX")))
+        result = _measure(desks, dovecot, apart)
+    apart_folders = [f"Apart{at}{done}" for at in range(daemons) for done in ("", "Done")]
+    for left_in in ("Processed", "INBOX", *apart_folders):
+        move_all(dovecot, left_in, STAGING)  # where the daemons put it, and anything left
+    return {"daemons": daemons, "mode": mode, **result}
+
+
+def _measure(desks: list[Desk], dovecot: Dovecot, apart: bool) -> dict[str, Any]:
+    """Start every daemon, move the mail in, and time it until every desk has stored its share."""
+    with dovecot.session() as imap:
+        for folder in {d.folder for d in desks} | {f"{d.folder}Done" for d in desks if apart}:
+            if not imap.folder_exists(folder):
+                imap.create_folder(folder)
+    if apart:
+        for desk, share in zip(desks, conversations(dovecot, len(desks)), strict=True):
+            desk.wanted = share
+    procs = [proc for desk in desks for proc in desk.procs]
+    cpu_before, pg_before = _children_cpu(), _postgres_cpu(desks[0].engine)
+    try:
+        for proc in procs:
+            proc.start(timeout=60)
+        started, machine_before = time.perf_counter(), _machine_jiffies()
+        with dovecot.session() as imap:
+            imap.select_folder(STAGING)
+            for desk in desks:
+                desk.wanted = desk.wanted or imap.search("ALL")
+                imap.move(desk.wanted, desk.folder)
+
+        def done() -> bool:
+            # Two counts, not the full tally (a count of distinct Message-IDs ten times a
+            # second is PostgreSQL work the saturated runs would pay for).
+            for desk in desks:
+                with desk.engine.connect() as conn:
                     stored, spooled = conn.execute(
                         text("SELECT (SELECT count(*) FROM intake), (SELECT count(*) FROM spool)")
                     ).one()
-                return int(stored) >= moved and int(spooled) == 0
+                if int(stored) < len(desk.wanted) or int(spooled):
+                    return False
+            return True
 
-            wait_until(done, timeout=3600, interval=0.2, what="every message stored")
-            seconds = time.perf_counter() - started
-            busy = _busy_cores(machine_before, _machine_jiffies())
-            shares = [proc.log().count("message stored") for proc in procs]
-        finally:
-            for proc in procs:
-                with contextlib.suppress(AssertionError):
-                    proc.terminate()
-        cpu = _children_cpu() - cpu_before  # the daemons and their parser workers, reaped by now
-        counts = tally(engine)
-        engine.dispose()
-        pg_after = _postgres_cpu(engine)  # the daemons' backends have ended and been reaped
-    pg_cpu = None if pg_before is None or pg_after is None else pg_after - pg_before
-    for stored_in in ("Processed", "INBOX"):  # the daemons' processed_folder, and anything left
-        move_all(dovecot, stored_in, STAGING)
+        wait_until(done, timeout=3600, interval=0.2, what="every message stored")
+        seconds = time.perf_counter() - started
+        busy = _busy_cores(machine_before, _machine_jiffies())
+        shares = [proc.log().count("message stored") for proc in procs]
+    finally:
+        for proc in procs:
+            with contextlib.suppress(AssertionError):
+                proc.terminate()
+    cpu = _children_cpu() - cpu_before  # the daemons and their parser workers, reaped by now
+    counts = [tally(desk.engine) for desk in desks]
+    for desk in desks:
+        desk.engine.dispose()
+    pg_after = _postgres_cpu(desks[0].engine)  # the daemons' backends have ended and been reaped
+    moved = sum(len(desk.wanted) for desk in desks)
     return {
-        "daemons": daemons, "spool": spool, "messages": moved, "seconds": seconds, "rate": moved / seconds,
-        "lost": moved - counts["intake"],
-        "duplicates": counts["entries"] - counts["distinct"] + counts["seen_again"],
-        "tickets": counts["tickets"], "shares": shares, "cpu_seconds": cpu, "pg_cpu_seconds": pg_cpu,
-        "busy_cores": busy,
+        "messages": moved, "seconds": seconds, "rate": moved / seconds, "busy_cores": busy, "shares": shares,
+        "lost": moved - sum(c["intake"] for c in counts),
+        "duplicates": sum(c["entries"] - c["distinct"] + c["seen_again"] for c in counts),
+        "tickets": sum(c["tickets"] for c in counts), "cpu_seconds": cpu,
+        "pg_cpu_seconds": None if pg_before is None or pg_after is None else pg_after - pg_before,
     }
+
+
+def conversations(dovecot: Dovecot, parts: int) -> list[list[int]]:
+    """The staged UIDs in `parts` shares of about the same size, each conversation (Message-IDs
+    joined by In-Reply-To and References) whole in one share: the desks together open the
+    tickets one desk opens."""
+    with dovecot.session() as imap:
+        imap.select_folder(STAGING)
+        heads = imap.fetch(imap.search("ALL"), ["BODY.PEEK[HEADER]"])
+    root: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        while root.setdefault(key, key) != key:
+            root[key] = root[root[key]]
+            key = root[key]
+        return key
+
+    for uid, data in heads.items():
+        own, answered, _subject = header_thread_ids(data[b"BODY[HEADER]"])
+        for key in (own or f"uid:{uid}", *answered):
+            root[find(key)] = find(f"uid:{uid}")
+    threads: dict[str, list[int]] = {}
+    for uid in heads:
+        threads.setdefault(find(f"uid:{uid}"), []).append(uid)
+    shares: list[list[int]] = [[] for _ in range(parts)]
+    for thread in sorted(threads.values(), key=len, reverse=True):
+        min(shares, key=len).extend(thread)
+    return [sorted(share) for share in shares]
 
 
 def _postgres_cpu(engine: Engine) -> float | None:
@@ -171,6 +253,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000, help="messages in the mailbox (default 5000)")
     parser.add_argument("--daemons", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--direct", action="store_true", help="also one daemon without the spool")
+    parser.add_argument("--apart", action="store_true",
+                        help="also 2 daemons that share nothing (own database, own folder, half the mail)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--rounds", type=int, default=1, help="runs of the whole plan, for per-round ratios (default 1)"
@@ -180,24 +264,26 @@ def main() -> None:
         made = time.perf_counter()
         dovecot.load_maildir(list(generate(args.n, args.seed)), folder=STAGING)
         print(f"generated {args.n} messages in {time.perf_counter() - made:.1f} s")
-        plan = [(d, True) for d in args.daemons] + ([(1, False)] if args.direct else [])
-        ratios: dict[int, list[float]] = {}
+        plan = [(d, "spool") for d in args.daemons]
+        plan += [(1, "direct")] * args.direct + [(2, "apart")] * args.apart
+        ratios: dict[tuple[int, str], list[float]] = {}
         ceilings: list[float] = []  # what the machine's idle cores allow, from each one-daemon run
         for round_ in range(1, args.rounds + 1):
-            results = _round(plan, args.n, dovecot, Path(tmp) / f"round-{round_}", round_)
-            base = next((r for r in results if r["daemons"] == 1 and r["spool"]), None)
+            results = _round(plan, dovecot, Path(tmp) / f"round-{round_}", round_)
+            base = next((r for r in results if r["daemons"] == 1 and r["mode"] == "spool"), None)
             if base is not None and base["busy_cores"]:
                 ceilings.append((os.cpu_count() or 1) / base["busy_cores"])
                 print(f"round {round_}: one daemon kept {base['busy_cores']:.2f} of {os.cpu_count()} cores "
                       f"busy: at its CPU a message, more daemons reach {ceilings[-1]:.2f}x at most",
                       flush=True)
             for r in results:
-                if base is not None and r["spool"] and r is not base:
-                    ratios.setdefault(r["daemons"], []).append(r["rate"] / base["rate"])
-                    print(f"round {round_}: {r['daemons']} daemons = {ratios[r['daemons']][-1]:.2f}x "
-                          "one daemon's rate", flush=True)
-        for daemons, each in ratios.items():
-            print(f"{daemons} daemons = {statistics.median(each):.2f}x one daemon's rate "
+                if base is not None and r["mode"] != "direct" and r is not base:
+                    key = (r["daemons"], r["mode"])
+                    ratios.setdefault(key, []).append(r["rate"] / base["rate"])
+                    print(f"round {round_}: {r['daemons']} daemons{MODES[r['mode']]} = "
+                          f"{ratios[key][-1]:.2f}x one daemon's rate", flush=True)
+        for (daemons, mode), each in ratios.items():
+            print(f"{daemons} daemons{MODES[mode]} = {statistics.median(each):.2f}x one daemon's rate "
                   f"(median of {len(each)} round(s): {', '.join(f'{x:.2f}' for x in each)})")
         if ceilings:
             print(f"ceiling from the idle cores: {statistics.median(ceilings):.2f}x "
@@ -205,17 +291,17 @@ def main() -> None:
 
 
 def _round(
-    plan: list[tuple[int, bool]], n: int, dovecot: Dovecot, work: Path, round_: int
+    plan: list[tuple[int, str]], dovecot: Dovecot, work: Path, round_: int
 ) -> list[dict[str, Any]]:
     """Each run of the plan once: in order in odd rounds, backwards in even ones, so that the
     machine's drifting speed favours neither end of the plan over the rounds."""
     work.mkdir(parents=True)
     results = []
-    for daemons, spool in plan if round_ % 2 else plan[::-1]:
-        result = run(daemons, spool, n, dovecot, work)
+    for daemons, mode in plan if round_ % 2 else plan[::-1]:
+        result = run(daemons, mode, dovecot, work)
         results.append(result)
         print(
-            f"round {round_}, {daemons} daemon(s){'' if spool else ' without the spool'}: "
+            f"round {round_}, {daemons} daemon(s){MODES[mode]}: "
             f"{result['seconds']:6.1f} s, {result['rate']:6.1f} msg/s; stored by each: {result['shares']}; "
             f"{result['tickets']} tickets, {result['lost']} lost, {result['duplicates']} duplicates; "
             f"daemons' CPU {result['cpu_seconds']:.0f} s = "

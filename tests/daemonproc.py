@@ -38,8 +38,10 @@ def write_config(
     intake_protocol: str = "smtp",
     metrics: str | None = None,
     service: dict[str, Any] | None = None,
+    mailbox: dict[str, Any] | None = None,
 ) -> Path:
-    """A complete config for one test: SQLite or PostgreSQL, optional mailbox, sink and intake."""
+    """A complete config for one test: SQLite or PostgreSQL, optional mailbox (`mailbox`: keys
+    that replace its defaults), sink and intake."""
     sections: dict[str, Any] = {
         # Daemon tests open many tickets for one customer quickly: the loop brakes stay out of the way.
         "tickets": {"acks_per_sender_per_hour": 1000, "auto_mail_per_recipient_per_day": 10000,
@@ -57,7 +59,7 @@ def write_config(
         sections["mailboxes"] = [{
             "name": "support", "host": dovecot.host, "port": dovecot.port, "security": "none",
             "username": dovecot.user, "password": dovecot.password, "processed_folder": "Processed",
-            "poll_seconds": poll_seconds, "idle": idle,
+            "poll_seconds": poll_seconds, "idle": idle, **(mailbox or {}),
         }]
     return factories.write_config(path, db_url=db_url, **sections)
 
