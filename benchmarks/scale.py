@@ -37,7 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +84,13 @@ MODES = {"spool": "", "direct": " without the spool", "apart": " sharing nothing
 
 @dataclass
 class Desk:
-    """One database and its daemons, reading one folder; `wanted` messages go there."""
+    """One database and its daemons, reading `folder` (stored mail goes to `processed`)."""
 
     engine: Engine
     procs: list[DaemonProcess]
-    folder: str
-    wanted: list[int] = field(default_factory=list)  # the staged UIDs it gets
+    folder: str = "INBOX"
+    processed: str = "Processed"
+    wanted: list[int] | None = None  # the staged UIDs it gets (None: all of them)
 
 
 def run(daemons: int, mode: str, dovecot: Dovecot, work: Path) -> dict[str, Any]:
@@ -109,22 +110,27 @@ def run(daemons: int, mode: str, dovecot: Dovecot, work: Path) -> dict[str, Any]
             migrate(engine)  # before the daemons: none of them pays for it inside the measurement
             folder = work / f"{daemons}-{mode}-{at}"
             folder.mkdir()
-            mailbox = {"folder": f"Apart{at}", "processed_folder": f"Apart{at}Done"} if apart else {}
-            config = write_config(folder / "mt.toml", db_url=url, dovecot=dovecot, mailbox=mailbox,
-                                  service={**SERVICE, "spool": mode != "direct"})
-            desks.append(Desk(engine, [DaemonProcess(config) for _ in range(1 if apart else daemons)],
-                              mailbox.get("folder", "INBOX")))
+            desk = Desk(engine, [])
+            if apart:
+                desk.folder, desk.processed = f"Apart{at}", f"Apart{at}Done"
+            config = write_config(
+                folder / "mt.toml", db_url=url, dovecot=dovecot,
+                mailbox={"folder": desk.folder, "processed_folder": desk.processed},
+                service={**SERVICE, "spool": mode != "direct"},
+            )
+            desk.procs = [DaemonProcess(config) for _ in range(1 if apart else daemons)]
+            desks.append(desk)
         result = _measure(desks, dovecot, apart)
-    apart_folders = [f"Apart{at}{done}" for at in range(daemons) for done in ("", "Done")]
-    for left_in in ("Processed", "INBOX", *apart_folders):
-        move_all(dovecot, left_in, STAGING)  # where the daemons put it, and anything left
+    for desk in desks:
+        for left_in in (desk.processed, desk.folder):  # where the daemons put it, and anything left
+            move_all(dovecot, left_in, STAGING)
     return {"daemons": daemons, "mode": mode, **result}
 
 
 def _measure(desks: list[Desk], dovecot: Dovecot, apart: bool) -> dict[str, Any]:
     """Start every daemon, move the mail in, and time it until every desk has stored its share."""
     with dovecot.session() as imap:
-        for folder in {d.folder for d in desks} | {f"{d.folder}Done" for d in desks if apart}:
+        for folder in {name for desk in desks for name in (desk.folder, desk.processed)}:
             if not imap.folder_exists(folder):
                 imap.create_folder(folder)
     if apart:
@@ -136,11 +142,7 @@ def _measure(desks: list[Desk], dovecot: Dovecot, apart: bool) -> dict[str, Any]
         for proc in procs:
             proc.start(timeout=60)
         started, machine_before = time.perf_counter(), _machine_jiffies()
-        with dovecot.session() as imap:
-            imap.select_folder(STAGING)
-            for desk in desks:
-                desk.wanted = desk.wanted or imap.search("ALL")
-                imap.move(desk.wanted, desk.folder)
+        _move_in(desks, dovecot)
 
         def done() -> bool:
             # Two counts, not the full tally (a count of distinct Message-IDs ten times a
@@ -150,7 +152,7 @@ def _measure(desks: list[Desk], dovecot: Dovecot, apart: bool) -> dict[str, Any]
                     stored, spooled = conn.execute(
                         text("SELECT (SELECT count(*) FROM intake), (SELECT count(*) FROM spool)")
                     ).one()
-                if int(stored) < len(desk.wanted) or int(spooled):
+                if int(stored) < len(desk.wanted or ()) or int(spooled):
                     return False
             return True
 
@@ -167,7 +169,7 @@ def _measure(desks: list[Desk], dovecot: Dovecot, apart: bool) -> dict[str, Any]
     for desk in desks:
         desk.engine.dispose()
     pg_after = _postgres_cpu(desks[0].engine)  # the daemons' backends have ended and been reaped
-    moved = sum(len(desk.wanted) for desk in desks)
+    moved = sum(len(desk.wanted or ()) for desk in desks)
     return {
         "messages": moved, "seconds": seconds, "rate": moved / seconds, "busy_cores": busy, "shares": shares,
         "lost": moved - sum(c["intake"] for c in counts),
@@ -175,6 +177,17 @@ def _measure(desks: list[Desk], dovecot: Dovecot, apart: bool) -> dict[str, Any]
         "tickets": sum(c["tickets"] for c in counts), "cpu_seconds": cpu,
         "pg_cpu_seconds": None if pg_before is None or pg_after is None else pg_after - pg_before,
     }
+
+
+def _move_in(desks: list[Desk], dovecot: Dovecot) -> None:
+    """Move each desk's share (all the staged mail, for a desk given none) into its folder."""
+    with dovecot.session() as imap:
+        imap.select_folder(STAGING)
+        for desk in desks:
+            if desk.wanted is None:
+                desk.wanted = imap.search("ALL")
+            if desk.wanted:  # an empty MOVE is a syntax error to the server
+                imap.move(desk.wanted, desk.folder)
 
 
 def conversations(dovecot: Dovecot, parts: int) -> list[list[int]]:
