@@ -77,7 +77,6 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.metrics_server: MetricsServer | None = None
         self.failure: str | None = None  # why the daemon stopped by itself, if it did
-        self._schema = head_revisions()  # what this code was written for
         if ctx.config.service.metrics:
             from mailticket.service.metrics import Metrics  # prometheus_client only when asked for
 
@@ -241,15 +240,16 @@ class Daemon:
         except (DatabaseUnavailable, SQLAlchemyError) as exc:
             log.debug("schema not checked: %s", exc)  # whoever needs the database says so
             return
-        if current == self._schema:
+        expected = head_revisions()  # what this code was written for
+        if current == expected:
             return
         self.failure = (
             f"stopped: the database schema changed under this daemon (revision"
-            f" {', '.join(sorted(self._schema))} -> {', '.join(sorted(current)) or 'none'}):"
+            f" {', '.join(sorted(expected))} -> {', '.join(sorted(current)) or 'none'}):"
             " another version migrated it; start the version that matches it"
         )
-        log.error("schema changed", extra={"fields": {
-            "expected": sorted(self._schema), "found": sorted(current)}})
+        log.error("schema changed", extra={"fields": {"expected": sorted(expected),
+                                                      "found": sorted(current)}})
         self.stop_event.set()
 
     # -- stop ----------------------------------------------------------------------------------

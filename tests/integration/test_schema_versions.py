@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 from alembic import command
 from sqlalchemy import Engine, insert, text, update
+from sqlalchemy.exc import InterfaceError
 
-from mailticket.errors import SchemaConflict
+from mailticket.errors import DatabaseUnavailable, SchemaConflict
+from mailticket.service import daemon as daemon_module
 from mailticket.service.daemon import Daemon
 from mailticket.storage.db import alembic_config, current_revisions, head_revisions, make_engine, migrate
 from mailticket.storage.lease import make_owner_id
@@ -44,11 +46,14 @@ def one_step_back(engine: Engine) -> str:
     return previous
 
 
-def beat(engine: Engine, owner: str, host: str, pid: int, seconds_ago: float = 1.0) -> None:
-    """A heartbeat of a `mailticket run` that has not stopped."""
+def beat(
+    engine: Engine, owner: str, host: str, pid: int, seconds_ago: float = 1.0, *, stopped: bool = False
+) -> None:
+    """A heartbeat of a `mailticket run`; `stopped`: one that recorded its clean stop."""
     at = utcnow() - timedelta(seconds=seconds_ago)
     with engine.begin() as conn:
-        conn.execute(insert(_BEATS).values(owner=owner, host=host, pid=pid, started_at=at, beat_at=at))
+        conn.execute(insert(_BEATS).values(owner=owner, host=host, pid=pid, started_at=at, beat_at=at,
+                                           stopped_at=at if stopped else None))
 
 
 def dead_pid() -> int:
@@ -57,7 +62,7 @@ def dead_pid() -> int:
     return int(proc.stdout)
 
 
-def test_a_migration_waits_until_the_older_daemons_have_stopped(empty_db_url: str) -> None:
+def test_a_migration_is_refused_until_the_older_daemons_have_stopped(empty_db_url: str) -> None:
     engine = make_engine(empty_db_url)
     migrate(engine)
     previous = one_step_back(engine)
@@ -82,9 +87,7 @@ def test_stale_stopped_and_dead_daemons_do_not_hold_a_migration_up(empty_db_url:
     beat(engine, "db1.example:11:00000001", "db1.example", 11, seconds_ago=90)  # silent for 90 s
     pid = dead_pid()  # killed on this host: its heartbeat is still fresh
     beat(engine, make_owner_id().replace(f":{os.getpid()}:", f":{pid}:"), "here", pid)
-    beat(engine, "db2.example:12:00000002", "db2.example", 12)
-    with engine.begin() as conn:
-        conn.execute(update(_BEATS).where(_BEATS.c.pid == 12).values(stopped_at=utcnow()))
+    beat(engine, "db2.example:12:00000002", "db2.example", 12, stopped=True)
 
     migrate(engine)
     assert current_revisions(engine) == head_revisions()
@@ -116,6 +119,28 @@ def test_a_daemon_that_finds_another_versions_schema_at_its_start_refuses_to_sta
         daemon.run_forever()
     with ctx.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM heartbeats")).scalar_one() == 0
+
+
+OUTAGES = [DatabaseUnavailable("database down"), InterfaceError("SELECT 1", None, Exception("closed"))]
+
+
+@pytest.mark.parametrize("fault", OUTAGES)
+def test_a_schema_check_that_cannot_reach_the_database_stops_nothing(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch, fault: Exception
+) -> None:
+    """An outage is not a schema change: the daemon runs on, and checks again 5 s later."""
+    daemon = Daemon(load_ctx(write_config(tmp_path / "mailticket.toml", db_url=db_url)))
+
+    def unreachable(_engine: Engine) -> set[str]:
+        raise fault
+
+    monkeypatch.setattr(daemon_module, "current_revisions", unreachable)
+    daemon._check_schema()
+    assert daemon.failure is None and not daemon.stop_event.is_set()
+    monkeypatch.setattr(daemon_module, "current_revisions", lambda _engine: {FUTURE})
+    daemon._check_schema()  # the same check, answered: it stops
+    assert daemon.failure is not None and daemon.stop_event.is_set()
+    daemon.ctx.engine.dispose()
 
 
 def test_run_refuses_to_start_and_ingest_asks_the_mta_to_retry(tmp_path: Path, db_url: str) -> None:
